@@ -1,0 +1,250 @@
+"""The `mindsmirror` command line: one subcommand per job, each a thin call into flows or tasks.
+
+Prefect is imported only by the subcommands that run flows, so `status` and `sql` answer at once.
+Expected failures (bad config or data, a fatal teacher error, a stopped run) print one line and
+exit non-zero; there is no traceback unless --verbose is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+
+
+class CommandError(Exception):
+    """An expected failure whose message is the whole story."""
+
+
+def _quiet_prefect(verbose: bool) -> None:
+    # Run logs still reach the Prefect server; the terminal shows this command's own output, and a
+    # failed run's message once, from here (Prefect would print it a second time, as a log line).
+    if not verbose:
+        os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
+        os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+
+def _config(path: str):
+    from tasks.config import load_config
+
+    return load_config(path)
+
+
+def _store(config):
+    from storage import Store
+
+    return Store(config.store.path)
+
+
+def _finish(state) -> object:
+    """The result of a flow run state, or a CommandError with the state's message."""
+    message = state.message or state.name
+    if not state.is_completed():
+        raise CommandError(message)
+    return state
+
+
+def cmd_generate(args) -> None:
+    from flows.generate import generate
+
+    config = _config(args.config)
+    state = asyncio.run(
+        generate(config, dry_run=args.dry_run, show_progress=not args.no_progress, return_state=True)
+    )
+    print(_finish(state).message)
+
+
+def cmd_resume(args) -> None:
+    from flows.resume import resume
+
+    config = _config(args.config)
+    state = asyncio.run(resume(config, show_progress=not args.no_progress, return_state=True))
+    print(_finish(state).message)
+
+
+def cmd_status(args) -> None:
+    from tasks.status import describe_status, run_status
+
+    config = _config(args.config)
+    report = run_status(config)
+    print(json.dumps(report, indent=2, default=str) if args.json else describe_status(report))
+
+
+def cmd_sql(args) -> None:
+    from storage import queries
+
+    config = _config(args.config)
+    columns, rows = queries.run_sql(_store(config), args.query)
+    from tasks.report import markdown_table
+
+    print(markdown_table(columns, rows))
+
+
+def cmd_compact(args) -> None:
+    config = _config(args.config)
+    _store(config).compact()
+    print(f"compacted {config.store.path}")
+
+
+def cmd_teacher_serve(args) -> None:
+    from tasks.serve import serve_simulator
+
+    serve_simulator(args)
+
+
+def cmd_import(args) -> None:
+    from tasks.importers import import_dss, import_tot
+
+    config = _config(args.config)
+    store = _store(config)
+    if args.format == "dss":
+        summary = import_dss(store, config.dataset)
+    else:
+        summary = import_tot(store, config.dataset, args.files)
+    print(summary.describe() if hasattr(summary, "describe") else summary)
+
+
+def cmd_train(args) -> None:
+    from flows.train import train
+
+    config = _config(args.config)
+    state = train(config, arms=args.arm or None, resume=args.resume, return_state=True)
+    print(_finish(state).message)
+
+
+def cmd_evaluate(args) -> None:
+    from flows.evaluate import evaluate
+
+    config = _config(args.config)
+    state = evaluate(config, arms=args.arm or None, return_state=True)
+    print(_finish(state).message)
+
+
+def cmd_report(args) -> None:
+    from tasks.report import write_report
+
+    config = _config(args.config)
+    print(write_report(config).markdown)
+
+
+def cmd_predict(args) -> None:
+    from tasks.evaluation import answer_question
+
+    answer = answer_question(args.model_dir, args.question)
+    print(f"answer: {answer.label}\nrationale: {answer.rationale}")
+
+
+def cmd_run(args) -> None:
+    from flows.distill import distill
+
+    config = _config(args.config)
+    state = distill(config, show_progress=not args.no_progress, return_state=True)
+    print(_finish(state).message)
+
+
+def cmd_deploy(args) -> None:
+    from tasks.deployment import deploy
+
+    deploy(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mindsmirror",
+        description="Distil an LLM teacher's chains of thought and self-evaluations into a small student.",
+    )
+    parser.add_argument("--verbose", action="store_true", help="show Prefect's logs and full tracebacks")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name, handler, help_text, config=True):
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        if config:
+            sub.add_argument("config", help="the run's YAML config")
+        sub.set_defaults(handler=handler)
+        return sub
+
+    sub = command("run", cmd_run, "the whole job: generate, train every arm, evaluate, report")
+    sub.add_argument("--no-progress", action="store_true")
+    sub = command("generate", cmd_generate, "ask the teacher for every CoT and self-evaluation the store lacks")
+    sub.add_argument("--dry-run", action="store_true", help="print planned calls, tokens and cost; call nothing")
+    sub.add_argument("--no-progress", action="store_true")
+    sub = command("resume", cmd_resume, "retry just the teacher requests recorded as failed")
+    sub.add_argument("--no-progress", action="store_true")
+    sub = command("status", cmd_status, "counts, done/missing per stage, tokens, cost, failures")
+    sub.add_argument("--json", action="store_true")
+    sub = command("sql", cmd_sql, "run a read-only SQL query over the store's views")
+    sub.add_argument("query")
+    command("compact", cmd_compact, "merge each table's small Parquet files into one")
+
+    sub = command("import", cmd_import, "import teacher outputs that already exist", config=False)
+    sub.add_argument("format", choices=["dss", "tot"], help="dss: Distilling-Step-by-Step layout; tot: Mind's Mirror ToT JSON")
+    sub.add_argument("config")
+    sub.add_argument("files", nargs="*", help="the ToT JSON files (tot only)")
+
+    sub = command("train", cmd_train, "train the student arms listed in the config")
+    sub.add_argument("--arm", action="append", help="train only this arm (repeatable)")
+    sub.add_argument("--resume", action="store_true", help="continue killed runs from their last checkpoint")
+    sub = command("evaluate", cmd_evaluate, "score each trained arm on the test split")
+    sub.add_argument("--arm", action="append")
+    command("report", cmd_report, "print the results table; write it as CSV and a PNG chart beside the store")
+    sub = command("predict", cmd_predict, "answer one question with a trained student", config=False)
+    sub.add_argument("model_dir")
+    sub.add_argument("question")
+
+    teacher = commands.add_parser("teacher", help="the simulated teacher")
+    teacher_commands = teacher.add_subparsers(dest="teacher_command", required=True, metavar="COMMAND")
+    serve = teacher_commands.add_parser(
+        "serve", help="run the SIMULATED OpenAI-compatible teacher (a simulation, not a language model)"
+    )
+    serve.set_defaults(handler=cmd_teacher_serve)
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8765)
+    serve.add_argument("--config", help="answer for this config's dataset (default: the built-in problems)")
+    serve.add_argument("--latency-ms", type=float, default=0.0)
+    serve.add_argument("--rpm", type=int, default=None, help="requests per minute before 429s")
+    serve.add_argument("--tpm", type=int, default=None, help="tokens per minute before 429s")
+    serve.add_argument("--wrong-rate", type=float, default=0.25)
+    serve.add_argument("--error-500", type=float, default=0.0, help="share of requests answered 500")
+    serve.add_argument("--drop", type=float, default=0.0, help="share of connections dropped")
+    serve.add_argument("--stall", type=float, default=0.0, help="share of requests that stall")
+    serve.add_argument("--malformed", type=float, default=0.0, help="share of replies with a broken body")
+    serve.add_argument("--seed", type=int, default=0)
+
+    sub = command("deploy", cmd_deploy, "create work pools, the shared rate limit and the deployments", config=False)
+    sub.add_argument("--prefect-file", default="deploy/prefect.yaml")
+    sub.add_argument("--rpm", type=int, default=None, help="shared teacher requests per minute for all workers")
+    sub.add_argument("--limit-name", default="teacher-rpm")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _quiet_prefect(args.verbose)
+    from tasks.config import ConfigError
+
+    expected: tuple[type[BaseException], ...] = (CommandError, ConfigError)
+    try:
+        from tasks.datasets import DatasetError
+        from tasks.errors import TeacherError
+
+        expected += (DatasetError, TeacherError)
+    except ImportError:
+        pass
+    try:
+        args.handler(args)
+    except expected as error:
+        if args.verbose:
+            raise
+        print(f"mindsmirror: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("mindsmirror: interrupted; rerun the same command to continue where it stopped", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

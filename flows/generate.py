@@ -1,0 +1,96 @@
+"""Ask the teacher for every chain of thought and self-evaluation the store is missing."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+
+from prefect import flow, task
+from prefect.cache_policies import NONE
+from prefect.states import Completed, Failed
+
+from storage import Store
+from tasks.config import Config, resolve_config
+from tasks.errors import FatalError
+from tasks.generation import ExampleWork, Plan, Session, open_session, plan_generation, sync_examples
+
+
+@task(name="load-examples", cache_policy=NONE)
+def load_examples(store: Store, config: Config):
+    return sync_examples(store, config)
+
+
+@task(name="plan", cache_policy=NONE)
+def plan(store: Store, config: Config, examples, answer_type: str, only_failed: bool) -> Plan:
+    return plan_generation(store, config, answer_type, examples, only_failed)
+
+
+@task(name="ask-teacher", cache_policy=NONE, task_run_name="ask-teacher-{first}")
+async def ask_teacher(session: Session, batch: tuple[ExampleWork, ...], first: str) -> int:
+    failed = sum(await asyncio.gather(*(session.run_example(work) for work in batch)))
+    if failed:
+        # A failed state without a traceback: the errors are recorded in `calls`, and the flow says how to resume.
+        return Failed(message=f"{failed} teacher requests failed in this batch; see `calls`")
+    return len(batch)
+
+
+@task(name="compact-store", cache_policy=NONE)
+def compact_store(store: Store) -> None:
+    store.compact()
+
+
+@flow(name="generate")
+async def generate(config: Config | str, dry_run: bool = False, only_failed: bool = False,
+                   show_progress: bool = True):
+    """Generate chains of thought and self-evaluations for every example the store is missing."""
+    config = resolve_config(config)
+    store = Store(config.store.path)
+    examples, answer_type = load_examples(store, config)
+    work = plan(store, config, examples, answer_type, only_failed)
+    if dry_run or not work.work:
+        return Completed(message=describe_plan(work), data=work)
+
+    try:
+        async with open_session(store, config, answer_type, examples, work.total_requests, show_progress) as session:
+            # Enough batches in flight to keep the request window full, few enough to keep task runs coarse.
+            window = asyncio.Semaphore(
+                max(2, math.ceil(4 * config.teacher.max_concurrency / config.generate.batch_size))
+            )
+
+            async def run(batch):
+                async with window:
+                    return await ask_teacher(session, batch, batch[0].example.example_id, return_state=True)
+
+            await asyncio.gather(*(run(batch) for batch in work.batches(config.generate.batch_size)))
+    except FatalError as error:
+        return Failed(message=str(error))
+    compact_store(store)
+    summary = session.summary
+    if session.fatal is not None:
+        return Failed(message=str(session.fatal), data=summary)
+    if summary.stopped:
+        return Failed(message=summary.stopped, data=summary)
+    if summary.requests_failed:
+        return Failed(
+            message=f"{summary.requests_failed} teacher requests failed after retries (first: "
+            f"{summary.errors[0]}); `mindsmirror resume CONFIG` retries just those",
+            data=summary,
+        )
+    return Completed(message=describe_summary(summary), data=summary)
+
+
+def describe_plan(plan: Plan) -> str:
+    return (
+        f"planned {plan.total_requests} teacher requests ({plan.cot_requests} for chains of thought, "
+        f"{plan.eval_requests + plan.later_eval_requests} for self-evaluations), about "
+        f"{plan.prompt_tokens:,} prompt tokens and at most {plan.completion_tokens:,} completion tokens, "
+        f"at most ${plan.cost_usd:.4f}"
+    )
+
+
+def describe_summary(summary) -> str:
+    return (
+        f"{summary.requests_ok} requests: {summary.cots} chains of thought, {summary.evaluations} "
+        f"self-evaluations ({summary.unparseable} unparseable, kept with their reason); "
+        f"{summary.prompt_tokens + summary.completion_tokens:,} tokens, ${summary.cost_usd:.4f}"
+    )

@@ -1,0 +1,31 @@
+"""Parquet files as the source of truth, DuckDB views to read them, named queries over the views."""
+
+from storage import queries
+from storage.claims import Claims
+from storage.records import (
+    PRIMARY_KEYS,
+    SCHEMA_VERSION,
+    SCHEMAS,
+    CallRow,
+    CotRow,
+    EvaluationRow,
+    ExampleRow,
+    PredictionRow,
+    ResultRow,
+)
+from storage.store import Store
+
+__all__ = [
+    "PRIMARY_KEYS",
+    "SCHEMAS",
+    "SCHEMA_VERSION",
+    "CallRow",
+    "Claims",
+    "CotRow",
+    "EvaluationRow",
+    "ExampleRow",
+    "PredictionRow",
+    "ResultRow",
+    "Store",
+    "queries",
+]

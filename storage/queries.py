@@ -1,0 +1,329 @@
+"""Named queries over the store. Every value goes in as a parameter or a registered Arrow table.
+
+Each function takes a Store (a fresh connection per call, run again if compaction removes a file
+mid-read) or an open DuckDB connection from Store.connect() (used as is).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+import duckdb
+import pyarrow as pa
+
+from storage.records import PRIMARY_KEYS, SCHEMAS, CotRow, ExampleRow, ResultRow
+from storage.store import Store
+
+Source = Store | duckdb.DuckDBPyConnection
+
+
+@dataclass(frozen=True)
+class TrainingRow:
+    example_id: str
+    input: str
+    label: str
+    rationale: str | None
+
+
+@dataclass(frozen=True)
+class SelfEvalPair:
+    example_id: str
+    question: str
+    cot_text: str  # the judged chain of thought's rationale
+    verdict: str
+    eval_rationale: str | None
+
+
+@dataclass(frozen=True)
+class StatusReport:
+    rows: Mapping[str, int]  # per table, after deduplication
+    examples_by_split: Mapping[str, int]
+    cots_by_split: Mapping[str, int]
+    cots_parsed: int
+    cots_unparseable: int
+    evaluations_parsed: int
+    evaluations_unparseable: int
+    calls_ok: int
+    calls_failed: int
+    failed_requests: int  # failed calls whose samples are still missing
+    prompt_tokens: int
+    completion_tokens: int
+    cost_usd: float
+    latency_p50_s: float | None
+
+    def as_dict(self) -> dict[str, dict]:
+        """Sections of plain values, for printing or JSON."""
+        return {
+            "rows": dict(self.rows),
+            "examples by split": dict(self.examples_by_split),
+            "cots by split": dict(self.cots_by_split),
+            "parsing": {
+                "cots parsed": self.cots_parsed,
+                "cots unparseable": self.cots_unparseable,
+                "evaluations parsed": self.evaluations_parsed,
+                "evaluations unparseable": self.evaluations_unparseable,
+            },
+            "calls": {
+                "ok": self.calls_ok,
+                "failed": self.calls_failed,
+                "failed requests still missing": self.failed_requests,
+                "prompt tokens": self.prompt_tokens,
+                "completion tokens": self.completion_tokens,
+                "cost usd": round(self.cost_usd, 6),
+                "latency p50 s": None if self.latency_p50_s is None else round(self.latency_p50_s, 3),
+            },
+        }
+
+
+# ---- plumbing ------------------------------------------------------------------------------
+
+
+def _run(source: Source, sql: str, params=None, tables: Mapping[str, pa.Table] | None = None) -> pa.Table:
+    def work(con: duckdb.DuckDBPyConnection) -> pa.Table:
+        for name, table in (tables or {}).items():
+            con.register(name, table)
+        try:
+            return con.sql(sql, params=params).to_arrow_table()
+        finally:
+            for name in tables or {}:
+                con.unregister(name)
+
+    if isinstance(source, Store):
+        return source.read(work)
+    return work(source)
+
+
+def _rows(table: pa.Table) -> list[dict]:
+    return table.to_pylist()
+
+
+def _strings(values: Iterable[str]) -> pa.Table:
+    """A one-column table to join against: values stay data, never SQL text."""
+    return pa.table({"value": pa.array(list(values), pa.string())})
+
+
+def _records(kind, table: pa.Table) -> list:
+    names = [f.name for f in dataclasses.fields(kind)]
+    return [kind(**{name: row[name] for name in names}) for row in table.to_pylist()]
+
+
+# ---- what is stored ------------------------------------------------------------------------
+
+
+def new_examples(store: Source, rows: list[ExampleRow]) -> list[ExampleRow]:
+    """The rows whose example_id is not stored yet, in their given order."""
+    if not rows:
+        return []
+    stored = _run(
+        store,
+        "SELECT w.value FROM _wanted w SEMI JOIN examples e ON e.example_id = w.value",
+        tables={"_wanted": _strings(row.example_id for row in rows)},
+    )
+    known = set(stored.column("value").to_pylist())
+    return [row for row in rows if row.example_id not in known]
+
+
+def missing_keys(store: Source, table: str, keys: list[str]) -> set[str]:
+    """The keys not stored in `table` (whose primary key is one column: cots, evaluations, ...)."""
+    if table not in SCHEMAS or len(PRIMARY_KEYS[table]) != 1:
+        single = sorted(t for t, pk in PRIMARY_KEYS.items() if len(pk) == 1)
+        raise ValueError(f"missing_keys works on tables with a one-column key: {single}, not {table!r}")
+    if not keys:
+        return set()
+    column = PRIMARY_KEYS[table][0]
+    missing = _run(
+        store,
+        f'SELECT DISTINCT w.value FROM _wanted w ANTI JOIN {table} t ON t."{column}" = w.value',
+        tables={"_wanted": _strings(keys)},
+    )
+    return set(missing.column("value").to_pylist())
+
+
+def examples(store: Source, splits: Iterable[str]) -> list[ExampleRow]:
+    """Stored examples of the given splits, ordered by split then example_id."""
+    table = _run(
+        store,
+        "SELECT * FROM examples WHERE list_contains(?, split) ORDER BY split, example_id",
+        [list(splits)],
+    )
+    return _records(ExampleRow, table)
+
+
+def cots_for_examples(
+    store: Source, example_ids: Iterable[str], keys: Iterable[str] | None = None
+) -> list[CotRow]:
+    """Stored CoTs of these examples (only those with one of `keys`, if given), by example and index."""
+    tables = {"_ids": _strings(example_ids)}
+    sql = "SELECT c.* FROM cots c SEMI JOIN _ids i ON i.value = c.example_id"
+    if keys is not None:
+        tables["_keys"] = _strings(keys)
+        sql += " SEMI JOIN _keys k ON k.value = c.key"
+    return _records(CotRow, _run(store, sql + " ORDER BY c.example_id, c.cot_index, c.key", tables=tables))
+
+
+def cots_by_keys(store: Source, keys: Iterable[str]) -> list[CotRow]:
+    """The stored CoTs with these keys, by example and index."""
+    sql = (
+        "SELECT c.* FROM cots c SEMI JOIN _keys k ON k.value = c.key "
+        "ORDER BY c.example_id, c.cot_index, c.key"
+    )
+    return _records(CotRow, _run(store, sql, tables={"_keys": _strings(keys)}))
+
+
+def failed_keys(store: Source) -> set[str]:
+    """Sample keys asked for by failed requests and still not stored (what `resume` retries)."""
+    sql = """
+        SELECT DISTINCT f.key FROM (SELECT kind, unnest(keys) AS key FROM failed_requests) f
+        ANTI JOIN (SELECT key, 'cot' AS kind FROM cots UNION ALL SELECT key, 'evaluation' FROM evaluations) s
+        ON s.key = f.key AND s.kind = f.kind
+    """
+    return set(_run(store, sql).column("key").to_pylist())
+
+
+def latest_results(store: Source) -> list[ResultRow]:
+    """The most recent value of each (arm, split, metric), by arm, split and metric."""
+    sql = """
+        SELECT * FROM results
+        QUALIFY row_number() OVER (
+            PARTITION BY arm, split, metric ORDER BY created_at DESC, checkpoint DESC
+        ) = 1
+        ORDER BY arm, split, metric
+    """
+    return _records(ResultRow, _run(store, sql))
+
+
+def spent_usd(store: Source) -> float:
+    """What all recorded teacher calls cost, in US dollars."""
+    return float(
+        _run(store, "SELECT coalesce(sum(cost_usd), 0.0) AS usd FROM calls").column("usd")[0].as_py()
+    )
+
+
+_STATUS_SQL = """
+SELECT
+    (SELECT count(*) FROM examples) AS examples,
+    (SELECT count(*) FROM cots) AS cots,
+    (SELECT count(*) FROM evaluations) AS evaluations,
+    (SELECT count(*) FROM calls) AS calls,
+    (SELECT count(*) FROM predictions) AS predictions,
+    (SELECT count(*) FROM results) AS results,
+    (SELECT count(*) FROM cots WHERE parse_error IS NULL) AS cots_parsed,
+    (SELECT count(*) FROM evaluations WHERE parse_error IS NULL) AS evaluations_parsed,
+    (SELECT count(*) FROM calls WHERE status = 'ok') AS calls_ok,
+    (SELECT count(*) FROM calls WHERE status = 'failed') AS calls_failed,
+    (SELECT count(*) FROM failed_requests) AS failed_requests,
+    (SELECT coalesce(sum(prompt_tokens), 0) FROM calls) AS prompt_tokens,
+    (SELECT coalesce(sum(completion_tokens), 0) FROM calls) AS completion_tokens,
+    (SELECT coalesce(sum(cost_usd), 0.0) FROM calls) AS cost_usd,
+    (SELECT quantile_cont(latency_s, 0.5) FROM calls WHERE status = 'ok') AS latency_p50_s
+"""
+
+_BY_SPLIT_SQL = """
+SELECT 'examples' AS what, split, count(*) AS n FROM examples GROUP BY split
+UNION ALL
+SELECT 'cots', coalesce(e.split, '(unknown example)'), count(*) FROM cots c
+LEFT JOIN examples e ON e.example_id = c.example_id GROUP BY 2
+"""
+
+
+def status(store: Source) -> StatusReport:
+    """Counts, spending and latency of everything stored."""
+    totals = _rows(_run(store, _STATUS_SQL))[0]
+    by_split: dict[str, dict[str, int]] = {"examples": {}, "cots": {}}
+    for row in _rows(_run(store, _BY_SPLIT_SQL)):
+        by_split[row["what"]][row["split"]] = row["n"]
+    return StatusReport(
+        rows={table: totals[table] for table in SCHEMAS},
+        examples_by_split=dict(sorted(by_split["examples"].items())),
+        cots_by_split=dict(sorted(by_split["cots"].items())),
+        cots_parsed=totals["cots_parsed"],
+        cots_unparseable=totals["cots"] - totals["cots_parsed"],
+        evaluations_parsed=totals["evaluations_parsed"],
+        evaluations_unparseable=totals["evaluations"] - totals["evaluations_parsed"],
+        calls_ok=totals["calls_ok"],
+        calls_failed=totals["calls_failed"],
+        failed_requests=totals["failed_requests"],
+        prompt_tokens=int(totals["prompt_tokens"]),
+        completion_tokens=int(totals["completion_tokens"]),
+        cost_usd=float(totals["cost_usd"]),
+        latency_p50_s=totals["latency_p50_s"],
+    )
+
+
+def run_sql(store: Source, sql: str) -> tuple[list[str], list[tuple]]:
+    """Any read query over the views (for `mindsmirror sql`): (column names, rows)."""
+    if isinstance(store, Store):
+        return store.fetch(sql)
+    relation = store.sql(sql)
+    return (list(relation.columns), relation.fetchall()) if relation is not None else ([], [])
+
+
+# ---- training sets -------------------------------------------------------------------------
+
+_SELF_EVAL_SQL = """
+SELECT x.example_id, x.input AS question, c.rationale AS cot_text, v.verdict, v.rationale AS eval_rationale,
+       c.parse_error IS NOT NULL OR v.parse_error IS NOT NULL AS excluded
+FROM evaluations v
+JOIN cots c ON c.key = v.cot_key
+JOIN examples x ON x.example_id = c.example_id
+WHERE x.split = $split AND c.cot_index < $n_cots
+ORDER BY x.example_id, c.cot_index, c.key, v.eval_index, v.key
+"""
+
+
+def self_eval_rows(
+    store: Source, split: str = "train", n_cots: int | None = None
+) -> tuple[list[SelfEvalPair], int]:
+    """Every stored CoT (cot_index < n_cots if given) paired with every evaluation of it.
+
+    Pairs where the CoT or the evaluation did not parse are left out; the second value counts them.
+    """
+    limit = n_cots if n_cots is not None else 2**31 - 1  # cot_index is an int32
+    rows = _rows(_run(store, _SELF_EVAL_SQL, {"split": split, "n_cots": limit}))
+    kept = [
+        SelfEvalPair(r["example_id"], r["question"], r["cot_text"], r["verdict"], r["eval_rationale"])
+        for r in rows
+        if not r["excluded"]
+    ]
+    return kept, len(rows) - len(kept)
+
+
+_COT_SQL = """
+SELECT x.example_id, x.input, x.label AS gold, c.answer, c.rationale, c.parse_error IS NOT NULL AS excluded
+FROM cots c JOIN examples x ON x.example_id = c.example_id
+WHERE x.split = $split AND c.cot_index < $n_cots
+ORDER BY x.example_id, c.cot_index, c.key
+"""
+
+
+def cot_rows(
+    store: Source, split: str = "train", n_cots: int = 1, labels: Literal["gold", "teacher"] = "gold"
+) -> tuple[list[TrainingRow], int]:
+    """One row per stored CoT with cot_index < n_cots: input = question, rationale = the CoT's
+    rationale, label = the gold label or the teacher's parsed answer. Unparseable CoTs are left
+    out; the second value counts them."""
+    if labels not in ("gold", "teacher"):
+        raise ValueError(f"labels must be 'gold' or 'teacher', not {labels!r}")
+    if n_cots < 1:
+        raise ValueError(f"n_cots must be >= 1, not {n_cots}")
+    rows = _rows(_run(store, _COT_SQL, {"split": split, "n_cots": n_cots}))
+    kept = [
+        TrainingRow(
+            r["example_id"], r["input"], r["gold"] if labels == "gold" else r["answer"], r["rationale"]
+        )
+        for r in rows
+        if not r["excluded"]
+    ]
+    return kept, len(rows) - len(kept)
+
+
+def label_rows(store: Source, split: str) -> list[TrainingRow]:
+    """Question and gold label of every example in the split (no rationale): standard
+    fine-tuning, validation and test."""
+    return [
+        TrainingRow(example.example_id, example.input, example.label, None)
+        for example in examples(store, [split])
+    ]

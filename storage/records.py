@@ -1,0 +1,260 @@
+"""The rows of every stored table, as frozen dataclasses with explicit Arrow schemas.
+
+A row records what made it: teacher model, prompt version, sampling parameters and schema version.
+Adding a column means bumping SCHEMA_VERSION and giving the new field a default, so old Parquet
+files still read (views use ``union_by_name``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+import pyarrow as pa
+
+SCHEMA_VERSION = 1
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+@dataclass(frozen=True)
+class ExampleRow:
+    example_id: str
+    split: str  # train | validation | test
+    input: str
+    label: str
+    dataset: str
+    source: str  # "<file>:<row>" the example was read from
+    created_at: datetime = field(default_factory=utcnow)
+    schema_version: int = SCHEMA_VERSION
+
+
+@dataclass(frozen=True)
+class CotRow:
+    key: str  # hash of everything that determines this sample (see tasks.keys)
+    example_id: str
+    cot_index: int
+    text: str  # raw teacher output
+    answer: str | None  # parsed answer, normalised for the task
+    rationale: str | None  # the reasoning up to and including the answer sentence
+    parse_error: str | None  # why answer is None; such rows are kept but never trained on
+    finish_reason: str | None
+    teacher_model: str
+    prompt_version: str
+    temperature: float
+    top_p: float
+    max_tokens: int
+    source: str  # teacher | dss | tot
+    call_id: str | None
+    created_at: datetime = field(default_factory=utcnow)
+    schema_version: int = SCHEMA_VERSION
+
+
+@dataclass(frozen=True)
+class EvaluationRow:
+    key: str
+    example_id: str
+    cot_index: int
+    cot_key: str  # the CotRow judged
+    eval_index: int
+    text: str
+    verdict: str | None  # correct | wrong | uncertain
+    rationale: str | None
+    parse_error: str | None
+    finish_reason: str | None
+    teacher_model: str
+    prompt_version: str
+    temperature: float
+    top_p: float
+    max_tokens: int
+    source: str
+    call_id: str | None
+    created_at: datetime = field(default_factory=utcnow)
+    schema_version: int = SCHEMA_VERSION
+
+
+@dataclass(frozen=True)
+class CallRow:
+    """One teacher request, successful or not. Written after the rows it produced."""
+
+    call_id: str
+    kind: str  # cot | evaluation
+    example_id: str
+    keys: tuple[str, ...]  # the sample keys this request asked for
+    status: str  # ok | failed
+    attempts: int
+    prompt_tokens: int
+    completion_tokens: int
+    cost_usd: float
+    latency_s: float
+    error: str | None
+    teacher_model: str
+    created_at: datetime = field(default_factory=utcnow)
+    schema_version: int = SCHEMA_VERSION
+
+
+@dataclass(frozen=True)
+class PredictionRow:
+    arm: str
+    split: str
+    example_id: str
+    prediction: str
+    rationale: str | None
+    label: str
+    correct: bool
+    checkpoint: str
+    created_at: datetime = field(default_factory=utcnow)
+    schema_version: int = SCHEMA_VERSION
+
+
+@dataclass(frozen=True)
+class ResultRow:
+    arm: str
+    split: str
+    metric: str  # accuracy | self_eval_agreement | teacher_accuracy | ...
+    value: float
+    n: int
+    checkpoint: str
+    created_at: datetime = field(default_factory=utcnow)
+    schema_version: int = SCHEMA_VERSION
+
+
+_TS = pa.timestamp("us", tz="UTC")
+
+SCHEMAS: dict[str, pa.Schema] = {
+    "examples": pa.schema(
+        [
+            ("example_id", pa.string()),
+            ("split", pa.string()),
+            ("input", pa.string()),
+            ("label", pa.string()),
+            ("dataset", pa.string()),
+            ("source", pa.string()),
+            ("created_at", _TS),
+            ("schema_version", pa.int32()),
+        ]
+    ),
+    "cots": pa.schema(
+        [
+            ("key", pa.string()),
+            ("example_id", pa.string()),
+            ("cot_index", pa.int32()),
+            ("text", pa.string()),
+            ("answer", pa.string()),
+            ("rationale", pa.string()),
+            ("parse_error", pa.string()),
+            ("finish_reason", pa.string()),
+            ("teacher_model", pa.string()),
+            ("prompt_version", pa.string()),
+            ("temperature", pa.float64()),
+            ("top_p", pa.float64()),
+            ("max_tokens", pa.int32()),
+            ("source", pa.string()),
+            ("call_id", pa.string()),
+            ("created_at", _TS),
+            ("schema_version", pa.int32()),
+        ]
+    ),
+    "evaluations": pa.schema(
+        [
+            ("key", pa.string()),
+            ("example_id", pa.string()),
+            ("cot_index", pa.int32()),
+            ("cot_key", pa.string()),
+            ("eval_index", pa.int32()),
+            ("text", pa.string()),
+            ("verdict", pa.string()),
+            ("rationale", pa.string()),
+            ("parse_error", pa.string()),
+            ("finish_reason", pa.string()),
+            ("teacher_model", pa.string()),
+            ("prompt_version", pa.string()),
+            ("temperature", pa.float64()),
+            ("top_p", pa.float64()),
+            ("max_tokens", pa.int32()),
+            ("source", pa.string()),
+            ("call_id", pa.string()),
+            ("created_at", _TS),
+            ("schema_version", pa.int32()),
+        ]
+    ),
+    "calls": pa.schema(
+        [
+            ("call_id", pa.string()),
+            ("kind", pa.string()),
+            ("example_id", pa.string()),
+            ("keys", pa.list_(pa.string())),
+            ("status", pa.string()),
+            ("attempts", pa.int32()),
+            ("prompt_tokens", pa.int64()),
+            ("completion_tokens", pa.int64()),
+            ("cost_usd", pa.float64()),
+            ("latency_s", pa.float64()),
+            ("error", pa.string()),
+            ("teacher_model", pa.string()),
+            ("created_at", _TS),
+            ("schema_version", pa.int32()),
+        ]
+    ),
+    "predictions": pa.schema(
+        [
+            ("arm", pa.string()),
+            ("split", pa.string()),
+            ("example_id", pa.string()),
+            ("prediction", pa.string()),
+            ("rationale", pa.string()),
+            ("label", pa.string()),
+            ("correct", pa.bool_()),
+            ("checkpoint", pa.string()),
+            ("created_at", _TS),
+            ("schema_version", pa.int32()),
+        ]
+    ),
+    "results": pa.schema(
+        [
+            ("arm", pa.string()),
+            ("split", pa.string()),
+            ("metric", pa.string()),
+            ("value", pa.float64()),
+            ("n", pa.int64()),
+            ("checkpoint", pa.string()),
+            ("created_at", _TS),
+            ("schema_version", pa.int32()),
+        ]
+    ),
+}
+
+TABLE_OF = {
+    ExampleRow: "examples",
+    CotRow: "cots",
+    EvaluationRow: "evaluations",
+    CallRow: "calls",
+    PredictionRow: "predictions",
+    ResultRow: "results",
+}
+
+# The columns that identify a row: views keep one row per key, so a file written twice (a crash
+# between compaction's write and delete, or two runs racing on one request) never counts twice.
+PRIMARY_KEYS = {
+    "examples": ("example_id",),
+    "cots": ("key",),
+    "evaluations": ("key",),
+    "calls": ("call_id",),
+    "predictions": ("arm", "split", "example_id", "checkpoint"),
+    "results": ("arm", "split", "metric", "checkpoint"),
+}
+
+
+def to_arrow(rows: list) -> tuple[str, pa.Table]:
+    """The table name and an Arrow table for rows that are all of one record type."""
+    if not rows:
+        raise ValueError("to_arrow needs at least one row")
+    kind = type(rows[0])
+    if any(type(row) is not kind for row in rows):
+        raise TypeError("rows of one append must all be of one record type")
+    table = TABLE_OF[kind]
+    columns = {f.name: [getattr(row, f.name) for row in rows] for f in dataclasses.fields(kind)}
+    return table, pa.Table.from_pydict(columns, schema=SCHEMAS[table])

@@ -1,0 +1,323 @@
+"""The store: append-only Parquet files per table, read through DuckDB views.
+
+Layout: ``<root>/<table>/part-<utc-ts>-<uuid>.parquet``. Every file is written under a temporary
+name (``.tmp-...``, which no reader's glob matches) and renamed into place, so a writer killed
+mid-write leaves at worst an ignored temporary file. File names are unique per write, so any number
+of processes may append to one store at once. Views keep one row per primary key, so a row written
+twice (a retried write, compaction between its write and its delete) never counts twice.
+
+The root is a local folder or a URL: ``s3://`` and ``gs://`` use pyarrow's native filesystems (and
+DuckDB's httpfs to read), any other scheme goes through fsspec (registered with DuckDB too).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TypeVar
+from urllib.parse import urlparse
+
+import duckdb
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from storage.records import PRIMARY_KEYS, SCHEMAS, to_arrow
+
+# Object stores publish an upload only when it completes, and their "rename" is a copy + delete,
+# so there a direct write is already all-or-nothing and cheaper.
+_NATIVE_OBJECT_STORES = {"s3": "s3", "gs": "gs", "gcs": "gs"}
+
+# A temporary file older than this belongs to a writer that died: a single append takes
+# milliseconds, so an hour leaves a wide margin before compact() removes it.
+_STALE_TMP_S = 3600
+_READ_ATTEMPTS = 4
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Location:
+    """Where a store root lives: the filesystem pyarrow writes with and the URL DuckDB reads."""
+
+    filesystem: pafs.FileSystem
+    path: str  # the root inside `filesystem`
+    url: str  # the root as DuckDB addresses it
+    rename_into_place: bool
+    fsspec_filesystem: object | None = None  # registered with DuckDB for schemes it lacks
+
+
+def locate(root: str) -> Location:
+    """Map a store root (folder or URL) to filesystems; nothing is created or contacted."""
+    parsed = urlparse(root)
+    scheme = parsed.scheme.lower()
+    if len(scheme) <= 1 or scheme == "file":  # no scheme, a Windows drive letter, or file://
+        local = Path(parsed.path if scheme == "file" else root).expanduser().absolute()
+        return Location(pafs.LocalFileSystem(), local.as_posix(), local.as_posix(), rename_into_place=True)
+    bucket_path = f"{parsed.netloc}{parsed.path}".rstrip("/")
+    if scheme in _NATIVE_OBJECT_STORES:
+        native = _NATIVE_OBJECT_STORES[scheme]
+        filesystem = pafs.S3FileSystem() if native == "s3" else pafs.GcsFileSystem()
+        return Location(filesystem, bucket_path, f"{native}://{bucket_path}", rename_into_place=False)
+    import fsspec
+
+    fs = fsspec.filesystem(scheme)
+    handler = pafs.PyFileSystem(pafs.FSSpecHandler(fs))
+    return Location(handler, fs._strip_protocol(root).rstrip("/"), root.rstrip("/"), True, fs)
+
+
+def _utc_stamp() -> str:
+    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+
+
+def _quote(identifier: str) -> str:
+    return '"' + identifier.replace('"', '""') + '"'
+
+
+class Store:
+    """Append rows, read them back through DuckDB. Cheap to construct; holds no connection."""
+
+    def __init__(self, root: str):
+        self.root = str(root)
+        self.location = locate(self.root)
+        self._made_dirs: set[str] = set()
+
+    def __repr__(self) -> str:
+        return f"Store({self.root!r})"
+
+    def local_folder(self) -> Path | None:
+        """The root as a local folder, or None when the store lives behind a URL."""
+        if isinstance(self.location.filesystem, pafs.LocalFileSystem):
+            return Path(self.location.path)
+        return None
+
+    # ---- writing ---------------------------------------------------------------------------
+
+    def append(self, rows: Sequence) -> None:
+        """Write rows of one record type as one new Parquet file; no-op for no rows."""
+        rows = list(rows)
+        if not rows:
+            return
+        table, data = to_arrow(rows)
+        self._write(table, data)
+
+    def _write(self, table: str, data: pa.Table) -> str:
+        fs = self.location.filesystem
+        folder = f"{self.location.path}/{table}"
+        if folder not in self._made_dirs:
+            fs.create_dir(folder, recursive=True)
+            self._made_dirs.add(folder)
+        token = uuid.uuid4().hex
+        final = f"{folder}/part-{_utc_stamp()}-{token}.parquet"
+        if not self.location.rename_into_place:
+            pq.write_table(data, final, filesystem=fs)
+            return final
+        temporary = f"{folder}/.tmp-{token}.parquet"
+        try:
+            pq.write_table(data, temporary, filesystem=fs)
+            fs.move(temporary, final)
+        except BaseException:
+            _delete_quietly(fs, temporary)
+            raise
+        return final
+
+    # ---- reading ---------------------------------------------------------------------------
+
+    def files(self, table: str) -> list[str]:
+        """The table's committed Parquet files (paths inside the filesystem), oldest name first."""
+        return [info.path for info in self._listing(table) if _is_part(info)]
+
+    def _listing(self, table: str) -> list[pafs.FileInfo]:
+        selector = pafs.FileSelector(f"{self.location.path}/{table}", allow_not_found=True)
+        return sorted(self.location.filesystem.get_file_info(selector), key=lambda info: info.path)
+
+    def _url(self, table: str, name: str) -> str:
+        return f"{self.location.url}/{table}/{name}"
+
+    def connect(self) -> duckdb.DuckDBPyConnection:
+        """A fresh in-memory DuckDB with one deduplicating view per table plus `rejects` and
+        `failed_requests`. Views over existing files follow the glob, so they see later appends;
+        a table with no files at connect time is a typed empty view for this connection."""
+        con = duckdb.connect()
+        try:
+            con.execute("SET TimeZone = 'UTC'")
+            if self.location.fsspec_filesystem is not None:
+                con.register_filesystem(self.location.fsspec_filesystem)
+            for table in SCHEMAS:
+                self._create_view(con, table)
+            con.execute(_REJECTS_VIEW)
+            con.execute(_FAILED_REQUESTS_VIEW)
+        except BaseException:
+            con.close()
+            raise
+        return con
+
+    def _create_view(self, con: duckdb.DuckDBPyConnection, table: str) -> None:
+        schema = SCHEMAS[table]
+        empty = f"_{table}_empty"
+        con.register(empty, schema.empty_table())
+        if not self.files(table):
+            con.execute(f"CREATE VIEW {table} AS SELECT * FROM {empty}")
+            return
+        raw = f"_{table}_files"
+        glob = self._url(table, "part-*.parquet")
+        con.read_parquet(glob, union_by_name=True, filename=True, file_row_number=True).create_view(raw)
+        # The typed empty table supplies every current column, so files written before a column
+        # existed read it as NULL; columns this code does not know are left out.
+        columns = ", ".join(_quote(f.name) for f in schema)
+        keys = ", ".join(_quote(key) for key in PRIMARY_KEYS[table])
+        con.execute(
+            f"CREATE VIEW {table} AS SELECT {columns} "
+            f"FROM (SELECT * FROM {empty} UNION ALL BY NAME SELECT * FROM {raw}) "
+            f"QUALIFY row_number() OVER (PARTITION BY {keys} "
+            "ORDER BY created_at, filename, file_row_number) = 1"
+        )
+
+    def fetch(self, sql: str, params: Sequence | dict | None = None) -> tuple[list[str], list[tuple]]:
+        """Run one query on a fresh connection: (column names, rows)."""
+
+        def run(con: duckdb.DuckDBPyConnection) -> tuple[list[str], list[tuple]]:
+            relation = con.sql(sql, params=params)
+            return (list(relation.columns), relation.fetchall()) if relation is not None else ([], [])
+
+        return self.read(run)
+
+    def fetch_arrow(self, sql: str, params: Sequence | dict | None = None) -> pa.Table:
+        """Run one query on a fresh connection and return the result as an Arrow table."""
+        return self.read(lambda con: con.sql(sql, params=params).to_arrow_table())
+
+    def read(self, work: Callable[[duckdb.DuckDBPyConnection], T]) -> T:
+        """work(connection) on a fresh connection, run again on a new one if a file vanished.
+
+        compact() may delete a file between a glob's expansion and its read. Its rows are in the
+        merged file already, so a fresh listing sees them; a few tries ride out back-to-back
+        compactions. `work` must only read."""
+        for attempt in range(1, _READ_ATTEMPTS + 1):
+            con = None
+            try:
+                con = self.connect()
+                return work(con)
+            except duckdb.IOException:
+                if attempt == _READ_ATTEMPTS:
+                    raise
+                time.sleep(0.02 * attempt)
+            finally:
+                if con is not None:
+                    con.close()
+
+    # ---- maintenance -----------------------------------------------------------------------
+
+    def compact(self) -> dict[str, int]:
+        """Merge each table's files into one; returns how many files were merged per table.
+
+        Writes the merged file first and then deletes exactly the files it read, so concurrent
+        readers see either the old files or duplicates (which views drop), and files appended
+        meanwhile are left alone. Also removes temporary files left by writers that died."""
+        merged = {}
+        for table in SCHEMAS:
+            self._remove_stale_temporaries(table)
+            for attempt in (1, 2):
+                files = self.files(table)
+                if len(files) < 2:
+                    break
+                try:
+                    data = self._read_deduplicated(table, files)
+                except FileNotFoundError:
+                    if attempt == 2:  # another compaction is deleting these files right now
+                        raise
+                    continue
+                self._write(table, data)
+                for path in files:
+                    _delete_quietly(self.location.filesystem, path)
+                merged[table] = len(files)
+                break
+        return merged
+
+    def _read_deduplicated(self, table: str, files: list[str]) -> pa.Table:
+        schema = SCHEMAS[table]
+        parts = []
+        for order, path in enumerate(files):
+            part = _conform(pq.read_table(path, filesystem=self.location.filesystem), schema)
+            parts.append(part.append_column("_file_order", pa.array([order] * part.num_rows, pa.int64())))
+        combined = pa.concat_tables(parts)
+        keys = ", ".join(_quote(key) for key in PRIMARY_KEYS[table])
+        columns = ", ".join(_quote(f.name) for f in schema)
+        con = duckdb.connect()
+        try:
+            con.execute("SET TimeZone = 'UTC'")
+            con.register("_merging", combined)
+            deduplicated = con.sql(
+                f"SELECT {columns} FROM (SELECT *, row_number() OVER () AS _row FROM _merging) "
+                f"QUALIFY row_number() OVER (PARTITION BY {keys} ORDER BY created_at, _file_order, _row) = 1 "
+                "ORDER BY created_at, _file_order, _row"
+            ).to_arrow_table()
+        finally:
+            con.close()
+        return deduplicated.cast(schema)
+
+    def _remove_stale_temporaries(self, table: str) -> None:
+        cutoff = time.time() - _STALE_TMP_S
+        for info in self._listing(table):
+            if (
+                info.base_name.startswith(".tmp-")
+                and info.mtime is not None
+                and info.mtime.timestamp() < cutoff
+            ):
+                _delete_quietly(self.location.filesystem, info.path)
+
+
+def _is_part(info: pafs.FileInfo) -> bool:
+    return (
+        info.type == pafs.FileType.File
+        and info.base_name.startswith("part-")
+        and info.path.endswith(".parquet")
+    )
+
+
+def _conform(data: pa.Table, schema: pa.Schema) -> pa.Table:
+    """Old files lack columns added since (they read as nulls); unknown columns are dropped."""
+    columns = [
+        data.column(f.name) if f.name in data.column_names else pa.nulls(data.num_rows, f.type)
+        for f in schema
+    ]
+    return pa.Table.from_arrays(columns, schema=schema) if columns else data
+
+
+def _delete_quietly(fs: pafs.FileSystem, path: str) -> None:
+    try:
+        fs.delete_file(path)
+    except OSError:  # already gone, or not ours to delete: views dedupe what stays
+        pass
+
+
+_REJECTS_VIEW = """
+CREATE VIEW rejects AS
+SELECT 'cots' AS "table", key, example_id, parse_error AS reason, text FROM cots WHERE parse_error IS NOT NULL
+UNION ALL
+SELECT 'evaluations', key, example_id, parse_error, text FROM evaluations WHERE parse_error IS NOT NULL
+"""
+
+# A failed call still matters while any key it asked for is missing; of several failed calls for
+# the same keys only the latest says what is wrong now.
+_FAILED_REQUESTS_VIEW = """
+CREATE VIEW failed_requests AS
+WITH latest AS (
+    SELECT * FROM calls WHERE status = 'failed'
+    QUALIFY row_number() OVER (PARTITION BY kind, keys ORDER BY created_at DESC, call_id) = 1
+),
+stored AS (
+    SELECT key, 'cot' AS kind FROM cots
+    UNION ALL
+    SELECT key, 'evaluation' AS kind FROM evaluations
+),
+asked AS (SELECT call_id, kind, unnest(keys) AS key FROM latest),
+unanswered AS (
+    SELECT DISTINCT asked.call_id FROM asked
+    ANTI JOIN stored ON stored.key = asked.key AND stored.kind = asked.kind
+)
+SELECT latest.* FROM latest SEMI JOIN unanswered ON unanswered.call_id = latest.call_id
+"""

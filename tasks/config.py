@@ -1,0 +1,242 @@
+"""The one config tree of a run, loaded from YAML.
+
+Every section is a frozen pydantic model with ``extra="forbid"``, so a typo fails loudly with the
+path of the offending key. Relative paths are relative to the working directory the command is
+run from (the repository root in the README's commands).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """A config file that cannot be used; the message says what to change."""
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ArithmeticConfig(Model):
+    """The built-in generator of arithmetic word problems (no download needed)."""
+
+    train: int = Field(600, ge=1, description="problems in the train split")
+    test: int = Field(200, ge=1, description="problems in the test split")
+    seed: int = 0
+
+
+class CustomConfig(Model):
+    """Field mapping for `dataset.name: custom`: one JSONL/CSV/Parquet file per split."""
+
+    files: dict[str, str] = Field(description="split name -> file path (.jsonl, .json, .csv, .parquet)")
+    input_field: str = "input"
+    label_field: str = "label"
+    id_field: str | None = None
+    label_type: Literal["text", "number", "equation", "choice"] = "text"
+
+
+class DatasetConfig(Model):
+    name: Literal["arithmetic", "svamp", "cqa", "anli1", "custom"] = "arithmetic"
+    path: str | None = Field(None, description="folder in the Distilling-Step-by-Step layout")
+    splits: list[str] = ["train", "test"]
+    limit: int | None = Field(None, ge=1, description="keep only the first N rows of each split")
+    validation_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+    validation_seed: int = 0
+    arithmetic: ArithmeticConfig = ArithmeticConfig()
+    custom: CustomConfig | None = None
+
+    @model_validator(mode="after")
+    def _check_sources(self) -> DatasetConfig:
+        if self.name in ("svamp", "cqa", "anli1") and not self.path:
+            raise ValueError(
+                f"dataset.path is required for dataset.name={self.name!r}: point it at a folder in the "
+                f"Distilling-Step-by-Step layout, e.g. ../shared/data/{self.name}"
+            )
+        if self.name == "custom" and self.custom is None:
+            raise ValueError("dataset.custom is required for dataset.name='custom' (files, input_field, ...)")
+        return self
+
+
+class Price(Model):
+    """US dollars per million tokens."""
+
+    input: float = Field(ge=0)
+    output: float = Field(ge=0)
+
+
+DEFAULT_PRICES = {
+    "gpt-3.5-turbo": Price(input=0.5, output=1.5),
+    "gpt-4o-mini": Price(input=0.15, output=0.6),
+    "gpt-4o": Price(input=2.5, output=10.0),
+    "simulated-teacher": Price(input=0.5, output=1.5),
+}
+
+
+class SimulatorConfig(Model):
+    """The local simulated teacher (a simulation: not a language model)."""
+
+    latency_ms: float = Field(0.0, ge=0)
+    wrong_rate: float = Field(0.25, ge=0, le=1, description="share of CoTs that reach a wrong answer")
+    seed: int = 0
+
+
+class TeacherConfig(Model):
+    model: str = "gpt-3.5-turbo"
+    base_url: str | None = Field(None, description="null: the openai client's OPENAI_BASE_URL or OpenAI")
+    api_key_env: str = "OPENAI_API_KEY"
+    n_cots: int = Field(5, ge=1, le=64)
+    n_evals: int = Field(5, ge=0, le=64)
+    temperature: float = Field(0.7, ge=0, le=2)
+    top_p: float = Field(1.0, gt=0, le=1)
+    max_tokens: int = Field(256, ge=1, description="completion tokens per chain of thought")
+    eval_max_tokens: int = Field(256, ge=1, description="completion tokens per self-evaluation")
+    use_n: bool = Field(True, description="false: repeated n=1 requests, for servers without `n`")
+    max_rpm: int = Field(3500, ge=1)
+    max_tpm: int = Field(90000, ge=1)
+    max_concurrency: int = Field(32, ge=1)
+    timeout_s: float = Field(60, gt=0)
+    max_attempts: int = Field(6, ge=1, description="tries per request for transient errors")
+    max_cost_usd: float | None = Field(None, gt=0)
+    prices: dict[str, Price] = DEFAULT_PRICES
+    shared_rate_limit: str | None = Field(
+        None, description="name of a Prefect global rate limit shared by all workers using this key"
+    )
+    simulate: bool = Field(False, description="start the local simulated teacher in-process")
+    simulator: SimulatorConfig = SimulatorConfig()
+
+    @model_validator(mode="after")
+    def _check_price(self) -> TeacherConfig:
+        if self.max_cost_usd is not None and self.model not in self.prices:
+            raise ValueError(
+                f"teacher.max_cost_usd is set but teacher.prices has no entry for {self.model!r}; "
+                f"add `prices: {{{self.model}: {{input: <$ per 1M tokens>, output: <$ per 1M tokens>}}}}`"
+            )
+        return self
+
+
+class GenerateConfig(Model):
+    splits: list[str] = Field(["train"], description="splits to ask the teacher about")
+    batch_size: int = Field(50, ge=1, description="examples per Prefect task run")
+
+
+class StoreConfig(Model):
+    path: str = "runs/default"
+
+
+class TinyStudentConfig(Model):
+    d_model: int = 128
+    d_ff: int = 256
+    num_layers: int = 2
+    num_heads: int = 4
+    vocab_size: int = 2000
+
+
+class StudentConfig(Model):
+    model: str = Field("tiny", description="'tiny', a Hugging Face seq2seq id, or a local path")
+    tiny: TinyStudentConfig = TinyStudentConfig()
+    max_input_length: int = 512
+    max_target_length: int = 256
+
+
+class ArmConfig(Model):
+    """One trained student: which data and which loss."""
+
+    name: str
+    mode: Literal["standard", "cot"] = "cot"
+    labels: Literal["gold", "teacher"] = "gold"
+    n_cots: int = Field(1, ge=1, description="k: chains of thought per example in the CoT stage")
+    self_eval: bool = Field(False, description="train on self-evaluations first (stage 1)")
+
+    @model_validator(mode="after")
+    def _check_mode(self) -> ArmConfig:
+        if self.mode == "standard" and self.n_cots != 1:
+            raise ValueError(f"arm {self.name!r}: n_cots only applies to mode 'cot'; remove it")
+        return self
+
+
+class TrainConfig(Model):
+    arms: list[ArmConfig] = [ArmConfig(name="cot-selfeval", mode="cot", n_cots=5, self_eval=True)]
+    alpha: float = Field(0.5, ge=0, le=1, description="loss = alpha*label + (1-alpha)*rationale")
+    batch_size: int = Field(64, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    learning_rate: float = Field(5e-5, gt=0)
+    stage1_steps: int = Field(2000, ge=0, description="optimizer steps on self-evaluations")
+    stage2_steps: int = Field(10000, ge=1, description="optimizer steps on chains of thought")
+    eval_every: int = Field(250, ge=1, description="validate and checkpoint every N steps")
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    bf16: bool | Literal["auto"] = "auto"
+
+
+class EvalConfig(Model):
+    batch_size: int = Field(64, ge=1)
+    max_new_tokens: int = Field(64, ge=1)
+
+
+class Config(Model):
+    dataset: DatasetConfig = DatasetConfig()
+    teacher: TeacherConfig = TeacherConfig()
+    generate: GenerateConfig = GenerateConfig()
+    store: StoreConfig = StoreConfig()
+    student: StudentConfig = StudentConfig()
+    train: TrainConfig = TrainConfig()
+    evaluate: EvalConfig = EvalConfig()
+
+    @model_validator(mode="after")
+    def _check_arms(self) -> Config:
+        names = [arm.name for arm in self.train.arms]
+        if len(set(names)) != len(names):
+            raise ValueError(f"train.arms: arm names must be unique, got {names}")
+        explicit = "arms" in self.train.model_fields_set
+        for arm in self.train.arms:
+            if explicit and arm.mode == "cot" and arm.n_cots > self.teacher.n_cots:
+                raise ValueError(
+                    f"arm {arm.name!r} wants n_cots={arm.n_cots} but teacher.n_cots={self.teacher.n_cots}; "
+                    "lower the arm's n_cots or raise teacher.n_cots"
+                )
+        return self
+
+
+def _describe(error: ValidationError, source: str) -> str:
+    lines = [f"{source}: invalid config"]
+    for item in error.errors():
+        where = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        if item["type"] == "extra_forbidden":
+            lines.append(f"  {where}: unknown key; remove it or check its spelling")
+        else:
+            lines.append(f"  {where}: {item['msg']}")
+    return "\n".join(lines)
+
+
+def parse_config(data: dict, source: str = "config") -> Config:
+    try:
+        return Config.model_validate(data or {})
+    except ValidationError as error:
+        raise ConfigError(_describe(error, source)) from None
+
+
+def load_config(path: str | Path) -> Config:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such config file")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML: {error}") from None
+    if data is not None and not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections (dataset, teacher, store, ...)")
+    return parse_config(data, str(path))
+
+
+def resolve_config(config: Config | str | Path | dict) -> Config:
+    """A flow parameter as a Config: the tree itself, a YAML file path, or the tree as a mapping."""
+    if isinstance(config, Config):
+        return config
+    if isinstance(config, dict):
+        return parse_config(config)
+    return load_config(config)

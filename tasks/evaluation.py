@@ -1,0 +1,181 @@
+"""Scoring a student: batched greedy generation of labels and rationales, accuracy, agreement.
+
+Labels are generated with the "predict: " prefix, rationales with "explain: " (the prefixes the
+student was trained with, tasks.training.PREDICT / EXPLAIN). Accuracy uses
+tasks.parsing.answers_match, so an equation label is scored by its numeric value.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import torch
+from rich.progress import Progress
+
+from tasks.config import EvalConfig
+from tasks.parsing import answers_match
+
+PREDICT = "predict: "
+EXPLAIN = "explain: "
+VERDICTS = ("correct", "wrong", "uncertain")
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """The torch device for a config value: "auto" picks CUDA, then Apple MPS, then the CPU."""
+    if name != "auto":
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def use_bf16(setting: bool | str, device: torch.device) -> bool:
+    """Whether to autocast to bf16: "auto" means on CUDA devices that support it, never on the CPU."""
+    supported = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    if setting == "auto":
+        return supported
+    if setting and not supported:
+        raise ValueError(f"train.bf16 is true but {device} has no bf16 support; set it to auto or false")
+    return bool(setting)
+
+
+def autocast(device: torch.device, bf16: bool):
+    return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
+
+
+def predict(
+    model,
+    tokenizer,
+    inputs: Sequence[str],
+    batch_size: int = 64,
+    max_new_tokens: int = 64,
+    device: torch.device | str | None = None,
+    *,
+    prefix: str = PREDICT,
+    max_input_length: int = 512,
+    bf16: bool = False,
+    progress: bool = False,
+) -> list[str]:
+    """Greedy outputs for `inputs` (each prefixed with `prefix`), in the order of `inputs`.
+
+    Inputs are batched by length, so a batch pads to a similar length instead of the longest input.
+    """
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    order = sorted(range(len(inputs)), key=lambda i: len(inputs[i]))
+    outputs: list[str] = [""] * len(inputs)
+    was_training = model.training
+    model.eval()
+    with Progress(disable=not progress, transient=True) as bar, torch.inference_mode():
+        task = bar.add_task(f"generating {prefix.strip()}", total=len(inputs))
+        for start in range(0, len(order), batch_size):
+            chunk = order[start : start + batch_size]
+            encoded = tokenizer(
+                [prefix + inputs[i] for i in chunk],
+                max_length=max_input_length,
+                truncation=True,
+                padding=True,
+                return_tensors="pt",
+            ).to(device)
+            with autocast(device, bf16):
+                generated = model.generate(
+                    input_ids=encoded["input_ids"],
+                    attention_mask=encoded["attention_mask"],
+                    max_new_tokens=max_new_tokens,
+                    do_sample=False,
+                    num_beams=1,
+                )
+            texts = tokenizer.batch_decode(generated, skip_special_tokens=True)
+            for i, text in zip(chunk, texts):
+                outputs[i] = text.strip()
+            bar.advance(task, len(chunk))
+    model.train(was_training)
+    return outputs
+
+
+def label_accuracy(preds: Sequence[str], golds: Sequence[str], answer_type: str) -> float:
+    """Share of predictions that match their gold label (0.0 for no predictions)."""
+    if len(preds) != len(golds):
+        raise ValueError(f"{len(preds)} predictions for {len(golds)} gold labels")
+    if not preds:
+        return 0.0
+    return sum(answers_match(answer_type, p, g) for p, g in zip(preds, golds)) / len(preds)
+
+
+def normalise_verdict(text: str) -> str | None:
+    """The verdict word a student's self-evaluation output starts with, or None."""
+    words = text.strip().lower().split()
+    word = words[0].strip(".,:;!") if words else ""
+    return word if word in VERDICTS else None
+
+
+def verdict_accuracy(preds: Sequence[str], golds: Sequence[str]) -> float:
+    """Self-evaluation agreement: share of judged inputs where the student's verdict is the teacher's."""
+    if len(preds) != len(golds):
+        raise ValueError(f"{len(preds)} verdicts for {len(golds)} teacher verdicts")
+    if not preds:
+        return 0.0
+    return sum(normalise_verdict(p) == normalise_verdict(g) for p, g in zip(preds, golds)) / len(preds)
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """A student's outputs on one split, in the order of the rows given, and their scores."""
+
+    predictions: tuple[str, ...]
+    rationales: tuple[str, ...] | None  # explain outputs, when asked for
+    correct: tuple[bool, ...]
+    accuracy: float
+    n: int
+    examples_per_s: float  # label generation only
+
+
+def evaluate_student(
+    model,
+    tokenizer,
+    rows: Sequence,
+    answer_type: str,
+    cfg: EvalConfig | None = None,
+    *,
+    device: torch.device | str | None = None,
+    explain: bool = False,
+    max_input_length: int = 512,
+    bf16: bool = False,
+    progress: bool = False,
+) -> Evaluation:
+    """Label accuracy of the student on `rows` (anything with .input and .label); rationales if `explain`.
+
+    For self-evaluation rows (input from tasks.prompts.format_judged_input, label a verdict) use
+    answer_type "verdict": accuracy is then the agreement with the teacher's verdicts.
+    """
+    cfg = cfg or EvalConfig()
+    inputs = [row.input for row in rows]
+    golds = [row.label for row in rows]
+    options = {
+        "batch_size": cfg.batch_size,
+        "max_new_tokens": cfg.max_new_tokens,
+        "device": device,
+        "max_input_length": max_input_length,
+        "bf16": bf16,
+        "progress": progress,
+    }
+    started = time.perf_counter()
+    preds = predict(model, tokenizer, inputs, prefix=PREDICT, **options)
+    seconds = time.perf_counter() - started
+    if answer_type == "verdict":
+        correct = [normalise_verdict(p) == normalise_verdict(g) for p, g in zip(preds, golds)]
+    else:
+        correct = [answers_match(answer_type, p, g) for p, g in zip(preds, golds)]
+    rationales = predict(model, tokenizer, inputs, prefix=EXPLAIN, **options) if explain else None
+    return Evaluation(
+        predictions=tuple(preds),
+        rationales=tuple(rationales) if rationales is not None else None,
+        correct=tuple(correct),
+        accuracy=sum(correct) / len(correct) if correct else 0.0,
+        n=len(rows),
+        examples_per_s=len(rows) / seconds if seconds > 0 else 0.0,
+    )

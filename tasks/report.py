@@ -1,0 +1,96 @@
+"""The results table of every trained arm: markdown on the terminal, CSV and a PNG chart beside the store."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from storage import Store, queries
+from tasks.config import Config
+
+COLUMNS = ("arm", "test accuracy", "validation accuracy", "self-eval agreement", "n test", "checkpoint")
+
+
+@dataclass(frozen=True)
+class Report:
+    columns: tuple[str, ...]
+    rows: list[tuple]
+    markdown: str
+    csv_path: str | None
+    png_path: str | None
+
+
+def _cell(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def markdown_table(columns: Sequence[str], rows: Sequence[Sequence]) -> str:
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(_cell(value) for value in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def results_rows(store: Store) -> list[tuple]:
+    """One row per arm (baselines first): the latest value of each metric."""
+    table: dict[str, dict[str, object]] = {}
+    for result in queries.latest_results(store):
+        row = table.setdefault(result.arm, {"checkpoint": result.checkpoint})
+        row[f"{result.split}:{result.metric}"] = result.value
+        if result.split == "test" and result.metric == "accuracy":
+            row["n"] = result.n
+    ordered = sorted(table, key=lambda arm: (not arm.startswith(("baseline", "teacher")), arm))
+    return [
+        (
+            arm,
+            table[arm].get("test:accuracy"),
+            table[arm].get("validation:accuracy"),
+            table[arm].get("test:self_eval_agreement"),
+            table[arm].get("n"),
+            table[arm].get("checkpoint"),
+        )
+        for arm in ordered
+    ]
+
+
+def _write_png(rows: list[tuple], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    scored = [(row[0], row[1]) for row in rows if row[1] is not None]
+    figure, axes = plt.subplots(figsize=(max(4.0, 1.3 * len(scored)), 3.2))
+    bars = axes.bar([arm for arm, _ in scored], [100 * value for _, value in scored], color="#4477aa")
+    axes.bar_label(bars, fmt="%.1f")
+    axes.set_ylabel("test accuracy (%)")
+    axes.set_ylim(0, 105)
+    axes.tick_params(axis="x", labelrotation=20)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def write_report(config: Config) -> Report:
+    store = Store(config.store.path)
+    rows = results_rows(store)
+    markdown = markdown_table(COLUMNS, rows)
+    if not rows:
+        return Report(COLUMNS, rows, "no results yet: run `mindsmirror evaluate CONFIG` first", None, None)
+    folder = store.local_folder()
+    if folder is None:
+        return Report(COLUMNS, rows, markdown, None, None)
+    csv_path, png_path = folder / "report.csv", folder / "report.png"
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(COLUMNS)
+    writer.writerows(rows)
+    csv_path.write_text(buffer.getvalue(), encoding="utf-8")
+    _write_png(rows, png_path)
+    return Report(COLUMNS, rows, markdown, str(csv_path), str(png_path))

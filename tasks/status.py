@@ -1,0 +1,36 @@
+"""What the store holds and what generation still lacks, for `mindsmirror status`."""
+
+from __future__ import annotations
+
+from storage import Store, queries
+from tasks.config import Config
+from tasks.datasets import answer_type, load_dataset
+from tasks.generation import plan_generation
+
+
+def run_status(config: Config) -> dict:
+    store = Store(config.store.path)
+    report = queries.status(store).as_dict()
+    rows = load_dataset(config.dataset)
+    wanted = [row for row in rows if row.split in set(config.generate.splits)]
+    plan = plan_generation(store, config, answer_type(config.dataset), wanted)
+    report["missing"] = {
+        "examples_not_stored": len(queries.new_examples(store, rows)),
+        "examples_with_missing_work": len(plan.work),
+        "cot_requests": plan.cot_requests,
+        "evaluation_requests": plan.eval_requests + plan.later_eval_requests,
+        "estimated_cost_usd": round(plan.cost_usd, 4),
+    }
+    return report
+
+
+def describe_status(report: dict) -> str:
+    lines = []
+    for section, values in report.items():
+        lines.append(f"{section}:")
+        if isinstance(values, dict):
+            for name, value in values.items():
+                lines.append(f"  {name}: {value}")
+        else:
+            lines.append(f"  {values}")
+    return "\n".join(lines)

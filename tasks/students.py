@@ -1,0 +1,157 @@
+"""Train and score the student arms of a config, from what the store holds.
+
+Checkpoints live under `<store>/students/<arm>/`; scores go to the `predictions` and `results`
+tables. Checkpoint selection uses the validation split (carved from train); test is only scored.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from storage import PredictionRow, ResultRow, Store, queries
+from tasks.config import ArmConfig, Config
+from tasks.datasets import answer_type as answer_type_of
+from tasks.evaluation import evaluate_student, label_accuracy, resolve_device, use_bf16
+from tasks.parsing import answers_match
+from tasks.student import load_student
+from tasks.training import train_arm
+from tasks.trainsets import cot_set, label_set, self_eval_set
+
+
+class NothingToTrain(ValueError):
+    """The store lacks the rows an arm needs; the message says which command fills them."""
+
+
+@dataclass(frozen=True)
+class TrainedArm:
+    arm: str
+    checkpoint: str
+    validation_accuracy: float
+    train_rows: int
+    excluded_rows: int  # unparseable teacher outputs left out
+    examples_per_s: float
+
+
+def arm_folder(config: Config, arm: str) -> Path:
+    folder = Store(config.store.path).local_folder()
+    if folder is None:
+        raise NothingToTrain("training needs a local store path: checkpoints are written beside it")
+    return folder / "students" / arm
+
+
+def _arm(config: Config, name: str) -> ArmConfig:
+    for arm in config.train.arms:
+        if arm.name == name:
+            return arm
+    raise NothingToTrain(f"no arm named {name!r}; the config has {[arm.name for arm in config.train.arms]}")
+
+
+def _training_rows(store: Store, arm: ArmConfig):
+    if arm.mode == "standard" and arm.labels == "gold":
+        return label_set(store, "train")
+    # Standard distillation trains on the teacher's label of its first chain of thought, without rationale.
+    k = arm.n_cots if arm.mode == "cot" else 1
+    return cot_set(store, "train", k, arm.labels)
+
+
+def train_one(config: Config, name: str, resume: bool = False, progress: bool = True) -> TrainedArm:
+    arm = _arm(config, name)
+    store = Store(config.store.path)
+    kind = answer_type_of(config.dataset)
+    training = _training_rows(store, arm)
+    validation = label_set(store, "validation").rows
+    if not training.rows:
+        raise NothingToTrain(
+            f"arm {name!r}: the store has no usable training rows; run `mindsmirror generate CONFIG` "
+            "or `mindsmirror import dss CONFIG` first"
+        )
+    self_eval = self_eval_set(store, "train", arm.n_cots) if arm.self_eval else None
+    if arm.self_eval and not self_eval.rows:
+        raise NothingToTrain(f"arm {name!r} wants self-evaluations but the store has none; generate them first")
+    result = train_arm(
+        arm,
+        train_rows=training.rows,
+        validation_rows=validation,
+        self_eval_rows=self_eval.rows if self_eval else (),
+        train_cfg=config.train,
+        student_cfg=config.student,
+        eval_cfg=config.evaluate,
+        out_dir=arm_folder(config, name),
+        accuracy_fn=lambda predictions, golds: label_accuracy(predictions, golds, kind),
+        resume=resume,
+        progress=progress,
+    )
+    return TrainedArm(
+        arm=name,
+        checkpoint=str(result.checkpoint),
+        validation_accuracy=result.stage2.best_accuracy,
+        train_rows=len(training.rows),
+        excluded_rows=training.excluded + (self_eval.excluded if self_eval else 0),
+        examples_per_s=result.stage2.examples_per_s,
+    )
+
+
+def _checkpoint(config: Config, name: str) -> Path:
+    # train_arm keeps stage 2's best checkpoint as `best` (see tasks.training).
+    path = arm_folder(config, name) / "stage2" / "best"
+    if not path.is_dir():
+        raise NothingToTrain(f"arm {name!r} has no trained checkpoint at {path}; run `mindsmirror train CONFIG`")
+    return path
+
+
+def evaluate_one(config: Config, name: str, progress: bool = False) -> dict[str, float]:
+    """Score an arm's best checkpoint on test (and its self-evaluation agreement where the store allows)."""
+    store = Store(config.store.path)
+    kind = answer_type_of(config.dataset)
+    checkpoint = _checkpoint(config, name)
+    model, tokenizer = load_student(checkpoint)
+    device = resolve_device(config.train.device)
+    model.to(device)
+    options = dict(device=device, max_input_length=config.student.max_input_length,
+                   bf16=use_bf16(config.train.bf16, device), progress=progress)
+    test = label_set(store, "test").rows
+    scored = evaluate_student(model, tokenizer, test, kind, config.evaluate, explain=True, **options)
+    store.append([
+        PredictionRow(arm=name, split="test", example_id=row.example_id, prediction=prediction,
+                      rationale=rationale, label=row.label, correct=correct, checkpoint=str(checkpoint))
+        for row, prediction, rationale, correct in zip(
+            test, scored.predictions, scored.rationales, scored.correct)
+    ])
+    results = [ResultRow(arm=name, split="test", metric="accuracy", value=scored.accuracy, n=scored.n,
+                         checkpoint=str(checkpoint))]
+    validation = label_set(store, "validation").rows
+    if validation:
+        checked = evaluate_student(model, tokenizer, validation, kind, config.evaluate, **options)
+        results.append(ResultRow(arm=name, split="validation", metric="accuracy", value=checked.accuracy,
+                                 n=checked.n, checkpoint=str(checkpoint)))
+    # Agreement with the teacher's verdicts, on judged CoTs of examples the student never trained on.
+    judged = self_eval_set(store, "validation", None).rows
+    if judged:
+        agreement = evaluate_student(model, tokenizer, judged, "verdict", config.evaluate, **options)
+        results.append(ResultRow(arm=name, split="test", metric="self_eval_agreement", value=agreement.accuracy,
+                                 n=agreement.n, checkpoint=str(checkpoint)))
+    store.append(results)
+    return {f"{result.split}:{result.metric}": result.value for result in results}
+
+
+def score_baselines(config: Config) -> dict[str, float]:
+    """The constant baseline (the most common train label, said for every test question) and the
+    teacher's own accuracy on its stored chains of thought."""
+    store = Store(config.store.path)
+    kind = answer_type_of(config.dataset)
+    train, test = label_set(store, "train").rows, label_set(store, "test").rows
+    results = []
+    if train and test:
+        constant = Counter(row.label for row in train).most_common(1)[0][0]
+        hits = sum(answers_match(kind, constant, row.label) for row in test)
+        results.append(ResultRow(arm="baseline:constant", split="test", metric="accuracy",
+                                 value=hits / len(test), n=len(test), checkpoint=constant))
+    teacher = queries.teacher_answers(store)
+    if teacher:
+        hits = sum(answers_match(kind, answer, gold) for answer, gold in teacher)
+        results.append(ResultRow(arm="teacher", split="train", metric="accuracy", value=hits / len(teacher),
+                                 n=len(teacher), checkpoint="stored chains of thought"))
+    store.append(results)
+    return {result.arm: result.value for result in results}

@@ -1,0 +1,250 @@
+"""The one teacher client: an OpenAI-compatible chat endpoint, asked through a rate limiter.
+
+Retries live here and only here: the openai SDK's own retries are off (max_retries=0), and the
+Prefect tasks that call this client do not retry either. A transient failure is retried with
+jittered exponential backoff (tenacity); a 429's Retry-After / retry-after-ms, of any length, pauses
+dispatch for every caller through the shared RateLimiter (the SDK would ignore a long one).
+
+A reply truncated by max_tokens or stopped by a content filter is returned as it is, with its
+finish reason, to be recorded; paying again would usually buy the same truncation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import openai
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
+from tenacity.wait import wait_random_exponential
+
+from tasks.errors import FatalError, OutputError, TeacherError, TransientError, translate
+from tasks.ratelimit import RateLimiter
+
+log = logging.getLogger(__name__)
+
+# Rough tokens per character of English text; rate limits and cost estimates only need an upper-ish
+# bound, corrected by the usage the server reports (RateLimiter.settle).
+_CHARS_PER_TOKEN = 4
+_TOKENS_PER_MESSAGE = 4  # role and separators in the chat format
+_TOKENS_PER_REQUEST = 3
+
+
+def estimate_tokens(messages: Sequence[dict], n: int, max_tokens: int) -> int:
+    """Tokens a request may use: its prompt (estimated from characters) plus n * max_tokens."""
+    prompt = _TOKENS_PER_REQUEST + sum(
+        _TOKENS_PER_MESSAGE + math.ceil(len(str(m.get("content") or "")) / _CHARS_PER_TOKEN) for m in messages
+    )
+    return prompt + n * max_tokens
+
+
+@dataclass(frozen=True)
+class TeacherReply:
+    texts: tuple[str, ...]  # one per sample; fewer than n if the server ignored n
+    finish_reasons: tuple[str | None, ...]
+    prompt_tokens: int
+    completion_tokens: int
+    model: str
+    latency_s: float  # wall time of the whole call, retries included
+    attempts: int  # HTTP requests sent for this reply
+
+
+class _Secret:
+    """Holds the API key for redaction without ever showing it."""
+
+    def __init__(self, value: str):
+        self.value = value
+
+    def __repr__(self) -> str:
+        return "'***'"
+
+
+class TeacherClient:
+    """Asks an OpenAI-compatible chat endpoint for `n` samples of one prompt."""
+
+    def __init__(
+        self,
+        model: str,
+        base_url: str | None,
+        api_key: str,
+        timeout_s: float = 60.0,
+        max_attempts: int = 6,
+        max_concurrency: int = 32,
+        limiter: RateLimiter | None = None,
+        use_n: bool = True,
+        *,
+        on_retry: Callable[[TeacherError], None] | None = None,
+        backoff_initial_s: float = 1.0,
+        backoff_max_s: float = 60.0,
+    ):
+        if not api_key:
+            raise FatalError("no API key: export it in the variable named by teacher.api_key_env")
+        self.model = model
+        self.base_url = base_url
+        self.timeout_s = timeout_s
+        self.max_attempts = max_attempts
+        self.max_concurrency = max_concurrency
+        self.limiter = limiter or RateLimiter(None, None)
+        self.use_n = use_n
+        self.on_retry = on_retry
+        self._backoff = wait_random_exponential(multiplier=backoff_initial_s, max=backoff_max_s)
+        self._secret = _Secret(api_key)
+        self._semaphore: asyncio.Semaphore | None = None
+        self._semaphore_loop: asyncio.AbstractEventLoop | None = None
+        self._client = openai.AsyncOpenAI(api_key=api_key, base_url=base_url, timeout=timeout_s, max_retries=0)
+
+    def __repr__(self) -> str:
+        return f"TeacherClient(model={self.model!r}, base_url={self.base_url!r}, use_n={self.use_n})"
+
+    def _slots(self) -> asyncio.Semaphore:
+        loop = asyncio.get_running_loop()
+        if self._semaphore is None or self._semaphore_loop is not loop:
+            self._semaphore, self._semaphore_loop = asyncio.Semaphore(self.max_concurrency), loop
+        return self._semaphore
+
+    async def complete(
+        self,
+        messages: list[dict],
+        *,
+        n: int,
+        temperature: float,
+        top_p: float,
+        max_tokens: int,
+        example_id: str,
+    ) -> TeacherReply:
+        """n samples for one prompt; raises FatalError, OutputError or TransientError (retries spent)."""
+        started = time.perf_counter()
+        params = {"temperature": temperature, "top_p": top_p, "max_tokens": max_tokens}
+        if self.use_n or n == 1:
+            parts, failed_attempts = [await self._with_retries(messages, n, params, example_id)], 0
+        else:
+            parts, failed_attempts = await self._one_by_one(messages, n, params, example_id)
+        return TeacherReply(
+            texts=tuple(text for part in parts for text in part.texts),
+            finish_reasons=tuple(reason for part in parts for reason in part.finish_reasons),
+            prompt_tokens=sum(part.prompt_tokens for part in parts),
+            completion_tokens=sum(part.completion_tokens for part in parts),
+            model=parts[0].model,
+            latency_s=time.perf_counter() - started,
+            attempts=sum(part.attempts for part in parts) + failed_attempts,
+        )
+
+    async def _one_by_one(self, messages: list[dict], n: int, params: dict, example_id: str
+                          ) -> tuple[list[TeacherReply], int]:
+        """For servers without `n`: n one-sample requests. The samples that came back are kept even if
+        some requests failed (they are paid for); the reply is then shorter than n and the missing
+        samples stay missing for a rerun. Nothing back at all, or a fatal error, raises."""
+        outcomes = await asyncio.gather(
+            *(self._with_retries(messages, 1, params, example_id) for _ in range(n)), return_exceptions=True
+        )
+        parts = [outcome for outcome in outcomes if isinstance(outcome, TeacherReply)]
+        errors = [outcome for outcome in outcomes if isinstance(outcome, BaseException)]
+        fatal = [error for error in errors if not isinstance(error, TeacherError) or isinstance(error, FatalError)]
+        if fatal or not parts:
+            raise (fatal or errors)[0]
+        if errors:
+            log.warning("teacher: %s: %d of %d one-sample requests failed: %s", example_id, len(errors), n, errors[0])
+        return parts, sum(getattr(error, "attempts", 0) for error in errors)
+
+    async def _with_retries(self, messages: list[dict], n: int, params: dict, example_id: str) -> TeacherReply:
+        attempts = 0
+
+        def wait(state: RetryCallState) -> float:
+            return self._backoff(state)
+
+        def before_sleep(state: RetryCallState) -> None:
+            error = state.outcome.exception()
+            log.info("teacher: retrying %s after attempt %d: %s", example_id, state.attempt_number, error)
+            if self.on_retry is not None:
+                self.on_retry(error)
+
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(self.max_attempts),
+            wait=wait,
+            retry=retry_if_exception_type(TransientError),
+            before_sleep=before_sleep,
+            reraise=True,
+        )
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    attempts += 1
+                    reply = await self._send(messages, n, params, example_id)
+        except TeacherError as error:
+            error.attempts = attempts
+            raise
+        return TeacherReply(reply.texts, reply.finish_reasons, reply.prompt_tokens, reply.completion_tokens,
+                            reply.model, reply.latency_s, attempts)
+
+    async def _send(self, messages: list[dict], n: int, params: dict, example_id: str) -> TeacherReply:
+        """One HTTP request. The slot is taken before the limiter's grant so that the request goes out
+        at the granted moment: granting first and queueing for a slot after would release requests
+        granted while all slots were busy in a burst."""
+        estimated = estimate_tokens(messages, n, params["max_tokens"])
+        async with self._slots():
+            await self.limiter.acquire(estimated)
+            started = time.perf_counter()
+            try:
+                completion = await self._client.chat.completions.create(
+                    model=self.model, messages=messages, n=n, **params
+                )
+            except Exception as exc:  # noqa: BLE001 - translated into our error tree just below
+                error = self._translate(exc, example_id)
+            else:
+                error = None
+        if error is not None:
+            if isinstance(error, TransientError) and error.retry_after:
+                level = logging.WARNING if error.retry_after >= 1 else logging.INFO
+                log.log(level, "teacher: %s asked to wait %.3g s; pausing all requests", self._where(),
+                        error.retry_after)
+                self.limiter.pause(error.retry_after)
+            raise error
+        reply = self._reply(completion, messages, example_id, time.perf_counter() - started)
+        self.limiter.settle(estimated, reply.prompt_tokens + reply.completion_tokens)
+        return reply
+
+    def _where(self) -> str:
+        return self.base_url or "the endpoint"
+
+    def _translate(self, exc: BaseException, example_id: str) -> TeacherError:
+        if not isinstance(exc, (openai.OpenAIError, ValueError)):
+            raise exc
+        return translate(exc, example_id, model=self.model, base_url=self.base_url,
+                         secrets=(self._secret.value,))
+
+    def _reply(self, completion, messages: list[dict], example_id: str, latency_s: float) -> TeacherReply:
+        choices = getattr(completion, "choices", None)
+        if not isinstance(choices, list) or not all(
+            getattr(choice, "message", None) is not None
+            and isinstance(getattr(choice.message, "content", None), (str, type(None)))
+            for choice in choices
+        ):
+            raise TransientError(f"{example_id}: malformed response body from {self._where()}",
+                                 example_id=example_id)
+        if not choices:
+            raise OutputError(f"{example_id}: the teacher replied with no choices", example_id=example_id)
+        choices = sorted(choices, key=lambda choice: getattr(choice, "index", 0) or 0)
+        texts = tuple(choice.message.content or "" for choice in choices)
+        usage = getattr(completion, "usage", None)
+        prompt_tokens = getattr(usage, "prompt_tokens", None)
+        completion_tokens = getattr(usage, "completion_tokens", None)
+        if not isinstance(prompt_tokens, int) or not isinstance(completion_tokens, int):
+            # Some servers report no usage; estimate it so cost caps still count something.
+            prompt_tokens = estimate_tokens(messages, 0, 0)
+            completion_tokens = sum(math.ceil(len(text) / _CHARS_PER_TOKEN) for text in texts)
+        return TeacherReply(
+            texts=texts,
+            finish_reasons=tuple(getattr(choice, "finish_reason", None) for choice in choices),
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            model=getattr(completion, "model", None) or self.model,
+            latency_s=latency_s,
+            attempts=1,
+        )
+
+    async def aclose(self) -> None:
+        await self._client.close()

@@ -1,0 +1,428 @@
+"""Training the student: the multi-task loss and one explicit training loop (no Trainer subclass).
+
+Each training row is two tasks for the same input (distilling step-by-step): "predict: <input>" ->
+label and "explain: <input>" -> rationale, and the loss is alpha * label CE + (1 - alpha) * rationale CE.
+
+Speed (bench/training.py measures it against a Seq2SeqTrainer subclass doing the same two forwards):
+batches are cut from length-sorted windows so a batch pads to similar lengths, and every row is
+tokenised once up front. Packing predict and explain rows into ONE forward was measured slower: the
+short label rows then pad to rationale length in the decoder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import shutil
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from torch.nn.utils.rnn import pad_sequence
+
+from tasks.config import ArmConfig, EvalConfig, StudentConfig, TrainConfig
+from tasks.evaluation import EXPLAIN, PREDICT, autocast, predict, resolve_device, use_bf16, verdict_accuracy
+from tasks.student import build_student, load_student, save_student
+
+IGNORE = -100  # target id that the loss skips (padding)
+RECORD = "mindsmirror.json"  # written last into a checkpoint folder: its presence marks it complete
+STATE = "trainer_state.pt"  # optimizer and RNG state, kept only in the latest checkpoint
+# Batches are sorted by length within windows of this many batches: long enough to group similar
+# lengths, short enough that consecutive steps still see a mix of lengths over an epoch.
+SORT_WINDOW = 50
+MAX_GRAD_NORM = 1.0  # the Hugging Face Trainer default, so runs compare with the reference code
+
+
+class Loss(NamedTuple):
+    total: torch.Tensor
+    label: torch.Tensor
+    rationale: torch.Tensor | None
+
+
+def token_ce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy over the targets that are not IGNORE (0 when there are none)."""
+    summed = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE, reduction="sum")
+    return summed / (targets != IGNORE).sum().clamp(min=1)
+
+
+def multitask_loss(
+    label_logits: torch.Tensor,
+    label_targets: torch.Tensor,
+    rationale_logits: torch.Tensor | None = None,
+    rationale_targets: torch.Tensor | None = None,
+    alpha: float = 0.5,
+) -> Loss:
+    """alpha * label CE + (1 - alpha) * rationale CE, each a mean over its own non-ignored tokens.
+
+    Without rationale targets (standard fine-tuning or distillation) the loss is the label CE alone.
+    """
+    label = token_ce(label_logits, label_targets)
+    if rationale_logits is None or rationale_targets is None or not (rationale_targets != IGNORE).any():
+        return Loss(label, label, None)
+    rationale = token_ce(rationale_logits, rationale_targets)
+    return Loss(alpha * label + (1 - alpha) * rationale, label, rationale)
+
+
+@dataclass(frozen=True)
+class StepLoss:
+    step: int
+    loss: float
+    label_loss: float
+    rationale_loss: float | None
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    checkpoint: Path  # the best checkpoint on validation accuracy (the latest one without validation rows)
+    latest: Path
+    steps: int
+    best_step: int
+    best_accuracy: float | None
+    losses: tuple[StepLoss, ...]
+    validation: tuple[tuple[int, float], ...]  # (step, accuracy)
+    data_snapshot: str
+    examples_per_s: float  # training rows per second over the optimizer steps of this call
+
+
+def data_snapshot(rows: Sequence) -> str:
+    """A hash of the training rows (input, label, rationale) that names the data a checkpoint saw."""
+    digest = hashlib.sha256()
+    for row in rows:
+        digest.update(json.dumps([row.input, row.label, row.rationale]).encode())
+    return digest.hexdigest()[:16]
+
+
+class _Encoded(NamedTuple):
+    predict_inputs: list[torch.Tensor]
+    labels: list[torch.Tensor]
+    explain_inputs: list[torch.Tensor | None]
+    rationales: list[torch.Tensor | None]
+    lengths: list[int]  # tokens a row costs; batches group rows of similar cost
+
+
+def _encode(rows: Sequence, tokenizer, student: StudentConfig, explain: bool) -> _Encoded:
+    def ids(texts: list[str], limit: int) -> list[torch.Tensor]:
+        encoded = tokenizer(texts, max_length=limit, truncation=True)["input_ids"]
+        return [torch.tensor(seq) for seq in encoded]
+
+    inputs = [row.input for row in rows]
+    predict_inputs = ids([PREDICT + text for text in inputs], student.max_input_length)
+    labels = ids([row.label for row in rows], student.max_target_length)
+    explain_inputs: list[torch.Tensor | None] = [None] * len(rows)
+    rationales: list[torch.Tensor | None] = [None] * len(rows)
+    have = [i for i, row in enumerate(rows) if explain and row.rationale]
+    if have:
+        for i, e, r in zip(
+            have,
+            ids([EXPLAIN + inputs[i] for i in have], student.max_input_length),
+            ids([rows[i].rationale for i in have], student.max_target_length),
+        ):
+            explain_inputs[i], rationales[i] = e, r
+    lengths = [
+        len(p) + len(lab) + (len(r) if r is not None else 0) for p, lab, r in zip(predict_inputs, labels, rationales)
+    ]
+    return _Encoded(predict_inputs, labels, explain_inputs, rationales, lengths)
+
+
+def epoch_batches(lengths: Sequence[int], batch_size: int, seed: int, epoch: int) -> list[list[int]]:
+    """One epoch of row indices in batches: shuffled, sorted by length within windows, batch order shuffled."""
+    rng = random.Random(f"{seed}:{epoch}")
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    batches = []
+    for start in range(0, len(order), batch_size * SORT_WINDOW):
+        window = sorted(order[start : start + batch_size * SORT_WINDOW], key=lengths.__getitem__)
+        batches += [window[i : i + batch_size] for i in range(0, len(window), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
+def _batches_from(lengths: Sequence[int], batch_size: int, seed: int, skip: int) -> Iterator[list[int]]:
+    """Endless batches, epoch after epoch, starting after the first `skip` (for resuming)."""
+    for epoch in range(10**9):
+        for batch in epoch_batches(lengths, batch_size, seed, epoch):
+            if skip:
+                skip -= 1
+            else:
+                yield batch
+
+
+def _task_batch(inputs, targets, index, pad_id, device):
+    input_ids = pad_sequence([inputs[i] for i in index], batch_first=True, padding_value=pad_id).to(device)
+    target_ids = pad_sequence([targets[i] for i in index], batch_first=True, padding_value=IGNORE).to(device)
+    return input_ids, target_ids
+
+
+def _batch_loss(model, data: _Encoded, index: list[int], alpha: float, pad_id: int, device) -> Loss:
+    def logits(inputs, targets):
+        return model(
+            input_ids=inputs,
+            attention_mask=inputs != pad_id,
+            decoder_input_ids=model.prepare_decoder_input_ids_from_labels(targets),
+        ).logits
+
+    inputs, labels = _task_batch(data.predict_inputs, data.labels, index, pad_id, device)
+    label_logits = logits(inputs, labels)
+    explain = [i for i in index if data.rationales[i] is not None]
+    if not explain or alpha == 1:
+        return multitask_loss(label_logits, labels)
+    inputs, rationales = _task_batch(data.explain_inputs, data.rationales, explain, pad_id, device)
+    return multitask_loss(label_logits, labels, logits(inputs, rationales), rationales, alpha)
+
+
+def _latest_checkpoint(out_dir: Path) -> Path | None:
+    done = sorted(path for path in out_dir.glob("step-*") if (path / RECORD).is_file())
+    return done[-1] if done else None
+
+
+def _save(model, tokenizer, optimizer, path: Path, record: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    save_student(model, tokenizer, tmp)
+    rng = {"cpu": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+    torch.save({"optimizer": optimizer.state_dict(), "rng": rng}, tmp / STATE)
+    (tmp / RECORD).write_text(json.dumps(record, indent=1))
+    shutil.rmtree(path, ignore_errors=True)
+    tmp.rename(path)
+
+
+def _prune(out_dir: Path, keep: set[Path]) -> None:
+    """Delete checkpoints other than `keep`; optimizer state stays only in the latest one."""
+    latest = max(keep)
+    for path in out_dir.glob("step-*"):
+        if path not in keep:
+            shutil.rmtree(path)
+        elif path != latest:
+            (path / STATE).unlink(missing_ok=True)
+
+
+def _progress(enabled: bool) -> Progress:
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[status]}"))
+    return Progress(*columns, TimeRemainingColumn(), disable=not enabled)
+
+
+def train_student(
+    train: Sequence,
+    validation: Sequence,
+    *,
+    model,
+    tokenizer,
+    train_cfg: TrainConfig,
+    student_cfg: StudentConfig,
+    steps: int,
+    out_dir: str | Path,
+    accuracy_fn: Callable[[list[str], list[str]], float],
+    eval_cfg: EvalConfig | None = None,
+    provenance: dict | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    on_step: Callable[[StepLoss], None] | None = None,
+) -> TrainResult:
+    """Train `model` for `steps` optimizer steps on `train` rows (anything with input/label/rationale).
+
+    Every eval_every steps (and at the end) the student predicts the labels of `validation` rows,
+    `accuracy_fn(predictions, golds)` scores them, and a checkpoint is written to out_dir/step-NNNNNN;
+    the best one on validation accuracy is kept. `resume=True` continues from the latest checkpoint in
+    out_dir, giving the same losses an uninterrupted run would have; a finished run is not repeated.
+    """
+    out_dir, eval_cfg = Path(out_dir), eval_cfg or EvalConfig()
+    rows = sorted(train, key=lambda r: (r.input, r.label, r.rationale or "", getattr(r, "example_id", "")))
+    snapshot = data_snapshot(rows)
+    config = {"student": student_cfg.model_dump(), "train": train_cfg.model_dump(), "steps": steps}
+    record = {"format": 1, **(provenance or {}), **config, "data_snapshot": snapshot, "rows": len(rows)}
+    state = {"step": 0, "losses": [], "validation": [], "best_step": 0, "best_accuracy": None}
+    latest = _latest_checkpoint(out_dir) if resume else None
+    if latest is not None:
+        stored = json.loads((latest / RECORD).read_text())
+        for key in ("data_snapshot", "student", "train", "steps"):
+            if stored[key] != record[key]:
+                raise ValueError(
+                    f"{out_dir}: cannot resume, its checkpoints were made with a different {key} "
+                    f"({stored[key]} != {record[key]}); use another output folder or resume=False"
+                )
+        state = {key: stored[key] for key in state}
+        model, tokenizer = load_student(latest)
+    elif out_dir.exists():
+        for path in out_dir.glob("step-*"):
+            shutil.rmtree(path)
+    if state["step"] >= steps:
+        return _result(out_dir, state, snapshot, steps, 0.0)
+
+    torch.manual_seed(train_cfg.seed)
+    device = resolve_device(train_cfg.device)
+    bf16 = use_bf16(train_cfg.bf16, device)
+    model.to(device).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=train_cfg.learning_rate, weight_decay=0.0)
+    if latest is not None:
+        saved = torch.load(latest / STATE, weights_only=True)
+        optimizer.load_state_dict(saved["optimizer"])
+        torch.set_rng_state(saved["rng"]["cpu"])
+        if saved["rng"]["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(saved["rng"]["cuda"])
+    data = _encode(rows, tokenizer, student_cfg, explain=train_cfg.alpha < 1)
+    pad_id = tokenizer.pad_token_id
+    accum = train_cfg.grad_accum
+    batches = _batches_from(data.lengths, train_cfg.batch_size, train_cfg.seed, skip=state["step"] * accum)
+
+    trained_rows, train_seconds = 0, 0.0
+    with _progress(progress) as bar:
+        task = bar.add_task(out_dir.name, total=steps, completed=state["step"], status="")
+        while state["step"] < steps:
+            started = time.perf_counter()
+            optimizer.zero_grad(set_to_none=True)
+            parts = []
+            for _ in range(accum):
+                index = next(batches)
+                with autocast(device, bf16):
+                    loss = _batch_loss(model, data, index, train_cfg.alpha, pad_id, device)
+                (loss.total / accum).backward()
+                parts.append(loss)
+                trained_rows += len(index)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), MAX_GRAD_NORM)
+            optimizer.step()
+            state["step"] += 1
+            step_loss = _mean_parts(state["step"], parts)
+            train_seconds += time.perf_counter() - started
+            state["losses"].append([step_loss.step, step_loss.loss, step_loss.label_loss, step_loss.rationale_loss])
+            speed = trained_rows / train_seconds
+            bar.update(task, advance=1, status=f"loss {step_loss.loss:.3f}  {speed:.0f} rows/s")
+            if state["step"] % train_cfg.eval_every == 0 or state["step"] == steps:
+                _validate(model, tokenizer, validation, accuracy_fn, eval_cfg, student_cfg, device, bf16, state)
+                path = out_dir / f"step-{state['step']:06d}"
+                _save(model, tokenizer, optimizer, path, {**record, **state, "examples_per_s": speed})
+                _prune(out_dir, {path, out_dir / f"step-{state['best_step']:06d}"})
+            if on_step is not None:
+                on_step(step_loss)
+    return _result(out_dir, state, snapshot, steps, trained_rows / train_seconds if train_seconds else 0.0)
+
+
+def _mean_parts(step: int, parts: list[Loss]) -> StepLoss:
+    rationale = [p.rationale.item() for p in parts if p.rationale is not None]
+    return StepLoss(
+        step=step,
+        loss=sum(p.total.item() for p in parts) / len(parts),
+        label_loss=sum(p.label.item() for p in parts) / len(parts),
+        rationale_loss=sum(rationale) / len(rationale) if rationale else None,
+    )
+
+
+def _validate(model, tokenizer, validation, accuracy_fn, eval_cfg, student_cfg, device, bf16, state) -> None:
+    """Score the validation rows and move the best step; without validation rows the latest is best."""
+    if not validation:
+        state["best_step"] = state["step"]
+        return
+    preds = predict(
+        model,
+        tokenizer,
+        [row.input for row in validation],
+        eval_cfg.batch_size,
+        eval_cfg.max_new_tokens,
+        device,
+        max_input_length=student_cfg.max_input_length,
+        bf16=bf16,
+    )
+    accuracy = accuracy_fn(preds, [row.label for row in validation])
+    state["validation"].append([state["step"], accuracy])
+    if state["best_accuracy"] is None or accuracy > state["best_accuracy"]:
+        state["best_step"], state["best_accuracy"] = state["step"], accuracy
+
+
+def _result(out_dir: Path, state: dict, snapshot: str, steps: int, speed: float) -> TrainResult:
+    return TrainResult(
+        checkpoint=out_dir / f"step-{state['best_step']:06d}",
+        latest=out_dir / f"step-{state['step']:06d}",
+        steps=steps,
+        best_step=state["best_step"],
+        best_accuracy=state["best_accuracy"],
+        losses=tuple(StepLoss(*item) for item in state["losses"]),
+        validation=tuple((int(s), float(a)) for s, a in state["validation"]),
+        data_snapshot=snapshot,
+        examples_per_s=speed,
+    )
+
+
+class Row(NamedTuple):
+    """A training row as train_student reads it (storage.queries.TrainingRow has the same fields)."""
+
+    example_id: str
+    input: str
+    label: str
+    rationale: str | None
+
+
+@dataclass(frozen=True)
+class ArmResult:
+    arm: str
+    checkpoint: Path  # the student to evaluate: stage 2's best checkpoint
+    stage1: TrainResult | None  # on self-evaluations; None when the arm has no self-evaluation stage
+    stage2: TrainResult
+
+
+def train_arm(
+    arm: ArmConfig,
+    *,
+    train_rows: Sequence,
+    validation_rows: Sequence,
+    self_eval_rows: Sequence = (),
+    self_eval_validation: Sequence = (),
+    train_cfg: TrainConfig,
+    student_cfg: StudentConfig,
+    out_dir: str | Path,
+    accuracy_fn: Callable[[list[str], list[str]], float],
+    eval_cfg: EvalConfig | None = None,
+    resume: bool = False,
+    progress: bool = True,
+) -> ArmResult:
+    """Train one arm: stage 1 on self-evaluations (if arm.self_eval), then stage 2 continuing from it.
+
+    `train_rows` are CoT rows (mode "cot") or label rows (mode "standard", whose rationales are
+    ignored); `validation_rows` carry gold labels and pick stage 2's checkpoint. Stage 1 picks its
+    checkpoint on `self_eval_validation` by verdict agreement, or takes its last one without them.
+    """
+    out_dir = Path(out_dir)
+    if arm.mode == "standard":
+        train_rows = [Row(getattr(r, "example_id", ""), r.input, r.label, None) for r in train_rows]
+    stage1_wanted = arm.self_eval and train_cfg.stage1_steps > 0
+    if stage1_wanted and not self_eval_rows:
+        raise ValueError(f"arm {arm.name!r} has self_eval: true but there are no self-evaluation rows to train on")
+    vocab = [text for r in [*self_eval_rows, *train_rows] for text in (r.input, r.label, r.rationale or "")]
+    model, tokenizer = build_student(student_cfg, vocab, seed=train_cfg.seed)
+    common = {"train_cfg": train_cfg, "student_cfg": student_cfg, "eval_cfg": eval_cfg, "resume": resume}
+    stage1 = None
+    if stage1_wanted:
+        stage1 = train_student(
+            self_eval_rows,
+            self_eval_validation,
+            model=model,
+            tokenizer=tokenizer,
+            steps=train_cfg.stage1_steps,
+            out_dir=out_dir / "stage1",
+            accuracy_fn=verdict_accuracy,
+            provenance={"arm": arm.model_dump(), "stage": "self_eval", "init_from": student_cfg.model},
+            progress=progress,
+            **common,
+        )
+        model, tokenizer = load_student(stage1.checkpoint)
+    stage2 = train_student(
+        train_rows,
+        validation_rows,
+        model=model,
+        tokenizer=tokenizer,
+        steps=train_cfg.stage2_steps,
+        out_dir=out_dir / "stage2",
+        accuracy_fn=accuracy_fn,
+        provenance={
+            "arm": arm.model_dump(),
+            "stage": arm.mode,
+            "init_from": str(stage1.checkpoint) if stage1 else student_cfg.model,
+        },
+        progress=progress,
+        **common,
+    )
+    return ArmResult(arm=arm.name, checkpoint=stage2.checkpoint, stage1=stage1, stage2=stage2)

@@ -1,0 +1,97 @@
+"""Shared fixtures: one real Prefect server per test session, the simulated teacher, small configs.
+
+Prefect reads its settings from the environment when it is first imported, so the server's address
+and home are fixed here, at import time, before any test module imports a flow; the server itself
+starts only when a test asks for the `prefect_server` fixture.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+API_KEY = "sk-test-do-not-log-0123456789abcdef"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+_PREFECT_HOME = tempfile.mkdtemp(prefix="mindsmirror-prefect-")
+_PREFECT_PORT = _free_port()
+PREFECT_ENV = {
+    "PREFECT_HOME": _PREFECT_HOME,
+    "PREFECT_API_URL": f"http://127.0.0.1:{_PREFECT_PORT}/api",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "PREFECT_SERVER_UI_ENABLED": "false",
+    # The server writes task runs in batches; larger batches keep it from falling behind (see deploy/README.md).
+    "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_BATCH_SIZE": "200",
+    "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_READ_BATCH_SIZE": "200",
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+}
+os.environ.update(PREFECT_ENV)
+
+
+def _healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def prefect_server():
+    """A real Prefect server on 127.0.0.1 with its own sqlite database, shared by the whole session."""
+    url = PREFECT_ENV["PREFECT_API_URL"]
+    log = open(Path(_PREFECT_HOME) / "server.log", "w")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(_PREFECT_PORT)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, **PREFECT_ENV},
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 90
+    while not _healthy(url):
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"Prefect server did not start; see {log.name}")
+        time.sleep(0.3)
+    yield url
+    from prefect.logging.handlers import APILogHandler
+
+    APILogHandler().flush()  # ship the last run logs before the server goes away
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+    log.close()
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    if not (SHARED_DATA / "svamp" / "svamp_train.json").is_file():
+        pytest.skip("the shared datasets folder (../shared/data beside the repository) is not present")
+    return SHARED_DATA
+
+
+@pytest.fixture
+def api_key(monkeypatch) -> str:
+    monkeypatch.setenv("OPENAI_API_KEY", API_KEY)
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    return API_KEY
