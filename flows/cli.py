@@ -90,9 +90,20 @@ def cmd_compact(args) -> None:
 
 
 def cmd_teacher_serve(args) -> None:
-    from tasks.serve import serve_simulator
+    from tasks.simulator import serve_forever
 
-    serve_simulator(args)
+    examples, kind = None, "equation"  # None: the built-in arithmetic problems
+    if args.config:
+        from tasks.datasets import answer_type, load_dataset
+
+        config = _config(args.config)
+        examples = {row.input: row.label for row in load_dataset(config.dataset)}
+        kind = answer_type(config.dataset)
+    serve_forever(
+        examples, kind, host=args.host, port=args.port, seed=args.seed, wrong_rate=args.wrong_rate,
+        latency_ms=args.latency_ms, rpm=args.rpm, tpm=args.tpm, error_500=args.error_500, drop=args.drop,
+        stall=args.stall, malformed=args.malformed,
+    )
 
 
 def cmd_import(args) -> None:

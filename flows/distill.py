@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from prefect import flow
+from prefect.deployments import run_deployment
+from prefect.runtime import flow_run
 from prefect.states import Completed, Failed
 
 from flows.evaluate import evaluate
@@ -11,17 +13,48 @@ from flows.train import train
 from tasks.config import Config, resolve_config
 
 
+async def _on_deployment(name: str, config: Config, stage: str):
+    """Run a stage as its own deployment (on the GPU work pool) and wait for it.
+
+    The idempotency key ties the child run to this parent run, so retrying the parent never starts
+    a second training run for the same attempt.
+    """
+    run = await run_deployment(
+        name=name,
+        parameters={"config": config.model_dump(mode="json")},
+        idempotency_key=f"{flow_run.get_id()}-{stage}",
+        timeout=None,
+        as_subflow=True,
+    )
+    return run.state
+
+
 @flow(name="distill")
-async def distill(config: Config | str, show_progress: bool = True):
-    """generate -> train -> evaluate -> report, each a subflow; stops at the first stage that fails."""
+async def distill(
+    config: Config | str,
+    show_progress: bool = True,
+    train_deployment: str | None = None,
+    evaluate_deployment: str | None = None,
+):
+    """generate -> train -> evaluate -> report; stops at the first stage that fails.
+
+    With `train_deployment` / `evaluate_deployment` ("flow-name/deployment-name"), those stages run
+    as runs of that deployment (on GPU workers); otherwise they run here as subflows.
+    """
     config = resolve_config(config)
     generated = await generate(config, show_progress=show_progress, return_state=True)
     if not generated.is_completed():
         return Failed(message=f"generation did not complete: {generated.message}")
-    trained = train(config, show_progress=show_progress, return_state=True)
+    if train_deployment:
+        trained = await _on_deployment(train_deployment, config, "train")
+    else:
+        trained = train(config, show_progress=show_progress, return_state=True)
     if not trained.is_completed():
         return Failed(message=f"training did not complete: {trained.message}")
-    evaluated = evaluate(config, return_state=True)
+    if evaluate_deployment:
+        evaluated = await _on_deployment(evaluate_deployment, config, "evaluate")
+    else:
+        evaluated = evaluate(config, return_state=True)
     if not evaluated.is_completed():
         return Failed(message=f"evaluation did not complete: {evaluated.message}")
-    return Completed(message=await evaluated.result())
+    return Completed(message=f"{generated.message}\n\n{evaluated.message or ''}".strip())

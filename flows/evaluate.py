@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from prefect import flow, task
 from prefect.cache_policies import NONE
+from prefect.states import Completed
 
 from tasks.config import Config, resolve_config
 from tasks.report import write_report
@@ -26,10 +27,10 @@ def report(config: Config) -> str:
 
 
 @flow(name="evaluate")
-def evaluate(config: Config | str, arms: list[str] | None = None) -> str:
+def evaluate(config: Config | str, arms: list[str] | None = None):
     """Label accuracy on test for each arm; writes predictions, results and the report."""
     config = resolve_config(config)
     baselines(config)
     for name in arms or [arm.name for arm in config.train.arms]:
         evaluate_arm(config, name)
-    return report(config)
+    return Completed(message=report(config))

@@ -7,6 +7,7 @@ import math
 
 from prefect import flow, task
 from prefect.cache_policies import NONE
+from prefect.concurrency.asyncio import rate_limit
 from prefect.states import Completed, Failed
 
 from storage import Store
@@ -39,6 +40,20 @@ def compact_store(store: Store) -> None:
     store.compact()
 
 
+def shared_gate(name: str | None):
+    """A gate on the Prefect global rate limit `name`, shared by every run and worker using the key.
+
+    strict=True: a missing limit is an error, not a silent pass (see deploy/README.md to create it).
+    """
+    if not name:
+        return None
+
+    async def gate(requests: int) -> None:
+        await rate_limit(name, occupy=requests, strict=True)
+
+    return gate
+
+
 @flow(name="generate")
 async def generate(config: Config | str, dry_run: bool = False, only_failed: bool = False,
                    show_progress: bool = True):
@@ -51,7 +66,10 @@ async def generate(config: Config | str, dry_run: bool = False, only_failed: boo
         return Completed(message=describe_plan(work), data=work)
 
     try:
-        async with open_session(store, config, answer_type, examples, work.total_requests, show_progress) as session:
+        gate = shared_gate(config.teacher.shared_rate_limit)
+        async with open_session(
+            store, config, answer_type, examples, work.total_requests, show_progress, gate
+        ) as session:
             # Enough batches in flight to keep the request window full, few enough to keep task runs coarse.
             window = asyncio.Semaphore(
                 max(2, math.ceil(4 * config.teacher.max_concurrency / config.generate.batch_size))

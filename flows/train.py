@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from prefect import flow, task
 from prefect.cache_policies import NONE
+from prefect.states import Completed
 
 from tasks.config import Config, resolve_config
 from tasks.students import TrainedArm, train_one
@@ -20,8 +21,8 @@ def train(config: Config | str, arms: list[str] | None = None, resume: bool = Fa
     config = resolve_config(config)
     names = arms or [arm.name for arm in config.train.arms]
     trained = [train_arm_task(config, name, resume, show_progress) for name in names]
-    return [
+    return Completed(message="\n".join(
         f"{arm.arm}: validation accuracy {arm.validation_accuracy:.4f} on {arm.train_rows} rows "
         f"({arm.excluded_rows} unparseable left out), {arm.examples_per_s:.1f} examples/s -> {arm.checkpoint}"
         for arm in trained
-    ]
+    ))

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import os
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
@@ -28,6 +28,10 @@ from tasks.prompts import cot_messages, eval_messages, prompt_version
 from tasks.ratelimit import RateLimiter
 from tasks.teacher import TeacherClient, TeacherReply, estimate_tokens
 
+# Waits until `requests` more requests may go out under a limit shared with other processes
+# (the flows pass one backed by a Prefect global rate limit when teacher.shared_rate_limit is set).
+Gate = Callable[[int], Awaitable[None]]
+
 
 class BudgetExceeded(Exception):
     """Dispatching the next request could take spending past teacher.max_cost_usd."""
@@ -37,6 +41,7 @@ class BudgetExceeded(Exception):
 class Request:
     kind: str  # cot | evaluation
     example_id: str
+    question: str
     messages: list[dict]
     indices: tuple[int, ...]
     keys: tuple[str, ...]
@@ -125,7 +130,7 @@ def _request(
         ): i
         for i in range(wanted)
     }
-    request = Request(kind, example.example_id, messages, tuple(keys.values()), tuple(keys), cot)
+    request = Request(kind, example.example_id, example.input, messages, tuple(keys.values()), tuple(keys), cot)
     return request, keys
 
 
@@ -134,7 +139,7 @@ def _narrow(request: Request, missing: set[str]) -> Request | None:
     if not pairs:
         return None
     indices, keys = zip(*pairs)
-    return Request(request.kind, request.example_id, request.messages, indices, keys, request.cot)
+    return Request(request.kind, request.example_id, request.question, request.messages, indices, keys, request.cot)
 
 
 def plan_generation(
@@ -240,7 +245,7 @@ class Session:
     """The live parts of one generation run: store, teacher client, budget, progress."""
 
     def __init__(self, store: Store, config: Config, answer_type: str, client: TeacherClient,
-                 budget: Budget, progress: GenerationProgress, claims: Claims):
+                 budget: Budget, progress: GenerationProgress, claims: Claims, gate: Gate | None = None):
         self.store = store
         self.teacher = config.teacher
         self.answer_type = answer_type
@@ -248,6 +253,7 @@ class Session:
         self.budget = budget
         self.progress = progress
         self.claims = claims
+        self.gate = gate
         self.summary = Summary()
         self.fatal: FatalError | None = None
 
@@ -295,6 +301,8 @@ class Session:
             return []
         call_id = uuid.uuid4().hex
         try:
+            if self.gate is not None:
+                await self.gate(1 if self.teacher.use_n else n)
             reply = await self.client.complete(
                 request.messages,
                 n=n,
@@ -343,7 +351,7 @@ class Session:
                 call_id=call_id,
             )
             if request.kind == "cot":
-                parsed = parse_cot(text, self.answer_type, finish)
+                parsed = parse_cot(text, self.answer_type, finish, question=request.question)
                 rows.append(
                     CotRow(cot_index=index, answer=parsed.answer, rationale=parsed.rationale,
                            parse_error=parsed.error, **common)
@@ -426,7 +434,7 @@ def _api_key(teacher: TeacherConfig) -> str:
 
 @asynccontextmanager
 async def open_session(store: Store, config: Config, answer_type: str, examples: Sequence[ExampleRow],
-                       total_requests: int, show_progress: bool = True):
+                       total_requests: int, show_progress: bool = True, gate: Gate | None = None):
     """A session with a live teacher client (and the simulated teacher when teacher.simulate is on)."""
     teacher = config.teacher
     simulator = None
@@ -455,7 +463,7 @@ async def open_session(store: Store, config: Config, answer_type: str, examples:
     )
     progress = GenerationProgress(total_requests, enabled=show_progress)
     session = Session(store, config, answer_type, client, Budget(teacher.max_cost_usd, queries.spent_usd(store)),
-                      progress, Claims(store.root))
+                      progress, Claims(store.root), gate)
     try:
         with progress:
             yield session

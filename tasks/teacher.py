@@ -153,9 +153,6 @@ class TeacherClient:
     async def _with_retries(self, messages: list[dict], n: int, params: dict, example_id: str) -> TeacherReply:
         attempts = 0
 
-        def wait(state: RetryCallState) -> float:
-            return self._backoff(state)
-
         def before_sleep(state: RetryCallState) -> None:
             error = state.outcome.exception()
             log.info("teacher: retrying %s after attempt %d: %s", example_id, state.attempt_number, error)
@@ -164,7 +161,7 @@ class TeacherClient:
 
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self.max_attempts),
-            wait=wait,
+            wait=self._backoff,
             retry=retry_if_exception_type(TransientError),
             before_sleep=before_sleep,
             reraise=True,
@@ -192,7 +189,7 @@ class TeacherClient:
                 completion = await self._client.chat.completions.create(
                     model=self.model, messages=messages, n=n, **params
                 )
-            except Exception as exc:  # noqa: BLE001 - translated into our error tree just below
+            except Exception as exc:  # translated into our error tree (or re-raised) just below
                 error = self._translate(exc, example_id)
             else:
                 error = None

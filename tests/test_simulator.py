@@ -16,7 +16,8 @@ import pytest
 from tasks.arithmetic import generate_problems
 from tasks.parsing import answers_match, parse_cot, parse_evaluation
 from tasks.prompts import cot_messages, eval_messages
-from tasks.simulator import SimulatedTeacher, simulate_cot, simulate_evaluation, start_simulator
+from tasks.simulated_answers import simulate_cot, simulate_evaluation
+from tasks.simulator import SimulatedTeacher, start_simulator
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 PROBLEMS = generate_problems(20, 0, "train")
@@ -147,7 +148,7 @@ def test_template_cots_work_for_every_real_svamp_and_cqa_question():
     rng = random.Random(1)
     cases = [(row["input"], row["label"], "equation") for row in _load("svamp/svamp_test.json")]
     cases += [
-        (row["question"] + "\nAnswer Choices:\n" + "\n".join(f"({l}) {c}" for l, c in zip("abcde", row["choices"])),
+        (row["question"] + "\nAnswer Choices:\n" + "\n".join(f"({letter}) {c}" for letter, c in zip("abcde", row["choices"])),
          row["answer"], "choice")
         for row in _load("cqa/cqa_test.json")
     ]
