@@ -237,13 +237,11 @@ def main(argv: list[str] | None = None) -> int:
     from tasks.config import ConfigError
 
     expected: tuple[type[BaseException], ...] = (CommandError, ConfigError)
-    try:
-        from tasks.datasets import DatasetError
-        from tasks.errors import TeacherError
+    from storage.queries import QueryError
+    from tasks.datasets import DatasetError
+    from tasks.errors import TeacherError
 
-        expected += (DatasetError, TeacherError)
-    except ImportError:
-        pass
+    expected += (DatasetError, TeacherError, QueryError)
     try:
         args.handler(args)
     except expected as error:

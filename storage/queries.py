@@ -253,12 +253,25 @@ def status(store: Source) -> StatusReport:
     )
 
 
+class QueryError(ValueError):
+    """A user query that is not a read, or that DuckDB cannot run; the message says which."""
+
+
+_READ_STATEMENTS = ("select", "with", "from", "describe", "show", "summarize", "explain", "values", "table")
+
+
 def run_sql(store: Source, sql: str) -> tuple[list[str], list[tuple]]:
-    """Any read query over the views (for `mindsmirror sql`): (column names, rows)."""
-    if isinstance(store, Store):
-        return store.fetch(sql)
-    relation = store.sql(sql)
-    return (list(relation.columns), relation.fetchall()) if relation is not None else ([], [])
+    """A read query over the views (for `mindsmirror sql`): (column names, rows)."""
+    words = sql.strip().split(None, 1)
+    if not words or words[0].lower() not in _READ_STATEMENTS:
+        raise QueryError("mindsmirror sql is read-only: start the query with SELECT, WITH, FROM, DESCRIBE or SHOW")
+    try:
+        if isinstance(store, Store):
+            return store.fetch(sql)
+        relation = store.sql(sql)
+        return (list(relation.columns), relation.fetchall()) if relation is not None else ([], [])
+    except duckdb.Error as error:
+        raise QueryError(str(error).splitlines()[0]) from None
 
 
 # ---- training sets -------------------------------------------------------------------------

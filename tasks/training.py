@@ -37,6 +37,16 @@ STATE = "trainer_state.pt"  # optimizer and RNG state, kept only in the latest c
 # lengths, short enough that consecutive steps still see a mix of lengths over an epoch.
 SORT_WINDOW = 50
 MAX_GRAD_NORM = 1.0  # the Hugging Face Trainer default, so runs compare with the reference code
+WARMUP = 0.05  # share of a stage's steps with a linearly rising learning rate (Adam from scratch needs it)
+
+
+def learning_rate(base: float, step: int, steps: int) -> float:
+    """Linear warmup over the first WARMUP of the steps, then linear decay to 0 at the last step.
+
+    A function of the step alone, so a resumed run follows the same schedule as an uninterrupted one.
+    """
+    warmup = max(1, round(WARMUP * steps))
+    return base * min(1.0, (step + 1) / warmup) * (steps - step) / steps
 
 
 class Loss(NamedTuple):
@@ -276,6 +286,8 @@ def train_student(
         while state["step"] < steps:
             started = time.perf_counter()
             optimizer.zero_grad(set_to_none=True)
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(train_cfg.learning_rate, state["step"], steps)
             parts = []
             for _ in range(accum):
                 index = next(batches)
