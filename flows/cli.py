@@ -152,7 +152,7 @@ def cmd_run(args) -> None:
     from flows.distill import distill
 
     config = _config(args.config)
-    state = distill(config, show_progress=not args.no_progress, return_state=True)
+    state = asyncio.run(distill(config, show_progress=not args.no_progress, return_state=True))
     print(_finish(state).message)
 
 

@@ -60,6 +60,7 @@ async def generate(config: Config | str, dry_run: bool = False, only_failed: boo
     """Generate chains of thought and self-evaluations for every example the store is missing."""
     config = resolve_config(config)
     store = Store(config.store.path)
+    compact_store(store)  # after a crash the store may hold thousands of one-response files
     examples, answer_type = load_examples(store, config)
     work = plan(store, config, examples, answer_type, only_failed)
     if dry_run or not work.work:

@@ -253,6 +253,17 @@ def status(store: Source) -> StatusReport:
     )
 
 
+def teacher_answers(store: Source, split: str = "train") -> list[tuple[str, str]]:
+    """(teacher's parsed answer, gold label) for every parsed chain of thought of the split."""
+    table = _run(
+        store,
+        "SELECT c.answer, x.label FROM cots c JOIN examples x ON x.example_id = c.example_id "
+        "WHERE x.split = ? AND c.answer IS NOT NULL ORDER BY c.example_id, c.cot_index, c.key",
+        [split],
+    )
+    return list(zip(table.column("answer").to_pylist(), table.column("label").to_pylist()))
+
+
 class QueryError(ValueError):
     """A user query that is not a read, or that DuckDB cannot run; the message says which."""
 

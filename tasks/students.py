@@ -6,9 +6,14 @@ tables. Checkpoint selection uses the validation split (carved from train); test
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import os
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+
+import torch
 
 from storage import PredictionRow, ResultRow, Store, queries
 from tasks.config import ArmConfig, Config
@@ -18,6 +23,17 @@ from tasks.parsing import answers_match
 from tasks.student import load_student
 from tasks.training import train_arm
 from tasks.trainsets import cot_set, label_set, self_eval_set
+
+
+def limit_cpu_threads() -> None:
+    """Leave one core to the rest of the process (Prefect, the store, a teacher server).
+
+    Measured on 2 cores: with the default of one thread per core and another busy process, a
+    training step of the tiny student took 60x longer than with one thread (OpenMP threads spin
+    while waiting for a core).
+    """
+    cores = os.cpu_count() or 1
+    torch.set_num_threads(max(1, min(torch.get_num_threads(), cores - 1)))
 
 
 class NothingToTrain(ValueError):
@@ -58,6 +74,7 @@ def _training_rows(store: Store, arm: ArmConfig):
 
 def train_one(config: Config, name: str, resume: bool = False, progress: bool = True) -> TrainedArm:
     arm = _arm(config, name)
+    limit_cpu_threads()
     store = Store(config.store.path)
     kind = answer_type_of(config.dataset)
     training = _training_rows(store, arm)
@@ -83,7 +100,7 @@ def train_one(config: Config, name: str, resume: bool = False, progress: bool = 
         resume=resume,
         progress=progress,
     )
-    return TrainedArm(
+    trained = TrainedArm(
         arm=name,
         checkpoint=str(result.checkpoint),
         validation_accuracy=result.stage2.best_accuracy,
@@ -91,14 +108,18 @@ def train_one(config: Config, name: str, resume: bool = False, progress: bool = 
         excluded_rows=training.excluded + (self_eval.excluded if self_eval else 0),
         examples_per_s=result.stage2.examples_per_s,
     )
+    # The pointer evaluation follows: relative, so the store can move between machines.
+    folder = arm_folder(config, name)
+    record = {**dataclasses.asdict(trained), "checkpoint": str(Path(result.checkpoint).relative_to(folder))}
+    (folder / "trained.json").write_text(json.dumps(record, indent=2))
+    return trained
 
 
 def _checkpoint(config: Config, name: str) -> Path:
-    # train_arm keeps stage 2's best checkpoint as `best` (see tasks.training).
-    path = arm_folder(config, name) / "stage2" / "best"
-    if not path.is_dir():
-        raise NothingToTrain(f"arm {name!r} has no trained checkpoint at {path}; run `mindsmirror train CONFIG`")
-    return path
+    pointer = arm_folder(config, name) / "trained.json"
+    if not pointer.is_file():
+        raise NothingToTrain(f"arm {name!r} has not been trained yet; run `mindsmirror train CONFIG`")
+    return pointer.parent / json.loads(pointer.read_text())["checkpoint"]
 
 
 def evaluate_one(config: Config, name: str, progress: bool = False) -> dict[str, float]:
@@ -106,6 +127,7 @@ def evaluate_one(config: Config, name: str, progress: bool = False) -> dict[str,
     store = Store(config.store.path)
     kind = answer_type_of(config.dataset)
     checkpoint = _checkpoint(config, name)
+    limit_cpu_threads()
     model, tokenizer = load_student(checkpoint)
     device = resolve_device(config.train.device)
     model.to(device)

@@ -1,0 +1,56 @@
+"""`mindsmirror run`: generate -> train -> evaluate -> report, end to end, on the built-in problems."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import REPO
+
+from storage import Store, queries
+
+
+def _run(config_file: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "flows.cli", "run", str(config_file), "--no-progress"],
+                          cwd=REPO, capture_output=True, text=True, timeout=900, env=dict(os.environ))
+
+
+def _small_quickstart(tmp_path: Path) -> Path:
+    config = yaml.safe_load((REPO / "examples" / "quickstart.yaml").read_text())
+    config["dataset"]["arithmetic"] = {"train": 60, "test": 20, "seed": 0}
+    config["store"]["path"] = str(tmp_path / "store")
+    config["train"].update(stage1_steps=4, stage2_steps=8, eval_every=4, batch_size=8)
+    path = tmp_path / "small.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_run_goes_from_nothing_to_a_report(tmp_path, prefect_server):
+    result = _run(_small_quickstart(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+    store = Store(str(tmp_path / "store"))
+    arms = {row.arm for row in queries.latest_results(store)}
+    assert {"standard-finetune", "cot-3", "cot-3-selfeval", "baseline:constant", "teacher"} <= arms
+    assert "| cot-3-selfeval |" in result.stdout
+    with open(tmp_path / "store" / "report.csv") as handle:
+        assert len(list(csv.reader(handle))) == 1 + len(arms)
+    assert (tmp_path / "store" / "report.png").stat().st_size > 1000
+
+
+@pytest.mark.slow
+def test_quickstart_student_beats_the_constant_baseline(tmp_path, prefect_server):
+    config = yaml.safe_load((REPO / "examples" / "quickstart.yaml").read_text())
+    config["store"]["path"] = str(tmp_path / "store")
+    path = tmp_path / "quickstart.yaml"
+    path.write_text(yaml.safe_dump(config))
+    result = _run(path)
+    assert result.returncode == 0, result.stderr
+    scores = {(r.arm, r.split, r.metric): r.value for r in queries.latest_results(Store(str(tmp_path / "store")))}
+    constant = scores[("baseline:constant", "test", "accuracy")]
+    assert scores[("cot-3-selfeval", "test", "accuracy")] > constant + 0.2
