@@ -142,7 +142,7 @@ def cmd_report(args) -> None:
 
 
 def cmd_predict(args) -> None:
-    from tasks.evaluation import answer_question
+    from tasks.students import answer_question
 
     answer = answer_question(args.model_dir, args.question)
     print(f"answer: {answer.label}\nrationale: {answer.rationale}")
@@ -227,31 +227,42 @@ def build_parser() -> argparse.ArgumentParser:
     sub = command("deploy", cmd_deploy, "create work pools, the shared rate limit and the deployments", config=False)
     sub.add_argument("--prefect-file", default="deploy/prefect.yaml")
     sub.add_argument("--rpm", type=int, default=None, help="shared teacher requests per minute for all workers")
-    sub.add_argument("--limit-name", default="teacher-rpm")
+    sub.add_argument("--limit-name", default="teacher-rpm",
+                     help="the global rate limit that configs name in teacher.shared_rate_limit")
+    sub.add_argument("--burst", type=int, default=None,
+                     help="requests the limit lets out at once (default: one second's worth of --rpm)")
     return parser
+
+
+# Expected failures, by module: an error can only be raised once its module is imported, so the
+# check imports nothing (`status` and `sql` never pay for torch or Prefect).
+_EXPECTED = (
+    ("tasks.config", "ConfigError"),
+    ("tasks.datasets", "DatasetError"),
+    ("tasks.errors", "TeacherError"),
+    ("storage.queries", "QueryError"),
+    ("tasks.students", "NothingToTrain"),
+)
+
+
+def _expected(error: BaseException) -> bool:
+    kinds = [getattr(sys.modules[module], name) for module, name in _EXPECTED if module in sys.modules]
+    return isinstance(error, (CommandError, *kinds))
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _quiet_prefect(args.verbose)
-    from tasks.config import ConfigError
-
-    expected: tuple[type[BaseException], ...] = (CommandError, ConfigError)
-    from storage.queries import QueryError
-    from tasks.datasets import DatasetError
-    from tasks.errors import TeacherError
-
-    expected += (DatasetError, TeacherError, QueryError)
     try:
         args.handler(args)
-    except expected as error:
-        if args.verbose:
-            raise
-        print(f"mindsmirror: {error}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         print("mindsmirror: interrupted; rerun the same command to continue where it stopped", file=sys.stderr)
         return 130
+    except Exception as error:
+        if args.verbose or not _expected(error):
+            raise
+        print(f"mindsmirror: {error}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -16,10 +16,10 @@ class GenerationProgress:
         self.cost = 0.0
         self._bar = Progress(
             TextColumn("[bold]teacher[/]"),
-            BarColumn(),
+            BarColumn(bar_width=20),
             MofNCompleteColumn(),
-            TextColumn("{task.fields[rate]:.1f} calls/s"),
-            TextColumn("{task.fields[tokens]:,} tokens"),
+            TextColumn("{task.fields[rate]:.1f}/s"),
+            TextColumn("{task.fields[tokens]:,} tok"),
             TextColumn("${task.fields[cost]:.4f}"),
             TextColumn("[red]{task.fields[failed]} failed[/]"),
             TimeElapsedColumn(),

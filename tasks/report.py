@@ -11,7 +11,8 @@ from pathlib import Path
 from storage import Store, queries
 from tasks.config import Config
 
-COLUMNS = ("arm", "test accuracy", "validation accuracy", "self-eval agreement", "n test", "checkpoint")
+COLUMNS = ("arm", "test accuracy", "validation accuracy", "self-eval agreement", "train accuracy", "n test",
+           "checkpoint")
 
 
 @dataclass(frozen=True)
@@ -38,10 +39,15 @@ def markdown_table(columns: Sequence[str], rows: Sequence[Sequence]) -> str:
 
 
 def results_rows(store: Store) -> list[tuple]:
-    """One row per arm (baselines first): the latest value of each metric."""
+    """One row per arm (baselines first): the latest value of each metric. Train accuracy is the
+    teacher's, on its own stored chains of thought; checkpoints are shown relative to the store."""
+    folder = store.local_folder()
     table: dict[str, dict[str, object]] = {}
     for result in queries.latest_results(store):
-        row = table.setdefault(result.arm, {"checkpoint": result.checkpoint})
+        checkpoint = result.checkpoint
+        if folder is not None and checkpoint.startswith(str(folder)):
+            checkpoint = str(Path(checkpoint).relative_to(folder))
+        row = table.setdefault(result.arm, {"checkpoint": checkpoint})
         row[f"{result.split}:{result.metric}"] = result.value
         if result.split == "test" and result.metric == "accuracy":
             row["n"] = result.n
@@ -52,6 +58,7 @@ def results_rows(store: Store) -> list[tuple]:
             table[arm].get("test:accuracy"),
             table[arm].get("validation:accuracy"),
             table[arm].get("test:self_eval_agreement"),
+            table[arm].get("train:accuracy"),
             table[arm].get("n"),
             table[arm].get("checkpoint"),
         )

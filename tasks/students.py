@@ -18,7 +18,15 @@ import torch
 from storage import PredictionRow, ResultRow, Store, queries
 from tasks.config import ArmConfig, Config
 from tasks.datasets import answer_type as answer_type_of
-from tasks.evaluation import evaluate_student, label_accuracy, resolve_device, use_bf16
+from tasks.evaluation import (
+    EXPLAIN,
+    PREDICT,
+    evaluate_student,
+    label_accuracy,
+    predict,
+    resolve_device,
+    use_bf16,
+)
 from tasks.parsing import answers_match
 from tasks.student import load_student
 from tasks.training import train_arm
@@ -177,3 +185,23 @@ def score_baselines(config: Config) -> dict[str, float]:
                                  n=len(teacher), checkpoint="stored chains of thought"))
     store.append(results)
     return {result.arm: result.value for result in results}
+
+
+@dataclass(frozen=True)
+class Answer:
+    label: str
+    rationale: str
+
+
+def answer_question(model_dir: str, question: str, max_new_tokens: int = 128) -> Answer:
+    """A trained student's label (`predict:`) and rationale (`explain:`) for one question."""
+    if not Path(model_dir, "config.json").is_file():
+        raise NothingToTrain(f"{model_dir}: not a student checkpoint (no config.json); see `trained.json` "
+                             "in the arm's folder for its best checkpoint")
+    limit_cpu_threads()
+    model, tokenizer = load_student(model_dir)
+    label, rationale = (
+        predict(model, tokenizer, [question], max_new_tokens=max_new_tokens, prefix=prefix, device="cpu")[0]
+        for prefix in (PREDICT, EXPLAIN)
+    )
+    return Answer(label, rationale)

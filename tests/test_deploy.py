@@ -1,0 +1,192 @@
+"""The pipeline as Prefect deployments: `mindsmirror deploy`, process workers on the cpu and gpu pools.
+
+Real parts throughout: the session's Prefect server on 127.0.0.1 (sqlite, its own PREFECT_HOME),
+the work pools, deployments and global rate limit made by `mindsmirror deploy` from
+deploy/prefect.yaml, `prefect worker start` processes that run each flow in a fresh process with
+the repository checkout as working directory, the simulated teacher over HTTP, Parquet and DuckDB.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import API_KEY, REPO
+
+from storage import Store, queries
+from tasks.config import DatasetConfig
+from tasks.datasets import load_dataset
+from tasks.simulator import start_simulator
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_server")]
+
+WORKER_ENV = {
+    "MINDSMIRROR_HOME": str(REPO),
+    "OPENAI_API_KEY": API_KEY,
+    "PREFECT_WORKER_QUERY_SECONDS": "1",  # default 10: a run would wait up to 10 s to be picked up
+}
+
+
+def _mindsmirror(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "flows.cli", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=300, env=dict(os.environ))
+
+
+@pytest.fixture(scope="module")
+def deployed(tmp_path_factory):
+    """`mindsmirror deploy`, then one process worker per pool; yields the deploy output and worker logs."""
+    result = _mindsmirror("deploy", "--rpm", "6000", "--limit-name", "teacher-rpm-deploy-test")
+    assert result.returncode == 0, result.stdout + result.stderr
+    logs = tmp_path_factory.mktemp("workers")
+    workers = []
+    for pool in ("cpu", "gpu"):
+        log = open(logs / f"{pool}.log", "w")
+        # Own session, so the flow run processes a worker starts are stopped with it.
+        process = subprocess.Popen(
+            [sys.executable, "-m", "prefect", "worker", "start", "--pool", pool, "--limit", "1"],
+            cwd=logs, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **WORKER_ENV},
+            start_new_session=True,
+        )
+        workers.append((process, log))
+    try:
+        yield result.stdout + result.stderr, logs
+    finally:
+        for process, log in workers:
+            os.killpg(process.pid, signal.SIGTERM)
+        for process, log in workers:
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+            log.close()
+
+
+def _run(name: str, **parameters):
+    """Run a deployment through the server and a worker; the finished flow run."""
+    from prefect.deployments import run_deployment
+
+    run = run_deployment(name, parameters=parameters, timeout=300, poll_interval=0.5)
+    assert run.state is not None and run.state.is_final(), f"{name} did not finish: {run.state}"
+    return run
+
+
+def _runs_of(deployment: str):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        DeploymentFilter,
+        DeploymentFilterId,
+        DeploymentFilterName,
+        FlowFilter,
+        FlowFilterName,
+    )
+
+    flow, name = deployment.split("/")
+    with get_client(sync_client=True) as client:
+        found = client.read_deployments(flow_filter=FlowFilter(name=FlowFilterName(any_=[flow])),
+                                        deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=[name])))
+        return client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[found[0].id])))
+
+
+def _small_quickstart(store: Path) -> dict:
+    config = yaml.safe_load((REPO / "examples" / "quickstart.yaml").read_text())
+    config["dataset"]["arithmetic"] = {"train": 40, "test": 10, "seed": 0}
+    config["store"]["path"] = str(store)
+    config["train"].update(stage1_steps=4, stage2_steps=8, eval_every=4, batch_size=8)
+    return config
+
+
+def test_deploy_creates_pools_limit_and_every_deployment(deployed):
+    output, _ = deployed
+    assert "Traceback" not in output
+    assert "work pools: cpu, gpu" in output
+    assert "rate limit teacher-rpm-deploy-test: 6000 teacher requests/min" in output
+    for flow in ("distill", "generate", "resume", "train", "evaluate"):
+        pool = "gpu" if flow in ("train", "evaluate") else "cpu"
+        assert f"{flow}/quickstart (pool {pool})" in output
+    assert "generate/svamp (pool cpu, 1 schedule(s), 0 active)" in output  # a paid regeneration is opt-in
+
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        limit = client.read_global_concurrency_limit_by_name("teacher-rpm-deploy-test")
+        assert limit.slot_decay_per_second == pytest.approx(100.0) and limit.limit == 100
+        assert client.read_work_pool("gpu").base_job_template["variables"]["properties"]["env"]["default"]
+
+    again = _mindsmirror("deploy")  # idempotent: updates in place, no rate limit without --rpm
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "rate limit" not in again.stdout and "10 deployments:" in again.stdout
+
+
+def test_distill_deployment_hands_training_and_evaluation_to_the_gpu_pool(deployed, tmp_path):
+    store = tmp_path / "store"
+    started = time.monotonic()
+    run = _run("distill/quickstart", config=_small_quickstart(store))
+    assert run.state.is_completed(), run.state.message
+    elapsed = time.monotonic() - started
+
+    for child in ("train/quickstart", "evaluate/quickstart"):
+        runs = _runs_of(child)
+        assert len(runs) == 1 and runs[0].state.is_completed()
+        assert runs[0].work_pool_name == "gpu" and runs[0].parent_task_run_id is not None  # in the parent's run tree
+    report = queries.status(Store(str(store)))
+    assert report.rows["cots"] == 36 * 3 and report.rows["evaluations"] == 36 * 3 * 2 and report.calls_failed == 0
+    arms = {row.arm for row in queries.latest_results(Store(str(store)))}
+    assert {"standard-finetune", "cot-3", "cot-3-selfeval", "baseline:constant", "teacher"} <= arms
+    assert elapsed < 180
+
+
+def test_failed_generation_resumes_through_the_deployment_paying_once(deployed, tmp_path):
+    rows = load_dataset(DatasetConfig(name="arithmetic", arithmetic={"train": 20, "test": 4}))
+    teacher = start_simulator(examples={row.input: row.label for row in rows}, answer_type="equation", seed=3)
+    config = {
+        "dataset": {"name": "arithmetic", "arithmetic": {"train": 20, "test": 4}},
+        "teacher": {"model": "gpt-3.5-turbo", "base_url": teacher.url, "n_cots": 3, "n_evals": 2,
+                    "max_rpm": 60000, "max_tpm": 10_000_000, "max_concurrency": 4, "timeout_s": 5,
+                    "max_attempts": 1},
+        "generate": {"batch_size": 6},
+        "store": {"path": str(tmp_path / "store")},
+    }
+    store = Store(config["store"]["path"])
+    try:
+        teacher.set_faults(error_500=0.4)  # the teacher fails a share of requests from the start
+        failed = _run("generate/quickstart", config=config)
+        assert failed.state.is_failed() and "mindsmirror resume" in failed.state.message
+        broken = queries.status(store)
+        assert broken.calls_failed > 0 and broken.calls_ok > 0  # stopped midway: some stored, some failed
+        teacher.set_faults(error_500=0.0)
+
+        resumed = _run("resume/quickstart", config=config)
+        assert resumed.state.is_completed(), resumed.state.message
+        again = _run("generate/quickstart", config=config)  # what a scheduled regeneration does
+        assert again.state.is_completed(), again.state.message
+        stats = teacher.stats()
+    finally:
+        teacher.close()
+
+    train = 18  # 20 problems, 2 carved out for validation
+    report = queries.status(store)
+    assert report.rows["cots"] == train * 3 and report.rows["evaluations"] == train * 3 * 2
+    assert report.failed_requests == 0
+    needed = train * (1 + 3)  # one CoT request (n=3), then one evaluation request (n=2) per CoT
+    assert report.calls_ok == needed
+    # Every request the teacher received was either needed once or recorded as failed: none paid twice.
+    assert stats["requests"] == needed + report.calls_failed
+    assert stats["by_status"]["200"] == needed
+    served = stats["served"]
+    assert sorted(served) == ["cot", "evaluation"]
+    assert set(served["cot"].values()) == {3} and len(served["cot"]) == train
+    assert set(served["evaluation"].values()) == {3 * 2}
+
+
+def test_workers_print_no_traceback(deployed):
+    _, logs = deployed
+    for log in logs.glob("*.log"):
+        text = log.read_text()
+        assert "Traceback" not in text, text
