@@ -28,6 +28,7 @@ class ArithmeticConfig(Model):
     train: int = Field(600, ge=1, description="problems in the train split")
     test: int = Field(200, ge=1, description="problems in the test split")
     seed: int = 0
+    max_number: int = Field(99, ge=9, le=99, description="largest number in a problem")
 
 
 class CustomConfig(Model):

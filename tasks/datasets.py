@@ -110,7 +110,7 @@ def _arithmetic_sources(cfg: DatasetConfig, wanted: set[str]) -> list[SplitSourc
     sources = []
     for split in _files_for(wanted, own_validation=False):
         count = settings.train if split == "train" else settings.test
-        problems = generate_problems(min(count, cfg.limit or count), settings.seed, split)
+        problems = generate_problems(min(count, cfg.limit or count), settings.seed, split, settings.max_number)
         where = f"arithmetic(seed={settings.seed})/{split}"
         rows = [
             ExampleRow(

@@ -88,15 +88,17 @@ def deploy(args) -> None:
 def deploy_project(prefect_file: Path, rpm: int | None = None, limit_name: str = "teacher-rpm",
                    burst: int | None = None) -> DeploySummary:
     """Create or update the pools of `<prefect_file's folder>/work-pools/*.json`, the limit, the deployments."""
-    wanted = read_deployments(prefect_file)
+    if rpm is not None and rpm < 1 or burst is not None and burst < 1:
+        raise DeployError(f"--rpm and --burst must be at least 1, got {rpm} and {burst}")
+    wanted = deployments_in(prefect_file)
     api_url = require_server()
     pools = tuple(apply_work_pool(path) for path in sorted((prefect_file.parent / "work-pools").glob("*.json")))
-    limit = apply_rate_limit(limit_name, rpm, burst) if rpm else None
+    limit = apply_rate_limit(limit_name, rpm, burst) if rpm is not None else None
     apply_deployments(prefect_file)
     return DeploySummary(api_url, pools, limit, tuple(read_back(wanted)))
 
 
-def read_deployments(prefect_file: Path) -> list[tuple[str, str]]:
+def deployments_in(prefect_file: Path) -> list[tuple[str, str]]:
     """(entrypoint, name) of each deployment in the file, after checking that the entrypoints exist here."""
     if not prefect_file.is_file():
         raise DeployError(f"{prefect_file}: no such file; run from the repository root or pass --prefect-file")
@@ -143,7 +145,7 @@ def apply_work_pool(template_file: Path) -> str:
     """Create the process work pool named after the file, or update its base job template in place."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import WorkPoolCreate, WorkPoolUpdate
-    from prefect.exceptions import ObjectNotFound
+    from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
 
     name = template_file.stem
     try:
@@ -156,15 +158,27 @@ def apply_work_pool(template_file: Path) -> str:
             existing = client.read_work_pool(name)
         except ObjectNotFound:
             existing = None
-        if existing is None:
-            client.create_work_pool(WorkPoolCreate(name=name, type="process", description=description,
-                                                   base_job_template=template))
-        elif existing.type != "process":
+        if existing is not None and existing.type != "process":
             raise DeployError(f"work pool {name!r} exists with type {existing.type!r}, not 'process'; "
                               f"delete it (`prefect work-pool delete {name}`) or rename {template_file}")
-        else:
-            client.update_work_pool(name, WorkPoolUpdate(description=description, base_job_template=template))
+        try:
+            if existing is None:
+                client.create_work_pool(WorkPoolCreate(name=name, type="process", description=description,
+                                                       base_job_template=template))
+            else:
+                client.update_work_pool(name, WorkPoolUpdate(description=description, base_job_template=template))
+        except PrefectHTTPStatusError as error:
+            raise DeployError(f"{template_file}: the server refused it: {_reason(error.response)}") from None
     return name
+
+
+def _reason(response) -> str:
+    """The server's validation messages, without the echoed request body."""
+    try:
+        details = response.json().get("exception_detail") or []
+        return "; ".join(str(item["msg"]) for item in details) or response.text[:300]
+    except (ValueError, AttributeError, KeyError, TypeError):
+        return response.text[:300]
 
 
 def apply_rate_limit(name: str, rpm: int, burst: int | None = None) -> str:
@@ -176,8 +190,6 @@ def apply_rate_limit(name: str, rpm: int, burst: int | None = None) -> str:
     """
     from prefect.client.orchestration import get_client
 
-    if rpm < 1:
-        raise DeployError(f"--rpm must be at least 1, got {rpm}")
     slots = burst or max(1, math.ceil(rpm / 60))
     with get_client(sync_client=True) as client:
         client.upsert_global_concurrency_limit_by_name(name, slots, slot_decay_per_second=rpm / 60)

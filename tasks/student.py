@@ -1,8 +1,9 @@
 """The student: a T5 encoder-decoder, either pretrained (a Hugging Face id or a local folder) or "tiny".
 
 "tiny" is a small randomly initialised T5 with a tokenizer trained locally on the training texts, so
-the whole pipeline runs offline in CPU minutes. Nothing here downloads: a Hugging Face id only loads
-when it is already in the local cache (or when the caller allows the hub outside this module).
+the whole pipeline runs offline in CPU minutes and never touches the hub. Any other value loads
+through Hugging Face's cache like `from_pretrained` does: a hub id is downloaded once unless
+HF_HUB_OFFLINE=1 (as in the tests), where only a cached or local model loads.
 """
 
 from __future__ import annotations
@@ -110,8 +111,9 @@ def load_student(model_dir: str | Path) -> tuple[PreTrainedModel, PreTrainedToke
             model = AutoModelForSeq2SeqLM.from_pretrained(path)
     except OSError as error:
         raise FileNotFoundError(
-            f"student {path!r}: not a local model folder and not in the Hugging Face cache; use "
-            f"student.model: tiny, a folder holding a saved seq2seq model, or download it first ({error})"
+            f"student {path!r}: not a local model folder and not in the Hugging Face cache (or the hub is "
+            f"unreachable); use student.model: tiny, a folder holding a saved seq2seq model, or download "
+            f"it first ({error})"
         ) from None
     return model, tokenizer
 

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch.nn.utils.rnn import pad_sequence
+from transformers import T5ForConditionalGeneration
 
 from tasks.config import ArmConfig, EvalConfig, StudentConfig, TrainConfig
 from tasks.evaluation import EXPLAIN, PREDICT, autocast, predict, resolve_device, use_bf16, verdict_accuracy
@@ -56,8 +57,13 @@ class Loss(NamedTuple):
 
 
 def token_ce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy over the targets that are not IGNORE (0 when there are none)."""
-    summed = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE, reduction="sum")
+    """Mean cross-entropy over the targets that are not IGNORE (0 when there are none).
+
+    logits: [..., vocab], targets: [...] (a padded batch [rows, length] or selected tokens [tokens]).
+    """
+    summed = F.cross_entropy(
+        logits.flatten(0, -2).float(), targets.flatten(), ignore_index=IGNORE, reduction="sum"
+    )
     return summed / (targets != IGNORE).sum().clamp(min=1)
 
 
@@ -100,10 +106,15 @@ class TrainResult:
     examples_per_s: float  # training rows per second over the optimizer steps of this call
 
 
+def canonical_order(rows: Sequence) -> list:
+    """The rows sorted by content: training then depends on which rows the store holds, not their order."""
+    return sorted(rows, key=lambda r: (r.input, r.label, r.rationale or "", getattr(r, "example_id", "")))
+
+
 def data_snapshot(rows: Sequence) -> str:
     """A hash of the training rows (input, label, rationale) that names the data a checkpoint saw."""
     digest = hashlib.sha256()
-    for row in rows:
+    for row in canonical_order(rows):
         digest.update(json.dumps([row.input, row.label, row.rationale]).encode())
     return digest.hexdigest()[:16]
 
@@ -135,7 +146,8 @@ def _encode(rows: Sequence, tokenizer, student: StudentConfig, explain: bool) ->
         ):
             explain_inputs[i], rationales[i] = e, r
     lengths = [
-        len(p) + len(lab) + (len(r) if r is not None else 0) for p, lab, r in zip(predict_inputs, labels, rationales)
+        len(p) + len(lab) + (len(r) if r is not None else 0)
+        for p, lab, r in zip(predict_inputs, labels, rationales)
     ]
     return _Encoded(predict_inputs, labels, explain_inputs, rationales, lengths)
 
@@ -169,21 +181,36 @@ def _task_batch(inputs, targets, index, pad_id, device):
     return input_ids, target_ids
 
 
-def _batch_loss(model, data: _Encoded, index: list[int], alpha: float, pad_id: int, device) -> Loss:
-    def logits(inputs, targets):
-        return model(
-            input_ids=inputs,
-            attention_mask=inputs != pad_id,
-            decoder_input_ids=model.prepare_decoder_input_ids_from_labels(targets),
-        ).logits
+def _target_logits(model, inputs, targets, pad_id) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits at the real target positions only ([tokens, vocab]) and those targets.
 
-    inputs, labels = _task_batch(data.predict_inputs, data.labels, index, pad_id, device)
-    label_logits = logits(inputs, labels)
+    For T5 the LM head and softmax then skip the padding (the tokenizer-sized matmul is a large
+    part of a small student's step); other seq2seq models go through their own forward.
+    """
+    keep = targets != IGNORE
+    mask = inputs != pad_id
+    decoder_input_ids = model.prepare_decoder_input_ids_from_labels(targets)
+    if not isinstance(model, T5ForConditionalGeneration):
+        logits = model(input_ids=inputs, attention_mask=mask, decoder_input_ids=decoder_input_ids).logits
+        return logits[keep], targets[keep]
+    encoded = model.encoder(input_ids=inputs, attention_mask=mask).last_hidden_state
+    hidden = model.decoder(
+        input_ids=decoder_input_ids, encoder_hidden_states=encoded, encoder_attention_mask=mask
+    ).last_hidden_state[keep]
+    if model.config.scale_decoder_outputs:  # as T5ForConditionalGeneration.forward does
+        hidden = hidden * model.model_dim**-0.5
+    return model.lm_head(hidden), targets[keep]
+
+
+def _batch_loss(model, data: _Encoded, index: list[int], alpha: float, pad_id: int, device) -> Loss:
+    label_logits, labels = _target_logits(
+        model, *_task_batch(data.predict_inputs, data.labels, index, pad_id, device), pad_id
+    )
     explain = [i for i in index if data.rationales[i] is not None]
     if not explain or alpha == 1:
         return multitask_loss(label_logits, labels)
-    inputs, rationales = _task_batch(data.explain_inputs, data.rationales, explain, pad_id, device)
-    return multitask_loss(label_logits, labels, logits(inputs, rationales), rationales, alpha)
+    batch = _task_batch(data.explain_inputs, data.rationales, explain, pad_id, device)
+    return multitask_loss(label_logits, labels, *_target_logits(model, *batch, pad_id), alpha)
 
 
 def _latest_checkpoint(out_dir: Path) -> Path | None:
@@ -195,7 +222,10 @@ def _save(model, tokenizer, optimizer, path: Path, record: dict) -> None:
     tmp = path.with_name(path.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     save_student(model, tokenizer, tmp)
-    rng = {"cpu": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+    rng = {
+        "cpu": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
     torch.save({"optimizer": optimizer.state_dict(), "rng": rng}, tmp / STATE)
     (tmp / RECORD).write_text(json.dumps(record, indent=1))
     shutil.rmtree(path, ignore_errors=True)
@@ -213,7 +243,12 @@ def _prune(out_dir: Path, keep: set[Path]) -> None:
 
 
 def _progress(enabled: bool) -> Progress:
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[status]}"))
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[status]}"),
+    )
     return Progress(*columns, TimeRemainingColumn(), disable=not enabled)
 
 
@@ -242,7 +277,7 @@ def train_student(
     out_dir, giving the same losses an uninterrupted run would have; a finished run is not repeated.
     """
     out_dir, eval_cfg = Path(out_dir), eval_cfg or EvalConfig()
-    rows = sorted(train, key=lambda r: (r.input, r.label, r.rationale or "", getattr(r, "example_id", "")))
+    rows = canonical_order(train)
     snapshot = data_snapshot(rows)
     config = {"student": student_cfg.model_dump(), "train": train_cfg.model_dump(), "steps": steps}
     record = {"format": 1, **(provenance or {}), **config, "data_snapshot": snapshot, "rows": len(rows)}
@@ -301,11 +336,15 @@ def train_student(
             state["step"] += 1
             step_loss = _mean_parts(state["step"], parts)
             train_seconds += time.perf_counter() - started
-            state["losses"].append([step_loss.step, step_loss.loss, step_loss.label_loss, step_loss.rationale_loss])
+            state["losses"].append(
+                [step_loss.step, step_loss.loss, step_loss.label_loss, step_loss.rationale_loss]
+            )
             speed = trained_rows / train_seconds
             bar.update(task, advance=1, status=f"loss {step_loss.loss:.3f}  {speed:.0f} rows/s")
             if state["step"] % train_cfg.eval_every == 0 or state["step"] == steps:
-                _validate(model, tokenizer, validation, accuracy_fn, eval_cfg, student_cfg, device, bf16, state)
+                _validate(
+                    model, tokenizer, validation, accuracy_fn, eval_cfg, student_cfg, device, bf16, state
+                )
                 path = out_dir / f"step-{state['step']:06d}"
                 _save(model, tokenizer, optimizer, path, {**record, **state, "examples_per_s": speed})
                 _prune(out_dir, {path, out_dir / f"step-{state['best_step']:06d}"})
@@ -402,7 +441,9 @@ def train_arm(
         train_rows = [Row(getattr(r, "example_id", ""), r.input, r.label, None) for r in train_rows]
     stage1_wanted = arm.self_eval and train_cfg.stage1_steps > 0
     if stage1_wanted and not self_eval_rows:
-        raise ValueError(f"arm {arm.name!r} has self_eval: true but there are no self-evaluation rows to train on")
+        raise ValueError(
+            f"arm {arm.name!r} has self_eval: true but there are no self-evaluation rows to train on"
+        )
     vocab = [text for r in [*self_eval_rows, *train_rows] for text in (r.input, r.label, r.rationale or "")]
     model, tokenizer = build_student(student_cfg, vocab, seed=train_cfg.seed)
     common = {"train_cfg": train_cfg, "student_cfg": student_cfg, "eval_cfg": eval_cfg, "resume": resume}

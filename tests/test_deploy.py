@@ -22,9 +22,8 @@ from conftest import API_KEY, REPO
 from storage import Store, queries
 from tasks.config import DatasetConfig
 from tasks.datasets import load_dataset
+from tasks.deployment import DeployError, enter_checkout
 from tasks.simulator import start_simulator
-
-pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_server")]
 
 WORKER_ENV = {
     "MINDSMIRROR_HOME": str(REPO),
@@ -39,7 +38,7 @@ def _mindsmirror(*args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def deployed(tmp_path_factory):
+def deployed(prefect_server, tmp_path_factory):
     """`mindsmirror deploy`, then one process worker per pool; yields the deploy output and worker logs."""
     result = _mindsmirror("deploy", "--rpm", "6000", "--limit-name", "teacher-rpm-deploy-test")
     assert result.returncode == 0, result.stdout + result.stderr
@@ -57,7 +56,7 @@ def deployed(tmp_path_factory):
     try:
         yield result.stdout + result.stderr, logs
     finally:
-        for process, log in workers:
+        for process, _ in workers:
             os.killpg(process.pid, signal.SIGTERM)
         for process, log in workers:
             try:
@@ -75,6 +74,25 @@ def _run(name: str, **parameters):
     run = run_deployment(name, parameters=parameters, timeout=300, poll_interval=0.5)
     assert run.state is not None and run.state.is_final(), f"{name} did not finish: {run.state}"
     return run
+
+
+def _mindsmirror_prefect(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "prefect", *args], capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ))
+
+
+def _wait_for_attempt(flow_run_id, attempt: int, timeout_s: float = 180):
+    """The flow run once its `attempt`-th run has finished."""
+    from prefect.client.orchestration import get_client
+
+    deadline = time.monotonic() + timeout_s
+    with get_client(sync_client=True) as client:
+        while True:
+            run = client.read_flow_run(flow_run_id)
+            if run.run_count >= attempt and run.state.is_final():
+                return run
+            assert time.monotonic() < deadline, f"attempt {attempt} did not finish: {run.state}"
+            time.sleep(0.5)
 
 
 def _runs_of(deployment: str):
@@ -102,6 +120,7 @@ def _small_quickstart(store: Path) -> dict:
     return config
 
 
+@pytest.mark.slow
 def test_deploy_creates_pools_limit_and_every_deployment(deployed):
     output, _ = deployed
     assert "Traceback" not in output
@@ -124,6 +143,7 @@ def test_deploy_creates_pools_limit_and_every_deployment(deployed):
     assert "rate limit" not in again.stdout and "10 deployments:" in again.stdout
 
 
+@pytest.mark.slow
 def test_distill_deployment_hands_training_and_evaluation_to_the_gpu_pool(deployed, tmp_path):
     store = tmp_path / "store"
     started = time.monotonic()
@@ -131,17 +151,28 @@ def test_distill_deployment_hands_training_and_evaluation_to_the_gpu_pool(deploy
     assert run.state.is_completed(), run.state.message
     elapsed = time.monotonic() - started
 
-    for child in ("train/quickstart", "evaluate/quickstart"):
+    for child, stage in (("train/quickstart", "train"), ("evaluate/quickstart", "evaluate")):
         runs = _runs_of(child)
         assert len(runs) == 1 and runs[0].state.is_completed()
         assert runs[0].work_pool_name == "gpu" and runs[0].parent_task_run_id is not None  # in the parent's run tree
+        assert runs[0].idempotency_key == f"{run.id}-{stage}"
     report = queries.status(Store(str(store)))
-    assert report.rows["cots"] == 36 * 3 and report.rows["evaluations"] == 36 * 3 * 2 and report.calls_failed == 0
+    examples = 40  # generate.splits: train and validation, 40 problems in all
+    assert report.rows["cots"] == examples * 3 and report.rows["evaluations"] == examples * 3 * 2
+    assert report.calls_failed == 0
     arms = {row.arm for row in queries.latest_results(Store(str(store)))}
     assert {"standard-finetune", "cot-3", "cot-3-selfeval", "baseline:constant", "teacher"} <= arms
     assert elapsed < 180
 
+    # Retrying the parent (the UI's Retry button) finds the training it already started: no second run.
+    retry = _mindsmirror_prefect("flow-run", "retry", str(run.id))
+    assert retry.returncode == 0, retry.stdout + retry.stderr
+    retried = _wait_for_attempt(run.id, 2)
+    assert retried.state.is_completed(), retried.state.message
+    assert len(_runs_of("train/quickstart")) == 1 and len(_runs_of("evaluate/quickstart")) == 1
 
+
+@pytest.mark.slow
 def test_failed_generation_resumes_through_the_deployment_paying_once(deployed, tmp_path):
     rows = load_dataset(DatasetConfig(name="arithmetic", arithmetic={"train": 20, "test": 4}))
     teacher = start_simulator(examples={row.input: row.label for row in rows}, answer_type="equation", seed=3)
@@ -185,8 +216,40 @@ def test_failed_generation_resumes_through_the_deployment_paying_once(deployed, 
     assert set(served["evaluation"].values()) == {3 * 2}
 
 
+@pytest.mark.slow
 def test_workers_print_no_traceback(deployed):
     _, logs = deployed
     for log in logs.glob("*.log"):
         text = log.read_text()
         assert "Traceback" not in text, text
+
+
+def test_pull_step_enters_the_checkout_named_by_mindsmirror_home(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MINDSMIRROR_HOME", str(REPO))
+    assert enter_checkout() == {"directory": str(REPO)} and Path.cwd() == REPO
+
+
+def test_pull_step_falls_back_to_the_editable_checkout(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MINDSMIRROR_HOME", raising=False)
+    assert enter_checkout() == {"directory": str(REPO)}
+
+
+def test_pull_step_refuses_a_folder_that_is_not_a_checkout(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MINDSMIRROR_HOME", str(tmp_path))
+    with pytest.raises(DeployError, match="is not a mindsmirror checkout.*export MINDSMIRROR_HOME"):
+        enter_checkout()
+    assert Path.cwd() == tmp_path
+
+
+def test_deploy_without_a_server_says_how_to_start_one():
+    closed = "http://127.0.0.1:9/api"  # the discard port: nothing listens
+    result = subprocess.run([sys.executable, "-m", "flows.cli", "deploy"], cwd=REPO, capture_output=True,
+                            text=True, timeout=120, env={**os.environ, "PREFECT_API_URL": closed})
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        f"mindsmirror: the Prefect server at {closed} does not answer (ConnectError); "
+        "start it with `prefect server start` or fix PREFECT_API_URL"
+    ]

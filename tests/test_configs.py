@@ -1,0 +1,114 @@
+"""Every shipped config loads, and deploy/prefect.yaml only names configs, flows, parameters and pools that exist."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import REPO
+
+from tasks.config import load_config, parse_config
+
+EXAMPLES = sorted((REPO / "examples").glob("*.yaml"))
+PREFECT_FILE = REPO / "deploy" / "prefect.yaml"
+POOLS = {path.stem: path for path in (REPO / "deploy" / "work-pools").glob("*.json")}
+
+
+def _deployments() -> list[dict]:
+    return yaml.safe_load(PREFECT_FILE.read_text())["deployments"]
+
+
+def _flow(entrypoint: str):
+    """The flow object an entrypoint names, imported the way a worker imports it (from the checkout)."""
+    import importlib
+
+    path, name = entrypoint.split(":")
+    module = importlib.import_module(Path(path).with_suffix("").as_posix().replace("/", "."))
+    return getattr(module, name)
+
+
+def _ids(deployments: list[dict]) -> list[str]:
+    return [f"{item['entrypoint'].split(':')[1]}/{item['name']}" for item in deployments]
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=[path.name for path in EXAMPLES])
+def test_shipped_config_loads_and_says_what_it_is_for(path):
+    load_config(path)
+    head = path.read_text().splitlines()[:12]
+    assert head[0].startswith("# "), f"{path.name} must open with a comment saying what it is for"
+    assert any(line.startswith("# Run:") for line in head), f"{path.name} must say how to run it"
+    assert any("cost" in line.lower() for line in head), f"{path.name} must say what it costs"
+
+
+def test_examples_exist():
+    assert {"quickstart.yaml", "svamp.yaml"} <= {path.name for path in EXAMPLES}
+
+
+@pytest.mark.parametrize("deployment", _deployments(), ids=_ids(_deployments()))
+def test_deployment_parameters_are_a_valid_config_for_a_real_flow(deployment):
+    config = deployment["parameters"]["config"]
+    if isinstance(config, str):
+        assert not Path(config).is_absolute(), "configs are named relative to the repository root"
+        load_config(REPO / config)
+    else:
+        parse_config(config, f"{deployment['name']} parameters")
+    flow = _flow(deployment["entrypoint"])
+    accepted = set(inspect.signature(flow.fn).parameters)
+    assert set(deployment["parameters"]) <= accepted, f"{flow.name} takes only {sorted(accepted)}"
+    assert flow.name == deployment["entrypoint"].split(":")[1]  # so `flow/name` below names it
+
+
+def test_deployments_use_the_shipped_pools_and_hand_training_to_the_gpu_pool():
+    deployments = _deployments()
+    names = {f"{item['entrypoint'].split(':')[1]}/{item['name']}": item for item in deployments}
+    assert len(names) == len(deployments), "two deployments share a flow/name"
+    for item in deployments:
+        assert item["work_pool"]["name"] in POOLS
+        flow = item["entrypoint"].split(":")[1]
+        assert item["work_pool"]["name"] == ("gpu" if flow in ("train", "evaluate") else "cpu")
+        for key in ("train_deployment", "evaluate_deployment"):
+            if key in item["parameters"]:
+                target = names[item["parameters"][key]]
+                assert target["work_pool"]["name"] == "gpu"
+                assert target["parameters"]["config"] == item["parameters"]["config"]
+
+
+def test_every_flow_has_a_deployment_per_shipped_config():
+    flows = {"distill", "generate", "resume", "train", "evaluate"}
+    by_config: dict[str, set[str]] = {}
+    for item in _deployments():
+        by_config.setdefault(item["name"], set()).add(item["entrypoint"].split(":")[1])
+    assert by_config and all(found == flows for found in by_config.values()), by_config
+
+
+def test_schedules_regenerate_only_and_a_paid_one_starts_paused():
+    for item in _deployments():
+        for schedule in item.get("schedules") or []:
+            assert item["entrypoint"].endswith(":generate"), "only regenerations run on a schedule"
+            assert sum(key in schedule for key in ("cron", "interval", "rrule")) == 1
+            config = load_config(REPO / item["parameters"]["config"])
+            if not config.teacher.simulate:
+                assert schedule.get("active") is False, "a schedule that pays must be turned on deliberately"
+
+
+@pytest.mark.parametrize("pool", sorted(POOLS))
+def test_work_pool_template_declares_every_variable_it_uses(pool):
+    template = json.loads(POOLS[pool].read_text())
+    used = set(re.findall(r"{{\s*([\w.$-]+)\s*}}", json.dumps(template["job_configuration"])))
+    # The server refuses a template that uses an undeclared variable; this says so before deploying.
+    assert used <= set(template["variables"]["properties"]), used - set(template["variables"]["properties"])
+
+
+def test_pull_steps_name_functions_a_worker_can_import():
+    import importlib
+
+    steps = yaml.safe_load(PREFECT_FILE.read_text())["pull"]
+    assert steps, "without a pull step a worker runs flows in an empty temporary folder"
+    for step in steps:
+        (fqn,) = step
+        module, name = fqn.rsplit(".", 1)
+        assert callable(getattr(importlib.import_module(module), name))
