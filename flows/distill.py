@@ -24,6 +24,7 @@ async def _on_deployment(name: str, config: Config, stage: str):
         parameters={"config": config.model_dump(mode="json")},
         idempotency_key=f"{flow_run.get_id()}-{stage}",
         timeout=None,
+        poll_interval=2,
         as_subflow=True,
     )
     return run.state

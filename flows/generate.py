@@ -7,7 +7,7 @@ import math
 
 from prefect import flow, task
 from prefect.cache_policies import NONE
-from prefect.concurrency.asyncio import rate_limit
+from prefect.concurrency.asyncio import ConcurrencySlotAcquisitionError, rate_limit
 from prefect.states import Completed, Failed
 
 from storage import Store
@@ -28,11 +28,8 @@ def plan(store: Store, config: Config, examples, answer_type: str, only_failed: 
 
 @task(name="ask-teacher", cache_policy=NONE, task_run_name="ask-teacher-{first}")
 async def ask_teacher(session: Session, batch: tuple[ExampleWork, ...], first: str) -> int:
-    failed = sum(await asyncio.gather(*(session.run_example(work) for work in batch)))
-    if failed:
-        # A failed state without a traceback: the errors are recorded in `calls`, and the flow says how to resume.
-        return Failed(message=f"{failed} teacher requests failed in this batch; see `calls`")
-    return len(batch)
+    """Returns how many of the batch's requests failed; they are recorded in `calls`."""
+    return sum(await asyncio.gather(*(session.run_example(work) for work in batch)))
 
 
 @task(name="compact-store", cache_policy=NONE)
@@ -43,13 +40,19 @@ def compact_store(store: Store) -> None:
 def shared_gate(name: str | None):
     """A gate on the Prefect global rate limit `name`, shared by every run and worker using the key.
 
-    strict=True: a missing limit is an error, not a silent pass (see deploy/README.md to create it).
+    strict=True: a missing limit stops the run instead of letting every request through.
     """
     if not name:
         return None
 
     async def gate(requests: int) -> None:
-        await rate_limit(name, occupy=requests, strict=True)
+        try:
+            await rate_limit(name, occupy=requests, strict=True)
+        except ConcurrencySlotAcquisitionError:
+            raise FatalError(
+                f"teacher.shared_rate_limit names the Prefect rate limit {name!r}, which the server does not "
+                f"have: create it with `mindsmirror deploy --rpm N --limit-name {name}`"
+            ) from None
 
     return gate
 
@@ -80,9 +83,12 @@ async def generate(config: Config | str, dry_run: bool = False, only_failed: boo
                 async with window:
                     return await ask_teacher(session, batch, batch[0].example.example_id, return_state=True)
 
-            await asyncio.gather(*(run(batch) for batch in work.batches(config.generate.batch_size)))
+            states = await asyncio.gather(*(run(batch) for batch in work.batches(config.generate.batch_size)))
     except FatalError as error:
         return Failed(message=str(error))
+    crashed = [state for state in states if not state.is_completed()]
+    if crashed:  # a bug, not a teacher error: those are recorded and counted, never raised
+        return Failed(message=f"{len(crashed)} batches crashed: {crashed[0].message}")
     compact_store(store)
     summary = session.summary
     if session.fatal is not None:

@@ -400,7 +400,7 @@ class Session:
         ])
         self.summary.requests_failed += 1
         if len(self.summary.errors) < 5:
-            self.summary.errors.append(f"{request.example_id}: {error}")
+            self.summary.errors.append(str(error))  # the message starts with the example id
         self.progress.advance(failed=1)
 
     def _count(self, rows: list, reply: TeacherReply, cost: float) -> None:

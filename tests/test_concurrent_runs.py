@@ -73,3 +73,24 @@ def test_two_runs_on_one_store_share_the_rpm_limit_and_pay_once(tmp_path, api_ke
     report = queries.status(Store(config["store"]["path"]))
     assert report.rows["cots"] == train * 2 and report.rows["evaluations"] == train * 2
     assert report.calls_ok == needed and report.calls_failed == 0
+
+
+def test_a_missing_shared_limit_stops_the_run_before_any_call(tmp_path, api_key):
+    import asyncio
+
+    from flows.generate import generate
+    from tasks.config import parse_config
+
+    server = start_simulator(answer_type="equation")
+    try:
+        config = parse_config({
+            "dataset": {"name": "arithmetic", "arithmetic": {"train": 10, "test": 2}},
+            "teacher": {"base_url": server.url, "n_cots": 1, "n_evals": 1, "shared_rate_limit": "no-such-limit"},
+            "store": {"path": str(tmp_path / "store")},
+        })
+        state = asyncio.run(generate(config, show_progress=False, return_state=True))
+        assert state.is_failed()
+        assert "mindsmirror deploy --rpm N --limit-name no-such-limit" in state.message
+        assert server.stats()["requests"] == 0
+    finally:
+        server.close()
