@@ -14,6 +14,7 @@ validation file) has a validation file of its own instead.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import math
@@ -233,10 +234,20 @@ def dss_validation_rows(n: int, fraction: float, seed: int) -> set[int]:
 
 
 def spaced_validation_rows(n: int, fraction: float, seed: int) -> set[int]:
-    """Every (1/fraction)-th row, shifted by the seed: floor(fraction * n) rows, and growing n keeps
-    the earlier choices (generated problems are random already, so spacing loses nothing)."""
+    """One row in every block of 1/fraction consecutive rows, at a position within the block drawn
+    from (seed, block): floor(fraction * n) rows or one more, and growing n keeps the earlier choices.
+    The position varies so that the generator's template rotation cannot line up with the choice
+    (every 10th row would have been a single template)."""
     step = Fraction(fraction).limit_denominator(10_000)
-    return {i for i in range(n) if math.floor((i + 1 + seed) * step) > math.floor((i + seed) * step)}
+    picked = set()
+    block = 0
+    while (start := math.ceil(block / step)) < n:
+        size = math.ceil((block + 1) / step) - start  # the rows i with floor(i * fraction) == block
+        offset = int.from_bytes(hashlib.sha256(f"{seed}:{block}".encode()).digest()[:8], "big") % size
+        if start + offset < n:
+            picked.add(start + offset)
+        block += 1
+    return picked
 
 
 def _check_unique_ids(sources: list[SplitSource]) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 from storage import Store, queries
 from tasks.config import Config
 
-COLUMNS = ("arm", "test accuracy", "validation accuracy", "self-eval agreement", "train accuracy", "n test",
+COLUMNS = ("arm", "test accuracy", "validation accuracy", "self-eval agreement (stage 1)", "train accuracy", "n test",
            "checkpoint")
 
 
@@ -57,7 +57,7 @@ def results_rows(store: Store) -> list[tuple]:
             arm,
             table[arm].get("test:accuracy"),
             table[arm].get("validation:accuracy"),
-            table[arm].get("test:self_eval_agreement"),
+            table[arm].get("validation:self_eval_agreement"),
             table[arm].get("train:accuracy"),
             table[arm].get("n"),
             table[arm].get("checkpoint"),

@@ -56,6 +56,7 @@ class TrainedArm:
     train_rows: int
     excluded_rows: int  # unparseable teacher outputs left out
     examples_per_s: float
+    self_eval_checkpoint: str | None = None  # stage 1's best checkpoint, for arms with self_eval
 
 
 def arm_folder(config: Config, arm: str) -> Path:
@@ -115,26 +116,36 @@ def train_one(config: Config, name: str, resume: bool = False, progress: bool = 
         train_rows=len(training.rows),
         excluded_rows=training.excluded + (self_eval.excluded if self_eval else 0),
         examples_per_s=result.stage2.examples_per_s,
+        self_eval_checkpoint=str(result.stage1.checkpoint) if result.stage1 else None,
     )
     # The pointer evaluation follows: relative, so the store can move between machines.
     folder = arm_folder(config, name)
-    record = {**dataclasses.asdict(trained), "checkpoint": str(Path(result.checkpoint).relative_to(folder))}
+    record = {
+        **dataclasses.asdict(trained),
+        "checkpoint": str(Path(result.checkpoint).relative_to(folder)),
+        "self_eval_checkpoint": result.stage1 and str(Path(result.stage1.checkpoint).relative_to(folder)),
+    }
     (folder / "trained.json").write_text(json.dumps(record, indent=2))
     return trained
 
 
-def _checkpoint(config: Config, name: str) -> Path:
+def _checkpoints(config: Config, name: str) -> tuple[Path, Path | None]:
+    """The arm's best checkpoint and, for arms with self_eval, its best stage-1 checkpoint."""
     pointer = arm_folder(config, name) / "trained.json"
     if not pointer.is_file():
         raise NothingToTrain(f"arm {name!r} has not been trained yet; run `mindsmirror train CONFIG`")
-    return pointer.parent / json.loads(pointer.read_text())["checkpoint"]
+    record = json.loads(pointer.read_text())
+    self_eval = record.get("self_eval_checkpoint")
+    return pointer.parent / record["checkpoint"], self_eval and pointer.parent / self_eval
 
 
 def evaluate_one(config: Config, name: str, progress: bool = False) -> dict[str, float]:
-    """Score an arm's best checkpoint on test (and its self-evaluation agreement where the store allows)."""
+    """Score an arm's best checkpoint on test, and for arms with self_eval the self-evaluation
+    agreement of their stage-1 checkpoint (stage 2 trains on CoTs only, and the final student
+    answers a judged input with an answer, not a verdict)."""
     store = Store(config.store.path)
     kind = answer_type_of(config.dataset)
-    checkpoint = _checkpoint(config, name)
+    checkpoint, self_eval_checkpoint = _checkpoints(config, name)
     limit_cpu_threads()
     model, tokenizer = load_student(checkpoint)
     device = resolve_device(config.train.device)
@@ -158,10 +169,12 @@ def evaluate_one(config: Config, name: str, progress: bool = False) -> dict[str,
                                  n=checked.n, checkpoint=str(checkpoint)))
     # Agreement with the teacher's verdicts, on judged CoTs of examples the student never trained on.
     judged = self_eval_set(store, "validation", None).rows
-    if judged:
-        agreement = evaluate_student(model, tokenizer, judged, "verdict", config.evaluate, **options)
-        results.append(ResultRow(arm=name, split="test", metric="self_eval_agreement", value=agreement.accuracy,
-                                 n=agreement.n, checkpoint=str(checkpoint)))
+    if judged and self_eval_checkpoint is not None:
+        judge, judge_tokenizer = load_student(self_eval_checkpoint)
+        judge.to(device)
+        agreement = evaluate_student(judge, judge_tokenizer, judged, "verdict", config.evaluate, **options)
+        results.append(ResultRow(arm=name, split="validation", metric="self_eval_agreement",
+                                 value=agreement.accuracy, n=agreement.n, checkpoint=str(self_eval_checkpoint)))
     store.append(results)
     return {f"{result.split}:{result.metric}": result.value for result in results}
 

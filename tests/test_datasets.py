@@ -126,6 +126,12 @@ def test_arithmetic_needs_no_files_and_carves_validation():
     assert answer_type(DatasetConfig()) == "equation"
 
 
+def test_carved_arithmetic_validation_mixes_every_template():
+    validation = [row for row in load_dataset(DatasetConfig()) if row.split == "validation"]
+    operators = Counter(("( (" in row.label, row.label.split()[-3]) for row in validation)
+    assert len(operators) == 5 and min(operators.values()) >= 6  # 60 rows over 5 templates
+
+
 def test_arithmetic_honours_limit_and_sizes():
     config = DatasetConfig.model_validate({"arithmetic": {"train": 30, "test": 10}, "limit": 20})
     assert _splits(load_dataset(config)) == {"train": 18, "validation": 2, "test": 10}

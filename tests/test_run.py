@@ -35,8 +35,11 @@ def test_run_goes_from_nothing_to_a_report(tmp_path, prefect_server):
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stdout + result.stderr
     store = Store(str(tmp_path / "store"))
-    arms = {row.arm for row in queries.latest_results(store)}
-    assert {"standard-finetune", "cot-3", "cot-3-selfeval", "baseline:constant", "teacher"} <= arms
+    results = queries.latest_results(store)
+    arms = {row.arm for row in results}
+    assert arms == {"standard-finetune", "cot-3-selfeval", "baseline:constant", "teacher"}
+    # Self-evaluation agreement is measured for the arm that learned to self-evaluate, only.
+    assert {row.arm for row in results if row.metric == "self_eval_agreement"} == {"cot-3-selfeval"}
     assert "| cot-3-selfeval |" in result.stdout
     with open(tmp_path / "store" / "report.csv") as handle:
         assert len(list(csv.reader(handle))) == 1 + len(arms)
@@ -53,4 +56,7 @@ def test_quickstart_student_beats_the_constant_baseline(tmp_path, prefect_server
     assert result.returncode == 0, result.stderr
     scores = {(r.arm, r.split, r.metric): r.value for r in queries.latest_results(Store(str(tmp_path / "store")))}
     constant = scores[("baseline:constant", "test", "accuracy")]
-    assert scores[("cot-3-selfeval", "test", "accuracy")] > constant + 0.2
+    # Measured on 2 CPU cores: constant 0.085, standard fine-tuning 0.73, CoTs + self-eval 0.77.
+    assert constant < 0.15
+    assert scores[("standard-finetune", "test", "accuracy")] > constant + 0.4
+    assert scores[("cot-3-selfeval", "test", "accuracy")] > constant + 0.4

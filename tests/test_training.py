@@ -37,10 +37,10 @@ SMALL = StudentConfig(
 QUICK_EVAL = EvalConfig(batch_size=32, max_new_tokens=16)
 
 
-def arithmetic_rows(n: int, split: str = "train", seed: int = 0) -> list[Row]:
+def arithmetic_rows(n: int, split: str = "train", seed: int = 0, max_number: int = 99) -> list[Row]:
     """Problems of the built-in generator with a short worked rationale, as training rows."""
     rows = []
-    for problem in generate_problems(n, seed, split):
+    for problem in generate_problems(n, seed, split, max_number):
         expression = problem.equation.replace(".0", "")
         value = f"{evaluate_equation(problem.equation):g}"
         rationale = f"We compute {expression} = {value}. The answer is {value}."
@@ -278,14 +278,14 @@ def test_the_best_validation_checkpoint_is_kept_and_chosen(tmp_path):
 
 @pytest.mark.slow
 def test_tiny_student_learns_arithmetic_well_above_the_constant_baseline(tmp_path):
-    train = arithmetic_rows(600)
-    test = arithmetic_rows(200, "test")
+    train = arithmetic_rows(1000, max_number=30)
+    test = arithmetic_rows(200, "test", max_number=30)
     result = train_arm(
         ArmConfig(name="standard", mode="standard"),
-        train_rows=train[60:],
-        validation_rows=train[:60],
+        train_rows=train[100:],
+        validation_rows=train[:100],
         train_cfg=TrainConfig(
-            batch_size=32, learning_rate=1e-3, stage1_steps=0, stage2_steps=3000, eval_every=500
+            batch_size=32, learning_rate=1e-3, stage1_steps=0, stage2_steps=700, eval_every=350
         ),
         student_cfg=StudentConfig(max_input_length=128, max_target_length=64),
         eval_cfg=EvalConfig(max_new_tokens=24),
