@@ -67,7 +67,7 @@ async def generate(config: Config | str, dry_run: bool = False, only_failed: boo
     examples, answer_type = load_examples(store, config)
     work = plan(store, config, examples, answer_type, only_failed)
     if dry_run or not work.work:
-        return Completed(message=describe_plan(work), data=work)
+        return Completed(message=describe_plan(work, config.teacher.simulate), data=work)
 
     try:
         gate = shared_gate(config.teacher.shared_rate_limit)
@@ -101,21 +101,25 @@ async def generate(config: Config | str, dry_run: bool = False, only_failed: boo
             f"{summary.errors[0]}); `mindsmirror resume CONFIG` retries just those",
             data=summary,
         )
-    return Completed(message=describe_summary(summary), data=summary)
+    return Completed(message=describe_summary(summary, config.teacher.simulate), data=summary)
 
 
-def describe_plan(plan: Plan) -> str:
+SIMULATED = " (simulated teacher: nothing is paid; priced as teacher.prices says, to try budgets)"
+
+
+def describe_plan(plan: Plan, simulated: bool = False) -> str:
     return (
         f"planned {plan.total_requests} teacher requests ({plan.cot_requests} for chains of thought, "
         f"{plan.eval_requests + plan.later_eval_requests} for self-evaluations), about "
         f"{plan.prompt_tokens:,} prompt tokens and at most {plan.completion_tokens:,} completion tokens, "
-        f"at most ${plan.cost_usd:.4f}"
+        f"at most ${plan.cost_usd:.4f}" + (SIMULATED if simulated else "")
     )
 
 
-def describe_summary(summary) -> str:
+def describe_summary(summary, simulated: bool = False) -> str:
     return (
         f"{summary.requests_ok} requests: {summary.cots} chains of thought, {summary.evaluations} "
         f"self-evaluations ({summary.unparseable} unparseable, kept with their reason); "
         f"{summary.prompt_tokens + summary.completion_tokens:,} tokens, ${summary.cost_usd:.4f}"
+        + (SIMULATED if simulated else "")
     )

@@ -74,7 +74,7 @@ DEFAULT_PRICES = {
     "gpt-3.5-turbo": Price(input=0.5, output=1.5),
     "gpt-4o-mini": Price(input=0.15, output=0.6),
     "gpt-4o": Price(input=2.5, output=10.0),
-    "simulated-teacher": Price(input=0.5, output=1.5),
+    "simulated-teacher": Price(input=0.5, output=1.5),  # nothing is paid: gpt-3.5-turbo prices, to try budgets
 }
 
 
