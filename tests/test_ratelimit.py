@@ -5,24 +5,9 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from conftest import FakeTime
 
 from tasks.ratelimit import RateLimiter
-
-
-class FakeTime:
-    """A clock that only moves when someone sleeps; records every sleep."""
-
-    def __init__(self):
-        self.now = 0.0
-        self.sleeps: list[float] = []
-
-    def clock(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
-        await asyncio.sleep(0)
 
 
 def _limiter(rpm, tpm, time: FakeTime) -> RateLimiter:

@@ -11,6 +11,7 @@ from datetime import datetime, timedelta, timezone
 import httpx2
 import openai
 import pytest
+from conftest import FakeTime
 
 from tasks.arithmetic import generate_problems
 from tasks.errors import FatalError, OutputError, TransientError, retry_after_seconds, translate
@@ -24,20 +25,6 @@ PROBLEMS = generate_problems(10, 0, "train")
 EXAMPLES = {problem.question: problem.equation for problem in PROBLEMS}
 MESSAGES = cot_messages("equation", PROBLEMS[0].question)
 SAMPLING = {"temperature": 0.7, "top_p": 1.0, "max_tokens": 256}
-
-
-class FakeTime:
-    def __init__(self):
-        self.now = 0.0
-        self.sleeps: list[float] = []
-
-    def clock(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
-        await asyncio.sleep(0)
 
 
 def _client(sim, **options) -> TeacherClient:
