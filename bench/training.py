@@ -10,8 +10,9 @@ the speed-up is at equal loss. Also prints the evaluation throughput (batched gr
     .venv/bin/python bench/training.py                   # SVAMP with PaLM CoTs if ../shared/data exists
     .venv/bin/python bench/training.py --steps 30 --repeats 1
 
-Needs `accelerate` (`pip install -e '.[bench]'`; the Trainer requires it, our loop does not). Timings on a shared machine are
-noisy: runs alternate (ours, reference, ours, ...) and the best of each is reported.
+Needs `accelerate` (`pip install -e '.[bench]'`: the Trainer requires it, our loop does not).
+Timings on a shared machine are noisy: runs alternate (ours, reference, ours, ...) and the best of
+each is reported.
 """
 
 from __future__ import annotations
