@@ -21,6 +21,8 @@ def run_status(config: Config) -> dict:
         "evaluation_requests": plan.eval_requests + plan.later_eval_requests,
         "estimated_cost_usd": round(plan.cost_usd, 4),
     }
+    if config.teacher.simulate:
+        report["calls"]["cost note"] = "simulated teacher: nothing is paid; priced as teacher.prices says"
     return report
 
 
