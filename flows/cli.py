@@ -27,6 +27,15 @@ def _quiet_prefect(verbose: bool) -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 
+def _announce_local_server() -> None:
+    """Say why a flow takes a while to start when no Prefect server is configured."""
+    from prefect.settings import get_current_settings
+
+    if get_current_settings().api.url is None:
+        print("mindsmirror: no Prefect server configured (PREFECT_API_URL), so this run starts a temporary "
+              "local one (about 20 s)", file=sys.stderr)
+
+
 def _config(path: str):
     from tasks.config import load_config
 
@@ -51,6 +60,7 @@ def cmd_generate(args) -> None:
     from flows.generate import generate
 
     config = _config(args.config)
+    _announce_local_server()
     state = asyncio.run(
         generate(config, dry_run=args.dry_run, show_progress=not args.no_progress, return_state=True)
     )
@@ -61,6 +71,7 @@ def cmd_resume(args) -> None:
     from flows.resume import resume
 
     config = _config(args.config)
+    _announce_local_server()
     state = asyncio.run(resume(config, show_progress=not args.no_progress, return_state=True))
     print(_finish(state).message)
 
@@ -122,6 +133,7 @@ def cmd_train(args) -> None:
     from flows.train import train
 
     config = _config(args.config)
+    _announce_local_server()
     state = train(config, arms=args.arm or None, resume=args.resume, return_state=True)
     print(_finish(state).message)
 
@@ -130,6 +142,7 @@ def cmd_evaluate(args) -> None:
     from flows.evaluate import evaluate
 
     config = _config(args.config)
+    _announce_local_server()
     state = evaluate(config, arms=args.arm or None, return_state=True)
     print(_finish(state).message)
 
@@ -152,6 +165,7 @@ def cmd_run(args) -> None:
     from flows.distill import distill
 
     config = _config(args.config)
+    _announce_local_server()
     state = asyncio.run(distill(config, show_progress=not args.no_progress, return_state=True))
     print(_finish(state).message)
 

@@ -249,7 +249,7 @@ def _progress(enabled: bool) -> Progress:
         MofNCompleteColumn(),
         TextColumn("{task.fields[status]}"),
     )
-    return Progress(*columns, TimeRemainingColumn(), disable=not enabled)
+    return Progress(*columns, TimeRemainingColumn(elapsed_when_finished=True), disable=not enabled)
 
 
 def train_student(
@@ -317,7 +317,7 @@ def train_student(
 
     trained_rows, train_seconds = 0, 0.0
     with _progress(progress) as bar:
-        task = bar.add_task(out_dir.name, total=steps, completed=state["step"], status="")
+        task = bar.add_task(f"{out_dir.parent.name} {out_dir.name}", total=steps, completed=state["step"], status="")
         while state["step"] < steps:
             started = time.perf_counter()
             optimizer.zero_grad(set_to_none=True)
