@@ -210,18 +210,20 @@ def test_kill_9_mid_run_loses_nothing_and_pays_twice_at_most_the_requests_in_fli
         config = _config(tmp_path, server.url, dataset={"arithmetic": {"train": 40, "test": 4}})
         config_file = tmp_path / "run.yaml"
         config_file.write_text(yaml.safe_dump(config))
+        errors = tmp_path / "first-run.stderr"
         process = subprocess.Popen(
             [sys.executable, "-m", "flows.cli", "generate", str(config_file), "--no-progress"],
-            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+            cwd=REPO, stdout=subprocess.DEVNULL, stderr=errors.open("w"), start_new_session=True,
         )
         deadline = time.monotonic() + 120
         while server.stats()["completions_served"] < 60:
-            assert time.monotonic() < deadline and process.poll() is None
+            assert time.monotonic() < deadline, "the first run served too few completions in 120 s"
+            assert process.poll() is None, f"the first run ended before the kill: {errors.read_text()}"
             time.sleep(0.05)
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()
         served_before = server.stats()["requests"]
-        assert _counts(config["store"]["path"])["cots"] < 36 * 3
+        assert _counts(config["store"]["path"])["cots"] < 36 * 3, "the kill came after the run had finished"
 
         result = _cli("generate", str(config_file), "--no-progress")
         assert result.returncode == 0, result.stderr
