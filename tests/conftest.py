@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from storage import CotRow, EvaluationRow
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 API_KEY = "sk-test-do-not-log-0123456789abcdef"
@@ -39,6 +41,51 @@ class FakeTime:
         self.sleeps.append(seconds)
         self.now += seconds
         await asyncio.sleep(0)
+
+
+def cot_row(example_id: str, index: int, answer: str | None, rationale: str | None,
+            error: str = "no answer sentence") -> CotRow:
+    """A chain of thought as generation stores it; no answer makes it unparseable with `error`."""
+    return CotRow(
+        key=f"{example_id}-c{index}",
+        example_id=example_id,
+        cot_index=index,
+        text=rationale or "rambling",
+        answer=answer,
+        rationale=rationale,
+        parse_error=None if answer else error,
+        finish_reason="stop",
+        teacher_model="simulated",
+        prompt_version="cot-v1",
+        temperature=0.7,
+        top_p=1.0,
+        max_tokens=256,
+        source="teacher",
+        call_id="call-1",
+    )
+
+
+def evaluation_row(judged: CotRow, index: int, verdict: str | None, rationale: str | None) -> EvaluationRow:
+    """A self-evaluation of `judged` as generation stores it; no verdict makes it unparseable."""
+    return EvaluationRow(
+        key=f"{judged.key}-v{index}",
+        example_id=judged.example_id,
+        cot_index=judged.cot_index,
+        cot_key=judged.key,
+        eval_index=index,
+        text=f"{rationale} Evaluation result: the given answer is {verdict}" if verdict else "I cannot say",
+        verdict=verdict,
+        rationale=rationale,
+        parse_error=None if verdict else "no verdict",
+        finish_reason="stop",
+        teacher_model="simulated",
+        prompt_version="eval-v1",
+        temperature=0.7,
+        top_p=1.0,
+        max_tokens=256,
+        source="teacher",
+        call_id="call-2",
+    )
 
 
 def _free_port() -> int:

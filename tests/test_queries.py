@@ -2,6 +2,7 @@ from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 
 import pytest
+from conftest import cot_row, evaluation_row
 
 from storage import CallRow, CotRow, EvaluationRow, ExampleRow, ResultRow, Store, queries
 from storage.queries import SelfEvalPair, TrainingRow
@@ -21,45 +22,13 @@ def example(i: int, split: str = "train") -> ExampleRow:
 
 
 def cot(example_id: str, index: int, error: str | None = None) -> CotRow:
-    return CotRow(
-        key=f"{example_id}-c{index}",
-        example_id=example_id,
-        cot_index=index,
-        text=f"raw {index}",
-        answer=None if error else f"teacher {example_id}/{index}",
-        rationale=None if error else f"rationale {example_id}/{index}",
-        parse_error=error,
-        finish_reason="stop",
-        teacher_model="m",
-        prompt_version="v1",
-        temperature=0.7,
-        top_p=1.0,
-        max_tokens=256,
-        source="teacher",
-        call_id="call",
-    )
+    if error:
+        return cot_row(example_id, index, None, None, error)
+    return cot_row(example_id, index, f"teacher {example_id}/{index}", f"rationale {example_id}/{index}")
 
 
 def evaluation(judged: CotRow, index: int, verdict: str | None = "correct") -> EvaluationRow:
-    return EvaluationRow(
-        key=f"{judged.key}-v{index}",
-        example_id=judged.example_id,
-        cot_index=judged.cot_index,
-        cot_key=judged.key,
-        eval_index=index,
-        text=f"eval {index}",
-        verdict=verdict,
-        rationale=f"because {index}" if verdict else None,
-        parse_error=None if verdict else "no verdict",
-        finish_reason="stop",
-        teacher_model="m",
-        prompt_version="v1",
-        temperature=0.7,
-        top_p=1.0,
-        max_tokens=256,
-        source="teacher",
-        call_id="call",
-    )
+    return evaluation_row(judged, index, verdict, f"because {index}" if verdict else None)
 
 
 def call(call_id: str, status: str, cost: float, latency: float, keys=("x",), minutes: int = 0) -> CallRow:

@@ -13,6 +13,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
+from conftest import cot_row
 
 from storage import SCHEMAS, CallRow, CotRow, ExampleRow, Store
 from storage.store import locate
@@ -33,24 +34,8 @@ def example(i: int, **changes) -> ExampleRow:
 
 
 def cot(i: int, **changes) -> CotRow:
-    row = CotRow(
-        key=f"k{i}",
-        example_id=f"e{i % 10}",
-        cot_index=i % 5,
-        text="So 1 + 2 = 3. The answer is (1 + 2).",
-        answer="(1 + 2)",
-        rationale="So 1 + 2 = 3. The answer is (1 + 2).",
-        parse_error=None,
-        finish_reason="stop",
-        teacher_model="m",
-        prompt_version="v1",
-        temperature=0.7,
-        top_p=1.0,
-        max_tokens=256,
-        source="teacher",
-        call_id=f"c{i}",
-    )
-    return replace(row, **changes)
+    row = cot_row(f"e{i % 10}", i % 5, "(1 + 2)", "So 1 + 2 = 3. The answer is (1 + 2).")
+    return replace(row, key=f"k{i}", call_id=f"c{i}", **changes)
 
 
 def call(call_id: str, keys: tuple[str, ...], status: str, minutes: int = 0, **changes) -> CallRow:
@@ -156,7 +141,7 @@ def test_files_from_an_older_schema_read_with_nulls_for_new_columns(tmp_path):
     (tmp_path / "cots" / "part-00000000T000000000000Z-old.parquet").write_bytes(b"")
     pq.write_table(old, tmp_path / "cots" / "part-00000000T000000000000Z-old.parquet")
     rows = dict(store.fetch("SELECT key, teacher_model FROM cots")[1])
-    assert rows == {"k1": "m", "k-old": None}
+    assert rows == {"k1": "simulated", "k-old": None}
 
 
 def test_a_half_written_temporary_file_is_invisible(tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from conftest import cot_row, evaluation_row
 
 from storage import CotRow, EvaluationRow, ExampleRow, Store
 from tasks.prompts import format_judged_input
@@ -12,45 +13,11 @@ QUESTION = "Anna has 3 apples. Anna buys 5 more apples.\nHow many apples does An
 
 
 def cot(example_id: str, index: int, answer: str | None, rationale: str | None = None) -> CotRow:
-    return CotRow(
-        key=f"{example_id}-cot-{index}",
-        example_id=example_id,
-        cot_index=index,
-        text=rationale or "rambling",
-        answer=answer,
-        rationale=rationale,
-        parse_error=None if answer else "no answer sentence",
-        finish_reason="stop",
-        teacher_model="simulated",
-        prompt_version="cot-v1",
-        temperature=0.7,
-        top_p=1.0,
-        max_tokens=256,
-        source="teacher",
-        call_id="call-1",
-    )
+    return cot_row(example_id, index, answer, rationale)
 
 
-def evaluation(cot_row: CotRow, index: int, verdict: str | None) -> EvaluationRow:
-    return EvaluationRow(
-        key=f"{cot_row.key}-eval-{index}",
-        example_id=cot_row.example_id,
-        cot_index=cot_row.cot_index,
-        cot_key=cot_row.key,
-        eval_index=index,
-        text=f"Evaluation result: the given answer is {verdict}" if verdict else "I cannot say",
-        verdict=verdict,
-        rationale=f"3 + 5 = 8, so the answer is {verdict}." if verdict else None,
-        parse_error=None if verdict else "no verdict",
-        finish_reason="stop",
-        teacher_model="simulated",
-        prompt_version="eval-v1",
-        temperature=0.7,
-        top_p=1.0,
-        max_tokens=256,
-        source="teacher",
-        call_id="call-2",
-    )
+def evaluation(judged: CotRow, index: int, verdict: str | None) -> EvaluationRow:
+    return evaluation_row(judged, index, verdict, f"3 + 5 = 8, so the answer is {verdict}." if verdict else None)
 
 
 @pytest.fixture
