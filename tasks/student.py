@@ -41,8 +41,8 @@ def build_tokenizer(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenize
 
     Numbers seen often in training become single tokens, which a small student copies from the input
     far more easily than digit sequences (T5's cross-attention has no position bias, so copying "19"
-    digit by digit needs positions learned from scratch): on the quickstart's problems, 700 steps
-    reached 85% test accuracy with whole-number tokens against 27% with one token per digit. Numbers
+    digit by digit needs positions learned from scratch): on 3,000 built-in problems with numbers up to
+    20, 700 steps reached 85% test accuracy with whole-number tokens against 27% with one per digit. Numbers
     never seen still tokenise, digit by digit, because every digit is in the initial alphabet.
     """
     tokenizer = Tokenizer(models.BPE(unk_token=UNK))
