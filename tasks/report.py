@@ -47,10 +47,11 @@ def results_rows(store: Store) -> list[tuple]:
         checkpoint = result.checkpoint
         if folder is not None and checkpoint.startswith(str(folder)):
             checkpoint = str(Path(checkpoint).relative_to(folder))
-        row = table.setdefault(result.arm, {"checkpoint": checkpoint})
+        row = table.setdefault(result.arm, {})
         row[f"{result.split}:{result.metric}"] = result.value
+        # The arm's checkpoint is the one scored on test (self-evaluation agreement has its own).
         if result.split == "test" and result.metric == "accuracy":
-            row["n"] = result.n
+            row["n"], row["checkpoint"] = result.n, checkpoint
     ordered = sorted(table, key=lambda arm: (not arm.startswith(("baseline", "teacher")), arm))
     return [
         (

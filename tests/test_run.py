@@ -42,7 +42,10 @@ def test_run_goes_from_nothing_to_a_report(tmp_path, prefect_server):
     assert {row.arm for row in results if row.metric == "self_eval_agreement"} == {"cot-3-selfeval"}
     assert "| cot-3-selfeval |" in result.stdout
     with open(tmp_path / "store" / "report.csv") as handle:
-        assert len(list(csv.reader(handle))) == 1 + len(arms)
+        table = list(csv.DictReader(handle))
+    assert len(table) == len(arms)
+    checkpoints = {row["arm"]: row["checkpoint"] for row in table}
+    assert checkpoints["cot-3-selfeval"].startswith("students/cot-3-selfeval/stage2/")
     assert (tmp_path / "store" / "report.png").stat().st_size > 1000
 
 
