@@ -43,6 +43,11 @@ class FakeTime:
         await asyncio.sleep(0)
 
 
+# What generation records of every teacher sample, the same for the test rows below.
+SAMPLED = dict(finish_reason="stop", teacher_model="simulated", temperature=0.7, top_p=1.0, max_tokens=256,
+               source="teacher")
+
+
 def cot_row(example_id: str, index: int, answer: str | None, rationale: str | None,
             error: str = "no answer sentence") -> CotRow:
     """A chain of thought as generation stores it; no answer makes it unparseable with `error`."""
@@ -54,13 +59,8 @@ def cot_row(example_id: str, index: int, answer: str | None, rationale: str | No
         answer=answer,
         rationale=rationale,
         parse_error=None if answer else error,
-        finish_reason="stop",
-        teacher_model="simulated",
         prompt_version="cot-v1",
-        temperature=0.7,
-        top_p=1.0,
-        max_tokens=256,
-        source="teacher",
+        **SAMPLED,
         call_id="call-1",
     )
 
@@ -77,13 +77,8 @@ def evaluation_row(judged: CotRow, index: int, verdict: str | None, rationale: s
         verdict=verdict,
         rationale=rationale,
         parse_error=None if verdict else "no verdict",
-        finish_reason="stop",
-        teacher_model="simulated",
         prompt_version="eval-v1",
-        temperature=0.7,
-        top_p=1.0,
-        max_tokens=256,
-        source="teacher",
+        **SAMPLED,
         call_id="call-2",
     )
 
