@@ -23,6 +23,8 @@ _HOST = socket.gethostname()
 
 
 def _alive(pid: int) -> bool:
+    if pid <= 0:  # kill(0, ...) would signal our own process group
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -42,31 +44,42 @@ class Claims:
         digest = hashlib.sha256("\n".join(sorted(keys)).encode()).hexdigest()[:32]
         return self.folder / digest
 
-    def _write(self, path: Path, state: str) -> None:
-        temporary = path.with_name(f".tmp-{uuid.uuid4().hex}")
+    def _marker(self, state: str) -> Path:
+        """A complete marker under a temporary name, to be linked or renamed into place."""
+        temporary = self.folder / f".tmp-{uuid.uuid4().hex}"
         temporary.write_text(json.dumps({"state": state, "host": _HOST, "pid": os.getpid()}))
-        os.replace(temporary, path)
+        return temporary
+
+    def _write(self, path: Path, state: str) -> None:
+        os.replace(self._marker(state), path)
 
     def claim(self, keys: Sequence[str]) -> bool:
         """True if this process may send the request for these keys."""
         if self.folder is None:
             return True
         path = self._path(keys)
-        marker = json.dumps({"state": "inflight", "host": _HOST, "pid": os.getpid()})
+        temporary = self._marker("inflight")
         try:
-            descriptor = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            try:
-                held = json.loads(path.read_text() or "{}")
-            except (FileNotFoundError, json.JSONDecodeError):
-                return False  # being written or released this instant: leave it to its owner
-            stale = held.get("state") == "inflight" and held.get("host") == _HOST and not _alive(held.get("pid", 0))
-            if not stale:
-                return False
-            self._write(path, "inflight")
+            # link() is exclusive and atomic: a kill -9 can never leave an empty marker that no
+            # later run could tell from one being written (creating and then writing could).
+            os.link(temporary, path)
             return True
-        with os.fdopen(descriptor, "w") as handle:
-            handle.write(marker)
+        except FileExistsError:
+            return self._take_over_if_stale(path)
+        finally:
+            temporary.unlink(missing_ok=True)
+
+    def _take_over_if_stale(self, path: Path) -> bool:
+        try:
+            held = json.loads(path.read_text())
+        except FileNotFoundError:
+            return False  # released this instant: its owner's retry may claim it again
+        except json.JSONDecodeError:
+            held = {"state": "inflight", "host": _HOST, "pid": 0}  # a torn marker of an older version
+        stale = held.get("state") == "inflight" and held.get("host") == _HOST and not _alive(held.get("pid", 0))
+        if not stale:
+            return False
+        self._write(path, "inflight")
         return True
 
     def done(self, keys: Sequence[str]) -> None:
