@@ -35,7 +35,7 @@ _NATIVE_OBJECT_STORES = {"s3": "s3", "gs": "gs", "gcs": "gs"}
 # A temporary file older than this belongs to a writer that died: a single append takes
 # milliseconds, so an hour leaves a wide margin before compact() removes it.
 _STALE_TMP_S = 3600
-_READ_ATTEMPTS = 4
+_READ_ATTEMPTS = 8  # back-to-back compactions on a loaded machine can win several races in a row
 
 T = TypeVar("T")
 

@@ -238,9 +238,11 @@ def test_compact_while_another_process_writes_and_a_reader_counts(tmp_path):
         merges.append(store.compact())
         time.sleep(0.02)
     reader.join()
-    assert writer.returncode == 0 and errors == []
-    assert sum(1 for merged in merges if merged) >= 3  # compaction really ran during the writes
-    assert seen == sorted(seen)  # a count never goes down, not even mid-compaction
+    assert writer.returncode == 0
+    assert errors == [], errors[:3]
+    assert sum(1 for merged in merges if merged) >= 3, merges  # compaction really ran during the writes
+    drops = [(a, b) for a, b in zip(seen, seen[1:]) if b < a]
+    assert drops == []  # a count never goes down, not even mid-compaction
     store.compact()
     assert count(store, "cots") == 300 and len(store.files("cots")) == 1
 
