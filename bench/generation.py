@@ -26,7 +26,7 @@ from flows.generate import generate
 from storage import Store
 from tasks.config import parse_config
 from tasks.generation import open_session, plan_generation, sync_examples
-from tasks.simulator import start_simulator
+from tasks.simulator.server import start_simulator
 
 
 def _config(url: str, store: str, examples: int, rpm: int) -> dict:

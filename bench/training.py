@@ -30,11 +30,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch
 from transformers import DataCollatorForSeq2Seq, Seq2SeqTrainer, Seq2SeqTrainingArguments
 
-from tasks.arithmetic import generate_problems
 from tasks.config import EvalConfig, StudentConfig, TrainConfig
-from tasks.evaluation import EXPLAIN, PREDICT, evaluate_student, resolve_device, use_bf16
-from tasks.student import build_student
-from tasks.training import WARMUP, Row, _batch_loss, _encode, train_student
+from tasks.data.arithmetic import generate_problems
+from tasks.student.evaluation import EXPLAIN, PREDICT, evaluate_student, resolve_device, use_bf16
+from tasks.student.model import build_student
+from tasks.student.training import WARMUP, Row, _batch_loss, _encode, train_student
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "svamp"
 

@@ -77,7 +77,7 @@ def cmd_resume(args) -> None:
 
 
 def cmd_status(args) -> None:
-    from tasks.status import describe_status, run_status
+    from tasks.ops.status import describe_status, run_status
 
     config = _config(args.config)
     report = run_status(config)
@@ -89,7 +89,7 @@ def cmd_sql(args) -> None:
 
     config = _config(args.config)
     columns, rows = queries.run_sql(_store(config), args.query)
-    from tasks.report import markdown_table
+    from tasks.ops.report import markdown_table
 
     print(markdown_table(columns, rows))
 
@@ -101,11 +101,11 @@ def cmd_compact(args) -> None:
 
 
 def cmd_teacher_serve(args) -> None:
-    from tasks.simulator import serve_forever
+    from tasks.simulator.server import serve_forever
 
     examples, kind = None, "equation"  # None: the built-in arithmetic problems
     if args.config:
-        from tasks.datasets import answer_type, load_dataset
+        from tasks.data.datasets import answer_type, load_dataset
 
         config = _config(args.config)
         examples = {row.input: row.label for row in load_dataset(config.dataset)}
@@ -118,7 +118,7 @@ def cmd_teacher_serve(args) -> None:
 
 
 def cmd_import(args) -> None:
-    from tasks.importers import import_dss, import_tot
+    from tasks.data.importers import import_dss, import_tot
 
     config = _config(args.config)
     store = _store(config)
@@ -148,14 +148,14 @@ def cmd_evaluate(args) -> None:
 
 
 def cmd_report(args) -> None:
-    from tasks.report import write_report
+    from tasks.ops.report import write_report
 
     config = _config(args.config)
     print(write_report(config).markdown)
 
 
 def cmd_predict(args) -> None:
-    from tasks.students import answer_question
+    from tasks.student.arms import answer_question
 
     answer = answer_question(args.model_dir, args.question)
     print(f"answer: {answer.label}\nrationale: {answer.rationale}")
@@ -171,7 +171,7 @@ def cmd_run(args) -> None:
 
 
 def cmd_deploy(args) -> None:
-    from tasks.deployment import deploy
+    from tasks.ops.deployment import deploy
 
     deploy(args)
 
@@ -252,10 +252,10 @@ def build_parser() -> argparse.ArgumentParser:
 # check imports nothing (`status` and `sql` never pay for torch or Prefect).
 _EXPECTED = (
     ("tasks.config", "ConfigError"),
-    ("tasks.datasets", "DatasetError"),
-    ("tasks.errors", "TeacherError"),
+    ("tasks.data.datasets", "DatasetError"),
+    ("tasks.teacher.errors", "TeacherError"),
     ("storage.queries", "QueryError"),
-    ("tasks.students", "NothingToTrain"),
+    ("tasks.student.arms", "NothingToTrain"),
 )
 
 

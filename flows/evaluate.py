@@ -7,8 +7,8 @@ from prefect.cache_policies import NONE
 from prefect.states import Completed
 
 from tasks.config import Config, resolve_config
-from tasks.report import write_report
-from tasks.students import evaluate_one, score_baselines
+from tasks.ops.report import write_report
+from tasks.student.arms import evaluate_one, score_baselines
 
 
 @task(name="evaluate-arm", cache_policy=NONE, task_run_name="evaluate-{name}")

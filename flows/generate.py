@@ -12,8 +12,8 @@ from prefect.states import Completed, Failed
 
 from storage import Store
 from tasks.config import Config, resolve_config
-from tasks.errors import FatalError
 from tasks.generation import ExampleWork, Plan, Session, open_session, plan_generation, sync_examples
+from tasks.teacher.errors import FatalError
 
 
 @task(name="load-examples", cache_policy=NONE)

@@ -7,7 +7,7 @@ from prefect.cache_policies import NONE
 from prefect.states import Completed
 
 from tasks.config import Config, resolve_config
-from tasks.students import TrainedArm, train_one
+from tasks.student.arms import TrainedArm, train_one
 
 
 @task(name="train-arm", cache_policy=NONE, task_run_name="train-{name}")

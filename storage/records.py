@@ -15,6 +15,10 @@ import pyarrow as pa
 
 SCHEMA_VERSION = 1
 
+# Arrow types follow from each field's annotation (see arrow_schema); int columns are int32 unless
+# a field asks for int64 with this metadata.
+INT64 = {"arrow": pa.int64()}
+
 
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
@@ -34,7 +38,7 @@ class ExampleRow:
 
 @dataclass(frozen=True)
 class CotRow:
-    key: str  # hash of everything that determines this sample (see tasks.keys)
+    key: str  # hash of everything that determines this sample (see tasks.teacher.keys)
     example_id: str
     cot_index: int
     text: str  # raw teacher output
@@ -86,8 +90,8 @@ class CallRow:
     keys: tuple[str, ...]  # the sample keys this request asked for
     status: str  # ok | failed
     attempts: int
-    prompt_tokens: int
-    completion_tokens: int
+    prompt_tokens: int = field(metadata=INT64)
+    completion_tokens: int = field(metadata=INT64)
     cost_usd: float
     latency_s: float
     error: str | None
@@ -116,116 +120,36 @@ class ResultRow:
     split: str
     metric: str  # accuracy | self_eval_agreement | teacher_accuracy | ...
     value: float
-    n: int
+    n: int = field(metadata=INT64)
     checkpoint: str
     created_at: datetime = field(default_factory=utcnow)
     schema_version: int = SCHEMA_VERSION
 
 
-_TS = pa.timestamp("us", tz="UTC")
-
-SCHEMAS: dict[str, pa.Schema] = {
-    "examples": pa.schema(
-        [
-            ("example_id", pa.string()),
-            ("split", pa.string()),
-            ("input", pa.string()),
-            ("label", pa.string()),
-            ("dataset", pa.string()),
-            ("source", pa.string()),
-            ("created_at", _TS),
-            ("schema_version", pa.int32()),
-        ]
-    ),
-    "cots": pa.schema(
-        [
-            ("key", pa.string()),
-            ("example_id", pa.string()),
-            ("cot_index", pa.int32()),
-            ("text", pa.string()),
-            ("answer", pa.string()),
-            ("rationale", pa.string()),
-            ("parse_error", pa.string()),
-            ("finish_reason", pa.string()),
-            ("teacher_model", pa.string()),
-            ("prompt_version", pa.string()),
-            ("temperature", pa.float64()),
-            ("top_p", pa.float64()),
-            ("max_tokens", pa.int32()),
-            ("source", pa.string()),
-            ("call_id", pa.string()),
-            ("created_at", _TS),
-            ("schema_version", pa.int32()),
-        ]
-    ),
-    "evaluations": pa.schema(
-        [
-            ("key", pa.string()),
-            ("example_id", pa.string()),
-            ("cot_index", pa.int32()),
-            ("cot_key", pa.string()),
-            ("eval_index", pa.int32()),
-            ("text", pa.string()),
-            ("verdict", pa.string()),
-            ("rationale", pa.string()),
-            ("parse_error", pa.string()),
-            ("finish_reason", pa.string()),
-            ("teacher_model", pa.string()),
-            ("prompt_version", pa.string()),
-            ("temperature", pa.float64()),
-            ("top_p", pa.float64()),
-            ("max_tokens", pa.int32()),
-            ("source", pa.string()),
-            ("call_id", pa.string()),
-            ("created_at", _TS),
-            ("schema_version", pa.int32()),
-        ]
-    ),
-    "calls": pa.schema(
-        [
-            ("call_id", pa.string()),
-            ("kind", pa.string()),
-            ("example_id", pa.string()),
-            ("keys", pa.list_(pa.string())),
-            ("status", pa.string()),
-            ("attempts", pa.int32()),
-            ("prompt_tokens", pa.int64()),
-            ("completion_tokens", pa.int64()),
-            ("cost_usd", pa.float64()),
-            ("latency_s", pa.float64()),
-            ("error", pa.string()),
-            ("teacher_model", pa.string()),
-            ("created_at", _TS),
-            ("schema_version", pa.int32()),
-        ]
-    ),
-    "predictions": pa.schema(
-        [
-            ("arm", pa.string()),
-            ("split", pa.string()),
-            ("example_id", pa.string()),
-            ("prediction", pa.string()),
-            ("rationale", pa.string()),
-            ("label", pa.string()),
-            ("correct", pa.bool_()),
-            ("checkpoint", pa.string()),
-            ("created_at", _TS),
-            ("schema_version", pa.int32()),
-        ]
-    ),
-    "results": pa.schema(
-        [
-            ("arm", pa.string()),
-            ("split", pa.string()),
-            ("metric", pa.string()),
-            ("value", pa.float64()),
-            ("n", pa.int64()),
-            ("checkpoint", pa.string()),
-            ("created_at", _TS),
-            ("schema_version", pa.int32()),
-        ]
-    ),
+_ARROW_TYPES = {
+    "str": pa.string(),
+    "int": pa.int32(),
+    "float": pa.float64(),
+    "bool": pa.bool_(),
+    "datetime": pa.timestamp("us", tz="UTC"),
+    "tuple[str, ...]": pa.list_(pa.string()),
 }
+
+
+def arrow_schema(record: type) -> pa.Schema:
+    """The Arrow schema of a record type, one column per dataclass field in declaration order.
+
+    Deriving it keeps the two from drifting: a field added to a record is a column, and an annotation
+    this mapping does not know fails at import time instead of writing a wrong type."""
+    columns = []
+    for f in dataclasses.fields(record):
+        annotation = str(f.type).replace(" | None", "")
+        arrow_type = f.metadata.get("arrow") or _ARROW_TYPES.get(annotation)
+        if arrow_type is None:
+            raise TypeError(f"{record.__name__}.{f.name}: no Arrow type for annotation {f.type!r}")
+        columns.append(pa.field(f.name, arrow_type))
+    return pa.schema(columns)
+
 
 TABLE_OF = {
     ExampleRow: "examples",
@@ -235,6 +159,8 @@ TABLE_OF = {
     PredictionRow: "predictions",
     ResultRow: "results",
 }
+
+SCHEMAS: dict[str, pa.Schema] = {table: arrow_schema(record) for record, table in TABLE_OF.items()}
 
 # The columns that identify a row: views keep one row per key, so a file written twice (a crash
 # between compaction's write and delete, or two runs racing on one request) never counts twice.

@@ -9,8 +9,8 @@ import yaml
 
 from flows.cli import main
 from tasks.config import DatasetConfig
-from tasks.datasets import load_dataset
-from tasks.simulator import start_simulator
+from tasks.data.datasets import load_dataset
+from tasks.simulator.server import start_simulator
 
 
 @pytest.fixture

@@ -13,8 +13,8 @@ from prefect.client.orchestration import get_client
 
 from storage import Store, queries
 from tasks.config import DatasetConfig
-from tasks.datasets import load_dataset
-from tasks.simulator import start_simulator
+from tasks.data.datasets import load_dataset
+from tasks.simulator.server import start_simulator
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 

@@ -7,8 +7,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from tasks.config import CustomConfig, DatasetConfig
-from tasks.datasets import DatasetError, answer_type, load_dataset, load_sources
-from tasks.equations import evaluate_equation
+from tasks.data.datasets import DatasetError, answer_type, load_dataset, load_sources
+from tasks.data.equations import evaluate_equation
 
 
 def _splits(rows):

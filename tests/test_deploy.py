@@ -21,9 +21,9 @@ from conftest import API_KEY, REPO
 
 from storage import Store, queries
 from tasks.config import DatasetConfig
-from tasks.datasets import load_dataset
-from tasks.deployment import DeployError, enter_checkout
-from tasks.simulator import start_simulator
+from tasks.data.datasets import load_dataset
+from tasks.ops.deployment import DeployError, enter_checkout
+from tasks.simulator.server import start_simulator
 
 WORKER_ENV = {
     "MINDSMIRROR_HOME": str(REPO),

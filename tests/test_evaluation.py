@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from tasks.config import EvalConfig, StudentConfig, TinyStudentConfig, TrainConfig
-from tasks.evaluation import (
+from tasks.student.evaluation import (
     EXPLAIN,
     evaluate_student,
     label_accuracy,
@@ -20,8 +20,8 @@ from tasks.evaluation import (
     use_bf16,
     verdict_accuracy,
 )
-from tasks.student import build_student, load_student
-from tasks.training import Row, train_student
+from tasks.student.model import build_student, load_student
+from tasks.student.training import Row, train_student
 
 ROWS = [
     Row("a", "Premise: Anna has 3 apples.\nHypothesis: Anna has apples.", "entailment", "It says so."),

@@ -22,8 +22,8 @@ from flows.generate import generate
 from flows.resume import resume
 from storage import Store, queries
 from tasks.config import parse_config
-from tasks.datasets import load_dataset
-from tasks.simulator import start_simulator
+from tasks.data.datasets import load_dataset
+from tasks.simulator.server import start_simulator
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 

@@ -6,10 +6,10 @@ import pytest
 
 from storage import Store, queries
 from tasks.config import CustomConfig, DatasetConfig
-from tasks.datasets import DatasetError
-from tasks.equations import equations_match
-from tasks.importers import import_dss, import_tot, tot_question
-from tasks.parsing import answers_match
+from tasks.data.datasets import DatasetError
+from tasks.data.equations import equations_match
+from tasks.data.importers import import_dss, import_tot, tot_question
+from tasks.teacher.parsing import answers_match
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 TOT_SAMPLE = FIXTURES / "data_tot_sample.json"

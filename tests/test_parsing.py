@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.parsing import answers_match, parse_cot, parse_evaluation
+from tasks.teacher.parsing import answers_match, parse_cot, parse_evaluation
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"

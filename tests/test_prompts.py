@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from tasks.parsing import parse_cot, parse_evaluation
-from tasks.prompts import (
+from tasks.teacher.parsing import parse_cot, parse_evaluation
+from tasks.teacher.prompts import (
     ANSWER_TYPES,
     PROMPT_VERSIONS,
     cot_messages,
@@ -47,7 +47,7 @@ def test_changed_prompt_text_needs_a_version_bump(answer_type, kind):
     messages = cot_messages(answer_type, "QUESTION") if kind == "cot" else eval_messages(answer_type, "QUESTION", "COT")
     version, fingerprint = PINNED[(answer_type, kind)]
     assert (prompt_version(answer_type, kind), _fingerprint(messages)) == (version, fingerprint), (
-        "prompt text changed: bump its version in tasks.prompts.PROMPT_VERSIONS and update PINNED here"
+        "prompt text changed: bump its version in tasks.teacher.prompts.PROMPT_VERSIONS and update PINNED here"
     )
 
 

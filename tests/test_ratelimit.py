@@ -7,7 +7,7 @@ import asyncio
 import pytest
 from conftest import FakeTime
 
-from tasks.ratelimit import RateLimiter
+from tasks.teacher.ratelimit import RateLimiter
 
 
 def _limiter(rpm, tpm, time: FakeTime) -> RateLimiter:

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from tasks.arithmetic import generate_problems
-from tasks.parsing import answers_match, parse_cot, parse_evaluation
-from tasks.prompts import cot_messages, eval_messages
-from tasks.simulated_answers import simulate_cot, simulate_evaluation
-from tasks.simulator import SimulatedTeacher, start_simulator
+from tasks.data.arithmetic import generate_problems
+from tasks.simulator.answers import simulate_cot, simulate_evaluation
+from tasks.simulator.server import SimulatedTeacher, start_simulator
+from tasks.teacher.parsing import answers_match, parse_cot, parse_evaluation
+from tasks.teacher.prompts import cot_messages, eval_messages
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 PROBLEMS = generate_problems(20, 0, "train")

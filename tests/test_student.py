@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from tasks.config import StudentConfig, TinyStudentConfig
-from tasks.student import build_student, build_tokenizer, load_student, save_student
+from tasks.student.model import build_student, build_tokenizer, load_student, save_student
 
 TEXTS = [
     "Luke scored 84 points after playing 2 rounds.\nHow many points did he score per round?",

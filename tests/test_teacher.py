@@ -13,12 +13,12 @@ import openai
 import pytest
 from conftest import FakeTime
 
-from tasks.arithmetic import generate_problems
-from tasks.errors import FatalError, OutputError, TransientError, retry_after_seconds, translate
-from tasks.prompts import cot_messages
-from tasks.ratelimit import RateLimiter
-from tasks.simulator import start_simulator
-from tasks.teacher import TeacherClient, estimate_tokens
+from tasks.data.arithmetic import generate_problems
+from tasks.simulator.server import start_simulator
+from tasks.teacher.client import TeacherClient, estimate_tokens
+from tasks.teacher.errors import FatalError, OutputError, TransientError, retry_after_seconds, translate
+from tasks.teacher.prompts import cot_messages
+from tasks.teacher.ratelimit import RateLimiter
 
 API_KEY = "sk-test-do-not-log-0123456789abcdef"
 PROBLEMS = generate_problems(10, 0, "train")

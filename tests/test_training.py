@@ -12,12 +12,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import pytest
 import torch
 
-from tasks.arithmetic import generate_problems
 from tasks.config import ArmConfig, EvalConfig, StudentConfig, TinyStudentConfig, TrainConfig
-from tasks.equations import evaluate_equation
-from tasks.evaluation import evaluate_student, label_accuracy
-from tasks.student import build_student, load_student
-from tasks.training import (
+from tasks.data.arithmetic import generate_problems
+from tasks.data.equations import evaluate_equation
+from tasks.student.evaluation import evaluate_student, label_accuracy
+from tasks.student.model import build_student, load_student
+from tasks.student.training import (
     IGNORE,
     RECORD,
     Row,

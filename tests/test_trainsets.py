@@ -6,8 +6,8 @@ import pytest
 from conftest import cot_row, evaluation_row
 
 from storage import CotRow, EvaluationRow, ExampleRow, Store
-from tasks.prompts import format_judged_input
-from tasks.trainsets import cot_set, label_set, self_eval_set
+from tasks.data.trainsets import cot_set, label_set, self_eval_set
+from tasks.teacher.prompts import format_judged_input
 
 QUESTION = "Anna has 3 apples. Anna buys 5 more apples.\nHow many apples does Anna have now?"
 

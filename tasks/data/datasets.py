@@ -26,9 +26,9 @@ from pathlib import Path
 import numpy as np
 
 from storage.records import ExampleRow
-from tasks.arithmetic import generate_problems
 from tasks.config import DatasetConfig
-from tasks.equations import EquationError, evaluate_equation
+from tasks.data.arithmetic import generate_problems
+from tasks.data.equations import EquationError, evaluate_equation
 
 NLI_LABELS = ("entailment", "neutral", "contradiction")  # ANLI's label ids 0, 1, 2
 DSS_DATASETS = ("svamp", "cqa", "anli1")

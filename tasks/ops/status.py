@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from storage import Store, queries
 from tasks.config import Config
-from tasks.datasets import answer_type, load_dataset
+from tasks.data.datasets import answer_type, load_dataset
 from tasks.generation import plan_generation
 
 

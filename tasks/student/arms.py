@@ -17,8 +17,9 @@ import torch
 
 from storage import PredictionRow, ResultRow, Store, queries
 from tasks.config import ArmConfig, Config
-from tasks.datasets import answer_type as answer_type_of
-from tasks.evaluation import (
+from tasks.data.datasets import answer_type as answer_type_of
+from tasks.data.trainsets import cot_set, label_set, self_eval_set
+from tasks.student.evaluation import (
     EXPLAIN,
     PREDICT,
     evaluate_student,
@@ -27,10 +28,9 @@ from tasks.evaluation import (
     resolve_device,
     use_bf16,
 )
-from tasks.parsing import answers_match
-from tasks.student import load_student
-from tasks.training import train_arm
-from tasks.trainsets import cot_set, label_set, self_eval_set
+from tasks.student.model import load_student
+from tasks.student.training import train_arm
+from tasks.teacher.parsing import answers_match
 
 
 def limit_cpu_threads() -> None:

@@ -2,7 +2,7 @@
 
 A chain-of-thought request is a system instruction, a few worked exemplars as user/assistant turns,
 and the question as the last user message, ``"Q: <question>\\nA:"``. Every exemplar ends with
-``"The answer is ..."`` (the sentence tasks.parsing looks for).
+``"The answer is ..."`` (the sentence tasks.teacher.parsing looks for).
 
 An evaluation request asks the teacher to judge one chain of thought; its last user message is
 ``format_judged_input(question, cot)``::

@@ -69,7 +69,7 @@ def enter_checkout() -> dict[str, str]:
     run starts, so each worker may keep its checkout anywhere.
     """
     home = os.environ.get("MINDSMIRROR_HOME")
-    root = Path(home).expanduser() if home else Path(__file__).resolve().parents[1]
+    root = Path(home).expanduser() if home else Path(__file__).resolve().parents[2]
     if not (root / "flows").is_dir() or not (root / "examples").is_dir():
         where = f"MINDSMIRROR_HOME={home}" if home else f"this installation ({root})"
         raise DeployError(f"{where} is not a mindsmirror checkout (no flows/ and examples/ there); on the "

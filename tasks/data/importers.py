@@ -22,8 +22,15 @@ from pathlib import Path
 
 from storage import CotRow, EvaluationRow, ExampleRow, Store, queries
 from tasks.config import DatasetConfig
-from tasks.datasets import DSS_DATASETS, DatasetError, answer_type, load_dataset, load_sources, wanted_splits
-from tasks.parsing import answers_match, parse_cot, parse_evaluation
+from tasks.data.datasets import (
+    DSS_DATASETS,
+    DatasetError,
+    answer_type,
+    load_dataset,
+    load_sources,
+    wanted_splits,
+)
+from tasks.teacher.parsing import answers_match, parse_cot, parse_evaluation
 
 DSS_TEACHER = "palm-540b"
 TOT_TEACHER = "gpt-3.5-turbo"  # the teacher of Mind's Mirror's released files

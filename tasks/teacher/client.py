@@ -22,8 +22,8 @@ import openai
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
 from tenacity.wait import wait_random_exponential
 
-from tasks.errors import FatalError, OutputError, TeacherError, TransientError, translate
-from tasks.ratelimit import RateLimiter
+from tasks.teacher.errors import FatalError, OutputError, TeacherError, TransientError, translate
+from tasks.teacher.ratelimit import RateLimiter
 
 log = logging.getLogger(__name__)
 

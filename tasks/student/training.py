@@ -28,12 +28,19 @@ from torch.nn.utils.rnn import pad_sequence
 from transformers import T5ForConditionalGeneration
 
 from tasks.config import ArmConfig, EvalConfig, StudentConfig, TrainConfig
-from tasks.evaluation import EXPLAIN, PREDICT, autocast, predict, resolve_device, use_bf16, verdict_accuracy
-from tasks.student import build_student, load_student, save_student
+from tasks.student.checkpoints import RECORD, STATE, latest_checkpoint, prune_checkpoints, save_checkpoint
+from tasks.student.evaluation import (
+    EXPLAIN,
+    PREDICT,
+    autocast,
+    predict,
+    resolve_device,
+    use_bf16,
+    verdict_accuracy,
+)
+from tasks.student.model import build_student, load_student
 
 IGNORE = -100  # target id that the loss skips (padding)
-RECORD = "mindsmirror.json"  # written last into a checkpoint folder: its presence marks it complete
-STATE = "trainer_state.pt"  # optimizer and RNG state, kept only in the latest checkpoint
 # Batches are sorted by length within windows of this many batches: long enough to group similar
 # lengths, short enough that consecutive steps still see a mix of lengths over an epoch.
 SORT_WINDOW = 50
@@ -213,35 +220,6 @@ def _batch_loss(model, data: _Encoded, index: list[int], alpha: float, pad_id: i
     return multitask_loss(label_logits, labels, *_target_logits(model, *batch, pad_id), alpha)
 
 
-def _latest_checkpoint(out_dir: Path) -> Path | None:
-    done = sorted(path for path in out_dir.glob("step-*") if (path / RECORD).is_file())
-    return done[-1] if done else None
-
-
-def _save(model, tokenizer, optimizer, path: Path, record: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    save_student(model, tokenizer, tmp)
-    rng = {
-        "cpu": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-    }
-    torch.save({"optimizer": optimizer.state_dict(), "rng": rng}, tmp / STATE)
-    (tmp / RECORD).write_text(json.dumps(record, indent=1))
-    shutil.rmtree(path, ignore_errors=True)
-    tmp.rename(path)
-
-
-def _prune(out_dir: Path, keep: set[Path]) -> None:
-    """Delete checkpoints other than `keep`; optimizer state stays only in the latest one."""
-    latest = max(keep)
-    for path in out_dir.glob("step-*"):
-        if path not in keep:
-            shutil.rmtree(path)
-        elif path != latest:
-            (path / STATE).unlink(missing_ok=True)
-
-
 def _progress(enabled: bool) -> Progress:
     columns = (
         TextColumn("{task.description}"),
@@ -282,7 +260,7 @@ def train_student(
     config = {"student": student_cfg.model_dump(), "train": train_cfg.model_dump(), "steps": steps}
     record = {"format": 1, **(provenance or {}), **config, "data_snapshot": snapshot, "rows": len(rows)}
     state = {"step": 0, "losses": [], "validation": [], "best_step": 0, "best_accuracy": None}
-    latest = _latest_checkpoint(out_dir) if resume else None
+    latest = latest_checkpoint(out_dir) if resume else None
     if latest is not None:
         stored = json.loads((latest / RECORD).read_text())
         for key in ("data_snapshot", "student", "train", "steps"):
@@ -346,8 +324,8 @@ def train_student(
                     model, tokenizer, validation, accuracy_fn, eval_cfg, student_cfg, device, bf16, state
                 )
                 path = out_dir / f"step-{state['step']:06d}"
-                _save(model, tokenizer, optimizer, path, {**record, **state, "examples_per_s": speed})
-                _prune(out_dir, {path, out_dir / f"step-{state['best_step']:06d}"})
+                save_checkpoint(model, tokenizer, optimizer, path, {**record, **state, "examples_per_s": speed})
+                prune_checkpoints(out_dir, {path, out_dir / f"step-{state['best_step']:06d}"})
             if on_step is not None:
                 on_step(step_loss)
     return _result(out_dir, state, snapshot, steps, trained_rows / train_seconds if train_seconds else 0.0)

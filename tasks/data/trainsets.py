@@ -10,7 +10,7 @@ from typing import Literal
 
 from storage import Store, queries
 from storage.queries import TrainingRow
-from tasks.prompts import format_judged_input
+from tasks.teacher.prompts import format_judged_input
 
 
 @dataclass(frozen=True)

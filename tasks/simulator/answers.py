@@ -1,7 +1,7 @@
 """The SIMULATED teacher's answers: template chains of thought and self-evaluations.
 
 Not a language model: each reply is a template filled from the gold label it was given, sometimes
-deliberately wrong, built in microseconds. tasks.simulator serves these over HTTP.
+deliberately wrong, built in microseconds. tasks.simulator.server serves these over HTTP.
 """
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import math
 import random
 import re
 
-from tasks.equations import EquationError, evaluate_equation
-from tasks.parsing import answers_match, choices_of, parse_cot
+from tasks.data.equations import EquationError, evaluate_equation
+from tasks.teacher.parsing import answers_match, choices_of, parse_cot
 
 
 def _fmt(value: float) -> str:
@@ -192,8 +192,8 @@ def simulate_evaluation(
 
 def builtin_examples() -> dict[str, str]:
     """Question -> gold equation for the built-in arithmetic problems (default config sizes)."""
-    from tasks.arithmetic import generate_problems
     from tasks.config import ArithmeticConfig
+    from tasks.data.arithmetic import generate_problems
 
     config = ArithmeticConfig()
     problems = generate_problems(config.train, config.seed, "train") + generate_problems(

@@ -1,8 +1,8 @@
 """Scoring a student: batched greedy generation of labels and rationales, accuracy, agreement.
 
 Labels are generated with the "predict: " prefix, rationales with "explain: " (the prefixes the
-student was trained with, tasks.training.PREDICT / EXPLAIN). Accuracy uses
-tasks.parsing.answers_match, so an equation label is scored by its numeric value.
+student was trained with, tasks.student.training.PREDICT / EXPLAIN). Accuracy uses
+tasks.teacher.parsing.answers_match, so an equation label is scored by its numeric value.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import torch
 from rich.progress import Progress
 
 from tasks.config import EvalConfig
-from tasks.parsing import answers_match
+from tasks.teacher.parsing import answers_match
 
 PREDICT = "predict: "
 EXPLAIN = "explain: "
@@ -149,7 +149,7 @@ def evaluate_student(
 ) -> Evaluation:
     """Label accuracy of the student on `rows` (anything with .input and .label); rationales if `explain`.
 
-    For self-evaluation rows (input from tasks.prompts.format_judged_input, label a verdict) use
+    For self-evaluation rows (input from tasks.teacher.prompts.format_judged_input, label a verdict) use
     answer_type "verdict": accuracy is then the agreement with the teacher's verdicts.
     """
     cfg = cfg or EvalConfig()

@@ -1,7 +1,7 @@
 """A SIMULATED teacher: a local OpenAI-compatible server that is not a language model.
 
 It exists for tests, benchmarks and the offline quickstart. It reads the question (and the judged
-chain of thought) out of prompts built by tasks.prompts, looks up the gold label it was given, and
+chain of thought) out of prompts built by tasks.teacher.prompts, looks up the gold label it was given, and
 writes template chains of thought that are sometimes deliberately wrong, plus self-evaluations that
 mostly judge them right. Everything it returns says so: the model is "simulated", and so is the
 system fingerprint.
@@ -30,9 +30,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from tasks.equations import EquationError
-from tasks.prompts import read_request
-from tasks.simulated_answers import builtin_examples, guess_gold, simulate_cot, simulate_evaluation
+from tasks.data.equations import EquationError
+from tasks.simulator.answers import builtin_examples, guess_gold, simulate_cot, simulate_evaluation
+from tasks.teacher.prompts import read_request
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ _FAULTS = ("error_500", "drop", "stall", "malformed")
 
 
 def _prompt_tokens(messages: list) -> int:
-    # Never more than tasks.teacher.estimate_tokens, so a client pacing on its estimate is not refused.
+    # Never more than tasks.teacher.client.estimate_tokens, so a client pacing on its estimate is not refused.
     return 3 + sum(3 + len(str(m.get("content") or "")) // 4 for m in messages if isinstance(m, dict))
 
 
@@ -324,7 +324,7 @@ class SimulatedTeacher:
     def _sample(self, request, key: str, index: int, max_tokens: int) -> tuple[str, str]:
         rng = random.Random(f"{self.seed}|{key}|{index}")
         if request is None:
-            text = "This simulated teacher only answers prompts built by tasks.prompts. The answer is unknown."
+            text = "This simulated teacher only answers prompts built by tasks.teacher.prompts. The answer is unknown."
         else:
             answer_type = request.answer_type or self.answer_type
             gold = self.examples.get(request.question.strip())

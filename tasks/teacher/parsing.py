@@ -12,7 +12,7 @@ import math
 import re
 from dataclasses import dataclass
 
-from tasks.equations import EquationError, equations_match, evaluate_equation
+from tasks.data.equations import EquationError, equations_match, evaluate_equation
 
 VERDICTS = ("correct", "wrong", "uncertain")
 NLI_LABELS = ("entailment", "neutral", "contradiction")

@@ -1,0 +1,202 @@
+"""Planning generation: which teacher samples the store lacks, as requests with their costs.
+
+The plan is computed from the store (wanted sample keys anti-joined against stored keys), so a
+rerun after any crash asks only for what is missing.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+from storage import CotRow, ExampleRow, Store, queries
+from tasks.config import Config, TeacherConfig
+from tasks.data.datasets import answer_type, load_dataset
+from tasks.teacher.client import estimate_tokens
+from tasks.teacher.keys import SIMULATED_ENDPOINT, Sampling, endpoint_identity, sample_key
+from tasks.teacher.prompts import cot_messages, eval_messages, prompt_version
+
+
+@dataclass(frozen=True)
+class Request:
+    kind: str  # cot | evaluation
+    example_id: str
+    question: str
+    messages: list[dict]
+    indices: tuple[int, ...]
+    keys: tuple[str, ...]
+    cot: CotRow | None = None  # the chain of thought being judged
+
+
+@dataclass(frozen=True)
+class ExampleWork:
+    example: ExampleRow
+    cot_request: Request | None
+    eval_requests: tuple[Request, ...]  # for chains of thought already stored
+
+
+@dataclass(frozen=True)
+class Plan:
+    work: tuple[ExampleWork, ...]
+    cot_requests: int
+    eval_requests: int  # for chains of thought already stored
+    later_eval_requests: int  # for the chains of thought this plan will buy
+    prompt_tokens: int  # estimated
+    completion_tokens: int  # upper bound: n * max_tokens
+    cost_usd: float  # upper bound at the configured prices
+
+    @property
+    def total_requests(self) -> int:
+        return self.cot_requests + self.eval_requests + self.later_eval_requests
+
+    def batches(self, size: int) -> Iterator[tuple[ExampleWork, ...]]:
+        for start in range(0, len(self.work), size):
+            yield self.work[start : start + size]
+
+
+
+def price_usd(teacher: TeacherConfig, prompt_tokens: int, completion_tokens: int) -> float:
+    price = teacher.prices.get(teacher.model)
+    if price is None:
+        return 0.0
+    return (prompt_tokens * price.input + completion_tokens * price.output) / 1_000_000
+
+
+def endpoint_of(teacher: TeacherConfig) -> str:
+    if teacher.simulate:
+        return SIMULATED_ENDPOINT
+    return endpoint_identity(teacher.base_url or os.environ.get("OPENAI_BASE_URL"))
+
+
+def sampling_of(teacher: TeacherConfig, kind: str) -> Sampling:
+    max_tokens = teacher.max_tokens if kind == "cot" else teacher.eval_max_tokens
+    return Sampling(teacher.temperature, teacher.top_p, max_tokens)
+
+
+def request_for(
+    teacher: TeacherConfig, answer_type: str, kind: str, example: ExampleRow, cot: CotRow | None, wanted: int
+) -> tuple[Request, dict[str, int]]:
+    """The request for all `wanted` samples of one prompt, and each sample key's index."""
+    if kind == "cot":
+        messages = cot_messages(answer_type, example.input)
+    else:
+        messages = eval_messages(answer_type, example.input, cot.rationale or cot.text)
+    version = prompt_version(answer_type, kind)
+    endpoint = endpoint_of(teacher)
+    sampling = sampling_of(teacher, kind)
+    keys = {
+        sample_key(
+            endpoint=endpoint,
+            model=teacher.model,
+            prompt_version=version,
+            messages=messages,
+            sampling=sampling,
+            index=i,
+            judged=cot.key if cot is not None else None,
+        ): i
+        for i in range(wanted)
+    }
+    request = Request(kind, example.example_id, example.input, messages, tuple(keys.values()), tuple(keys), cot)
+    return request, keys
+
+
+def _narrow(request: Request, missing: set[str]) -> Request | None:
+    pairs = [(i, k) for i, k in zip(request.indices, request.keys) if k in missing]
+    if not pairs:
+        return None
+    indices, keys = zip(*pairs)
+    return Request(request.kind, request.example_id, request.question, request.messages, indices, keys, request.cot)
+
+
+def plan_generation(
+    store: Store, config: Config, answer_type: str, examples: Sequence[ExampleRow], only_failed: bool = False
+) -> Plan:
+    """What to ask the teacher: every wanted sample whose key the store does not hold.
+
+    With only_failed, just the samples of requests recorded as failed (and evaluations of their CoTs).
+    """
+    teacher = config.teacher
+    cot_requests = {}
+    all_cot_keys: list[str] = []
+    for example in examples:
+        request, keys = request_for(teacher, answer_type, "cot", example, None, teacher.n_cots)
+        cot_requests[example.example_id] = request
+        all_cot_keys.extend(keys)
+    missing_cots = queries.missing_keys(store, "cots", all_cot_keys)
+    failed = queries.failed_keys(store) if only_failed else None
+    if failed is not None:
+        missing_cots &= failed
+
+    stored_cots = queries.cots_by_keys(store, sorted(set(all_cot_keys) - missing_cots))
+    eval_requests: dict[str, list[Request]] = {}
+    all_eval_keys: list[str] = []
+    by_id = {example.example_id: example for example in examples}
+    if teacher.n_evals:
+        for cot in stored_cots:
+            if cot.parse_error is not None:
+                continue  # nothing to judge; such rows are never trained on
+            request, keys = request_for(
+                teacher, answer_type, "evaluation", by_id[cot.example_id], cot, teacher.n_evals
+            )
+            eval_requests.setdefault(cot.example_id, []).append(request)
+            all_eval_keys.extend(keys)
+    missing_evals = queries.missing_keys(store, "evaluations", all_eval_keys)
+    if failed is not None:
+        missing_evals &= failed
+
+    work = []
+    n_cot_requests = n_eval_requests = new_cots = 0
+    prompt_tokens = completion_tokens = 0
+    for example in examples:
+        cot_request = _narrow(cot_requests[example.example_id], missing_cots)
+        evals = tuple(
+            narrowed
+            for request in eval_requests.get(example.example_id, [])
+            if (narrowed := _narrow(request, missing_evals)) is not None
+        )
+        if cot_request is None and not evals:
+            continue
+        work.append(ExampleWork(example, cot_request, evals))
+        for request in ([cot_request] if cot_request else []) + list(evals):
+            n = len(request.keys)
+            sampling = sampling_of(teacher, request.kind)
+            calls = 1 if teacher.use_n else n
+            prompt_tokens += calls * estimate_tokens(request.messages, 0, 0)
+            completion_tokens += n * sampling.max_tokens
+        if cot_request is not None:
+            n_cot_requests += 1 if teacher.use_n else len(cot_request.keys)
+            new_cots += len(cot_request.keys)
+        n_eval_requests += sum(1 if teacher.use_n else len(r.keys) for r in evals)
+
+    # Each new chain of thought will need its own evaluation request: count those in the estimate,
+    # sized like the CoT prompt plus the CoT itself.
+    eval_calls_per_cot = (1 if teacher.use_n else teacher.n_evals) if teacher.n_evals else 0
+    if new_cots and eval_calls_per_cot:
+        average_prompt = prompt_tokens / max(1, n_cot_requests + n_eval_requests)
+        prompt_tokens += int(new_cots * eval_calls_per_cot * (average_prompt + teacher.max_tokens))
+        completion_tokens += new_cots * teacher.n_evals * teacher.eval_max_tokens
+    return Plan(
+        work=tuple(work),
+        cot_requests=n_cot_requests,
+        eval_requests=n_eval_requests,
+        later_eval_requests=new_cots * eval_calls_per_cot,
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion_tokens,
+        cost_usd=price_usd(teacher, prompt_tokens, completion_tokens),
+    )
+
+
+
+def sync_examples(store: Store, config: Config) -> tuple[list[ExampleRow], str]:
+    """Load and validate the dataset (before any money is spent), store examples not yet stored,
+    and return those of the splits to generate for, with the dataset's answer type.
+
+    An example keeps the split it was first stored with, so a grown dataset never moves a stored
+    example between train and validation.
+    """
+    rows = load_dataset(config.dataset)
+    store.append(queries.new_examples(store, rows))
+    loaded = {row.example_id for row in rows}
+    stored = queries.examples(store, config.generate.splits)
+    return [row for row in stored if row.example_id in loaded], answer_type(config.dataset)
