@@ -13,6 +13,7 @@ from prefect.states import Completed, Failed
 from storage import Store
 from tasks.config import Config, resolve_config
 from tasks.generation import ExampleWork, Plan, Session, open_session, plan_generation, sync_examples
+from tasks.generation.batch import BatchSummary, at_batch_prices, run_batch_pass
 from tasks.teacher.errors import FatalError
 
 
@@ -30,6 +31,13 @@ def plan(store: Store, config: Config, examples, answer_type: str, only_failed: 
 async def ask_teacher(session: Session, batch: tuple[ExampleWork, ...], first: str) -> int:
     """Returns how many of the batch's requests failed; they are recorded in `calls`."""
     return sum(await asyncio.gather(*(session.run_example(work) for work in batch)))
+
+
+@task(name="batch-pass", cache_policy=NONE)
+def batch_pass(store: Store, config: Config, examples, answer_type: str, only_failed: bool) -> BatchSummary:
+    """Collect finished batches, then submit what is still missing (teacher.mode: batch)."""
+    return run_batch_pass(store, config, answer_type, examples,
+                          lambda: plan_generation(store, config, answer_type, examples, only_failed))
 
 
 @task(name="compact-store", cache_policy=NONE)
@@ -66,6 +74,18 @@ async def generate(config: Config | str, dry_run: bool = False, only_failed: boo
     compact_store(store)  # after a crash the store may hold thousands of one-response files
     examples, answer_type = load_examples(store, config)
     work = plan(store, config, examples, answer_type, only_failed)
+    if config.teacher.mode == "batch":
+        if dry_run:
+            work = at_batch_prices(work, config.teacher)
+            return Completed(message="batch mode: " + describe_plan(work, config.teacher.simulate), data=work)
+        try:
+            summary = batch_pass(store, config, examples, answer_type, only_failed)
+        except FatalError as error:
+            return Failed(message=str(error))
+        message = summary.describe(config.teacher.simulate)
+        if summary.stopped:
+            return Failed(message=f"{summary.stopped}; {message}", data=summary)
+        return Completed(message=message, data=summary)
     if dry_run or not work.work:
         return Completed(message=describe_plan(work, config.teacher.simulate), data=work)
 

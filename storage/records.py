@@ -101,6 +101,32 @@ class CallRow:
 
 
 @dataclass(frozen=True)
+class BatchRow:
+    """One step in the life of a Batch API batch; the latest row of a tag says where it stands.
+
+    The first row of a tag (event "planned") is written before anything is uploaded and holds the
+    batch's sample keys and one JSON manifest per request line; later rows add the file and batch
+    ids and the API's status and counts, and "collected" closes the tag once its output is stored.
+    """
+
+    event_id: str
+    tag: str  # hash of the keyset and the attempt: the batch's metadata carries it
+    keyset: str  # hash of the batch's sample keys
+    event: str  # planned | uploaded | submitted | polled | collected
+    keys: tuple[str, ...]  # sample keys (planned rows only)
+    requests: tuple[str, ...]  # one JSON manifest per request line (planned rows only)
+    batch_id: str | None
+    input_file_id: str | None
+    status: str | None  # the API's: validating | in_progress | finalizing | completed | expired | ...
+    requests_total: int
+    requests_completed: int
+    requests_failed: int
+    estimated_cost_usd: float  # upper bound at batch prices: committed spend while the batch is open
+    created_at: datetime = field(default_factory=utcnow)
+    schema_version: int = SCHEMA_VERSION
+
+
+@dataclass(frozen=True)
 class PredictionRow:
     arm: str
     split: str
@@ -156,6 +182,7 @@ TABLE_OF = {
     CotRow: "cots",
     EvaluationRow: "evaluations",
     CallRow: "calls",
+    BatchRow: "batches",
     PredictionRow: "predictions",
     ResultRow: "results",
 }
@@ -169,6 +196,7 @@ PRIMARY_KEYS = {
     "cots": ("key",),
     "evaluations": ("key",),
     "calls": ("call_id",),
+    "batches": ("event_id",),
     "predictions": ("arm", "split", "example_id", "checkpoint"),
     "results": ("arm", "split", "metric", "checkpoint"),
 }

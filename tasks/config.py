@@ -64,10 +64,11 @@ class DatasetConfig(Model):
 
 
 class Price(Model):
-    """US dollars per million tokens."""
+    """US dollars per million tokens; a Batch API request costs (1 - batch_discount) of that."""
 
     input: float = Field(ge=0)
     output: float = Field(ge=0)
+    batch_discount: float = Field(0.5, ge=0, le=1, description="OpenAI's Batch API: half price")
 
 
 DEFAULT_PRICES = {
@@ -84,6 +85,14 @@ class SimulatorConfig(Model):
     latency_ms: float = Field(0.0, ge=0)
     wrong_rate: float = Field(0.25, ge=0, le=1, description="share of CoTs that reach a wrong answer")
     seed: int = 0
+    batch_delay_s: float = Field(0.0, ge=0, description="how long a simulated batch takes to complete")
+
+
+class BatchConfig(Model):
+    """`teacher.mode: batch`: the OpenAI Batch API (results within 24 h, at batch prices)."""
+
+    max_requests: int = Field(50_000, ge=1, le=50_000, description="requests per batch (the API's cap)")
+    max_mb: float = Field(200, gt=0, le=200, description="size of a batch's input file (the API's cap)")
 
 
 class TeacherConfig(Model):
@@ -109,6 +118,10 @@ class TeacherConfig(Model):
     )
     simulate: bool = Field(False, description="start the local simulated teacher in-process")
     simulator: SimulatorConfig = SimulatorConfig()
+    mode: Literal["online", "batch"] = Field(
+        "online", description="batch: submit to the Batch API; each `generate` collects and submits"
+    )
+    batch: BatchConfig = BatchConfig()
 
     @model_validator(mode="after")
     def _check_price(self) -> TeacherConfig:

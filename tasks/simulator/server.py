@@ -32,6 +32,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from tasks.data.equations import EquationError
 from tasks.simulator.answers import builtin_examples, guess_gold, simulate_cot, simulate_evaluation
+from tasks.simulator.batches import BATCH_PATHS, batch_service
 from tasks.teacher.prompts import read_request
 
 log = logging.getLogger(__name__)
@@ -371,6 +372,8 @@ class _Handler(BaseHTTPRequestHandler):
             ]}))
         elif path == "/_stats":
             self._send(_Outcome(200, self.teacher.stats()))
+        elif path.startswith(BATCH_PATHS):
+            self._batches("GET", b"")
         else:
             self._send(_error(404, f"no such path on the simulated teacher: {path}", "invalid_request_error"))
 
@@ -394,8 +397,14 @@ class _Handler(BaseHTTPRequestHandler):
                 self._send(_error(400, f"bad fault settings: {error}", "invalid_request_error"))
             else:
                 self._send(_Outcome(200, dataclasses.asdict(faults)))
+        elif path.startswith(BATCH_PATHS):
+            self._batches("POST", body)
         else:
             self._send(_error(404, f"no such path on the simulated teacher: {path}", "invalid_request_error"))
+
+    def _batches(self, method: str, body: bytes) -> None:
+        status, payload, raw = batch_service(self.teacher).respond(method, self.path, body, self.headers)
+        self._send(_Outcome(status, payload, raw=raw))
 
     def _send(self, outcome: _Outcome) -> None:
         if outcome.delay_s:

@@ -1,0 +1,461 @@
+"""Generation through the OpenAI Batch API (`teacher.mode: batch`), exactly once across crashes.
+
+One pass (one `generate`) first collects every finished batch into the store, then submits what the
+store still lacks, so evaluations of chains of thought collected in a pass go out in that pass's
+submission. The store records each batch before anything leaves the machine:
+
+1. "planned": the batch's tag, sample keys and one manifest per request line. The tag hashes the
+   keys and the attempt (how many batches with exactly these keys were already collected), so a
+   rerun recomputes it and never plans these keys again while the batch is open;
+2. upload the JSONL (custom_id = the request's first sample key) as `mindsmirror-<tag>.jsonl`;
+3. create the batch with the tag in its metadata, then record "submitted".
+
+A rerun finds a planned batch's file by name and its batch by the tag in the API's list before it
+uploads or creates anything, so a kill between any two steps submits nothing twice. Collection
+writes rows, then call records (one per line, id "<batch>:<custom_id>", priced at the batch rate)
+for lines not yet recorded, then "collected"; lines that expired or failed stay missing and go out
+in the next submission.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import signal
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import openai
+from tenacity import Retrying, retry_if_exception_type, stop_after_attempt
+from tenacity.wait import wait_random_exponential
+
+from storage import BatchRow, CallRow, Claims, CotRow, ExampleRow, Store, queries
+from storage.records import utcnow
+from tasks.config import Config, TeacherConfig
+from tasks.generation.plan import Plan, Request, price_usd, sampling_of
+from tasks.generation.session import Session, _api_key
+from tasks.teacher.client import TeacherReply, estimate_tokens
+from tasks.teacher.errors import FatalError, TransientError, translate
+from tasks.teacher.prompts import cot_messages, eval_messages
+
+TAG_KEY = "mindsmirror_tag"
+ENDPOINT = "/v1/chat/completions"
+TERMINAL = ("completed", "expired", "failed", "cancelled")
+# Test hook: kill -9 this process right after the named step (recorded, uploaded, created, collecting).
+KILL_AT_ENV = "MINDSMIRROR_BATCH_KILL_AT"
+_COLLECT_CHUNK = 1000  # lines per pair of appends (rows, then their call records)
+
+
+def _step(name: str) -> None:
+    if os.environ.get(KILL_AT_ENV) == name:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def batch_factor(teacher: TeacherConfig) -> float:
+    """What a batch request costs as a share of the same request online."""
+    price = teacher.prices.get(teacher.model)
+    return 1.0 if price is None else 1.0 - price.batch_discount
+
+
+def at_batch_prices(plan: Plan, teacher: TeacherConfig) -> Plan:
+    return dataclasses.replace(plan, cost_usd=plan.cost_usd * batch_factor(teacher))
+
+
+@dataclass(frozen=True)
+class Line:
+    """One request line of a batch, as its manifest records it (prompts are rebuilt from the store)."""
+
+    custom_id: str
+    kind: str  # cot | evaluation
+    example_id: str
+    indices: tuple[int, ...]
+    keys: tuple[str, ...]
+    cot_key: str | None
+
+    def manifest(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def parse(cls, text: str) -> Line:
+        data = json.loads(text)
+        return cls(**{**data, "indices": tuple(data["indices"]), "keys": tuple(data["keys"])})
+
+
+@dataclass
+class BatchSummary:
+    collected: int = 0  # batches collected this pass
+    cots: int = 0
+    evaluations: int = 0
+    unparseable: int = 0
+    lines_failed: int = 0
+    lines_missing: int = 0  # expired or cancelled lines, resubmitted
+    cost_usd: float = 0.0
+    submitted: int = 0  # batches submitted this pass
+    submitted_requests: int = 0
+    submitted_cost_usd: float = 0.0  # upper bound, at batch prices
+    open: dict[str, int] = field(default_factory=dict)  # status -> batches still running
+    stopped: str | None = None
+    errors: list[str] = field(default_factory=list)
+
+    def describe(self, simulated: bool = False) -> str:
+        text = (
+            f"batch mode: collected {self.collected} batches ({self.cots} chains of thought, {self.evaluations} "
+            f"self-evaluations, {self.unparseable} unparseable, {self.lines_failed} failed and "
+            f"{self.lines_missing} expired requests to resubmit; ${self.cost_usd:.4f}); submitted "
+            f"{self.submitted} batches of {self.submitted_requests} requests (at most "
+            f"${self.submitted_cost_usd:.4f}); "
+        )
+        running = sum(self.open.values())
+        if running:
+            states = ", ".join(f"{n} {status}" for status, n in sorted(self.open.items()))
+            text += f"{running} batches open ({states}): rerun `mindsmirror generate` to collect them"
+        else:
+            text += "no batch open"
+        return text + (" (simulated teacher: nothing is paid)" if simulated else "")
+
+
+class BatchApi:
+    """The Files and Batches endpoints, each call retried on transient errors here and only here."""
+
+    def __init__(self, teacher: TeacherConfig, base_url: str | None, api_key: str):
+        self.teacher = teacher
+        self.base_url = base_url
+        self._secrets = (api_key,)
+        self.client = openai.OpenAI(api_key=api_key, base_url=base_url, timeout=teacher.timeout_s, max_retries=0)
+
+    def call(self, what: Callable, *args, **kwargs):
+        retrying = Retrying(stop=stop_after_attempt(self.teacher.max_attempts), wait=wait_random_exponential(1, 30),
+                            retry=retry_if_exception_type(TransientError), reraise=True)
+        for attempt in retrying:
+            with attempt:
+                try:
+                    return what(*args, **kwargs)
+                except (openai.OpenAIError, ValueError) as error:
+                    raise translate(error, None, model=self.teacher.model, base_url=self.base_url,
+                                    secrets=self._secrets) from None
+
+    def find_batch(self, tag: str):
+        for batch in self.call(self.client.batches.list, limit=100):
+            if (batch.metadata or {}).get(TAG_KEY) == tag:
+                return batch
+        return None
+
+    def find_file(self, filename: str):
+        for item in self.call(self.client.files.list, purpose="batch"):
+            if item.filename == filename:
+                return item
+        return None
+
+    def lines_of(self, file_id: str | None) -> list[dict]:
+        if not file_id:
+            return []
+        text = self.call(self.client.files.content, file_id).text
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+@contextmanager
+def open_batch_api(store: Store, config: Config, examples: Sequence[ExampleRow], answer_type: str
+                   ) -> Iterator[BatchApi]:
+    """The Batch API of the configured endpoint, or of the simulated teacher (teacher.simulate),
+    whose files and batches then live beside the store so that the next pass finds them."""
+    teacher = config.teacher
+    simulator = None
+    base_url = teacher.base_url
+    if teacher.simulate:
+        from tasks.simulator.batches import configure_batches
+        from tasks.simulator.server import start_simulator
+
+        folder = store.local_folder()
+        if folder is None:
+            raise FatalError("teacher.simulate with teacher.mode: batch needs a local store.path")
+        simulator = start_simulator(
+            examples={example.input: example.label for example in examples}, answer_type=answer_type,
+            seed=teacher.simulator.seed, wrong_rate=teacher.simulator.wrong_rate,
+        )
+        configure_batches(simulator.teacher, state_dir=folder / "_simulator", delay_s=teacher.simulator.batch_delay_s)
+        base_url = simulator.url
+    try:
+        yield BatchApi(teacher, base_url, _api_key(teacher))
+    finally:
+        if simulator is not None:
+            simulator.close()
+
+
+class BatchRun:
+    """One pass over a store in batch mode: collect what finished, then submit what is missing."""
+
+    def __init__(self, store: Store, config: Config, answer_type: str, examples: Sequence[ExampleRow],
+                 api: BatchApi):
+        self.store = store
+        self.config = config
+        self.teacher = config.teacher
+        self.answer_type = answer_type
+        self.examples = {example.example_id: example for example in examples}
+        self.api = api
+        self.claims = Claims(store.root)
+        self.summary = BatchSummary()
+        # Only its row builders are used: rows are made and parsed exactly as online.
+        self._rows = Session(store, config, answer_type, None, None, None, None)
+
+    def _record(self, latest: BatchRow, event: str, **changes) -> BatchRow:
+        row = dataclasses.replace(latest, event_id=uuid.uuid4().hex, event=event, keys=(), requests=(),
+                                  created_at=utcnow(), **changes)
+        self.store.append([row])
+        return row
+
+    # ---- collecting --------------------------------------------------------------------------
+
+    def collect(self) -> None:
+        """Poll every open batch; store the output of those that finished; resume unsubmitted ones."""
+        open_rows = queries.latest_batches(self.store, open_only=True)
+        planned = queries.planned_batches(self.store, [row.tag for row in open_rows])
+        for latest in open_rows:
+            if latest.batch_id is None:
+                self._submit(planned[latest.tag], latest)
+                continue
+            batch = self.api.call(self.api.client.batches.retrieve, latest.batch_id)
+            counts = batch.request_counts
+            progress = dict(status=batch.status, requests_total=counts.total if counts else latest.requests_total,
+                            requests_completed=counts.completed if counts else 0,
+                            requests_failed=counts.failed if counts else 0)
+            if any(getattr(latest, name) != value for name, value in progress.items()):
+                latest = self._record(latest, "polled", **progress)
+            if batch.status in TERMINAL:
+                self._collect(planned[latest.tag], latest, batch)
+            else:
+                self.summary.open[batch.status] = self.summary.open.get(batch.status, 0) + 1
+
+    def _collect(self, planned: BatchRow, latest: BatchRow, batch) -> None:
+        lines = {line.custom_id: line for line in map(Line.parse, planned.requests)}
+        results = self.api.lines_of(batch.output_file_id) + self.api.lines_of(batch.error_file_id)
+        ids = {item["custom_id"]: f"{batch.id}:{item['custom_id']}" for item in results}
+        unrecorded = queries.missing_keys(self.store, "calls", list(ids.values()))
+        todo = [item for item in results if ids[item["custom_id"]] in unrecorded and item["custom_id"] in lines]
+        latency = max(0.0, (_finished_at(batch) or time.time()) - batch.created_at)
+        for start in range(0, len(todo), _COLLECT_CHUNK):
+            rows, calls = [], []
+            for item in todo[start : start + _COLLECT_CHUNK]:
+                line, call_id = lines[item["custom_id"]], ids[item["custom_id"]]
+                response = item.get("response") or {}
+                if response.get("status_code") == 200:
+                    new_rows, call = self._answered(line, call_id, response["body"], latency)
+                    rows += new_rows
+                    calls.append(call)
+                elif response:
+                    calls.append(self._failed(line, call_id, response))
+            # Rows first, then the call records: a crash between the two keeps the paid answers,
+            # and the rerun writes only the call records (the rows' keys are stored already).
+            self.store.append(self._unstored(rows))
+            _step("collecting")
+            self.store.append(calls)
+        returned = {item["custom_id"] for item in results if item.get("response")}
+        self.summary.lines_missing += sum(1 for custom_id in lines if custom_id not in returned)
+        if batch.errors and batch.errors.data:
+            self.summary.errors.append(f"batch {batch.id}: {batch.errors.data[0].message}")
+        self._record(latest, "collected", status=batch.status)
+        self.summary.collected += 1
+
+    def _unstored(self, rows: list) -> list:
+        cots = [row for row in rows if isinstance(row, CotRow)]
+        evals = [row for row in rows if not isinstance(row, CotRow)]
+        missing = queries.missing_keys(self.store, "cots", [row.key for row in cots])
+        missing |= queries.missing_keys(self.store, "evaluations", [row.key for row in evals])
+        return [row for row in rows if row.key in missing]
+
+    def _request(self, line: Line) -> Request:
+        example = self.examples.get(line.example_id)
+        if example is None:
+            raise FatalError(f"{line.example_id}: a batch asked about an example this config no longer loads; "
+                             "restore the dataset (or generate.splits) it was submitted with")
+        cot = None
+        if line.kind == "evaluation":
+            cot = queries.cots_by_keys(self.store, [line.cot_key])[0]
+            messages = eval_messages(self.answer_type, example.input, cot.rationale or cot.text)
+        else:
+            messages = cot_messages(self.answer_type, example.input)
+        return Request(line.kind, line.example_id, example.input, messages, line.indices, line.keys, cot)
+
+    def _answered(self, line: Line, call_id: str, body: dict, latency_s: float) -> tuple[list, CallRow]:
+        request = self._request(line)
+        choices = sorted(body.get("choices") or [], key=lambda choice: choice.get("index") or 0)
+        usage = body.get("usage") or {}
+        texts = tuple((choice.get("message") or {}).get("content") or "" for choice in choices)
+        reply = TeacherReply(
+            texts=texts,
+            finish_reasons=tuple(choice.get("finish_reason") for choice in choices),
+            prompt_tokens=int(usage.get("prompt_tokens") or estimate_tokens(request.messages, 0, 0)),
+            completion_tokens=int(usage.get("completion_tokens") or sum(len(text) // 4 for text in texts)),
+            model=body.get("model") or self.teacher.model,
+            latency_s=latency_s,
+            attempts=1,
+        )
+        cost = price_usd(self.teacher, reply.prompt_tokens, reply.completion_tokens) * batch_factor(self.teacher)
+        rows = self._rows._rows(request, reply, call_id)
+        summary = self.summary
+        summary.cots += sum(isinstance(row, CotRow) for row in rows)
+        summary.evaluations += sum(not isinstance(row, CotRow) for row in rows)
+        summary.unparseable += sum(row.parse_error is not None for row in rows)
+        summary.cost_usd += cost
+        return rows, self._rows._call(request, call_id, reply, cost)
+
+    def _failed(self, line: Line, call_id: str, response: dict) -> CallRow:
+        error = (response.get("body") or {}).get("error") or {}
+        message = f"{line.example_id}: HTTP {response.get('status_code')} in a batch: {error.get('message', '')}"
+        self.summary.lines_failed += 1
+        if len(self.summary.errors) < 5:
+            self.summary.errors.append(message)
+        return CallRow(call_id=call_id, kind=line.kind, example_id=line.example_id, keys=line.keys,
+                       status="failed", attempts=1, prompt_tokens=0, completion_tokens=0, cost_usd=0.0,
+                       latency_s=0.0, error=f"BatchLineError: {message}", teacher_model=self.teacher.model)
+
+    # ---- submitting --------------------------------------------------------------------------
+
+    def submit(self, plan: Plan) -> None:
+        """Plan batches for every missing request not in an open batch, within the budget, and submit them."""
+        taken = queries.open_batch_keys(self.store)
+        lines = [line for line in self._lines(plan) if not set(line[0].keys) & taken]
+        limit = self.teacher.max_cost_usd
+        committed = queries.spent_usd(self.store) + queries.committed_usd(self.store)
+        max_bytes = self.teacher.batch.max_mb * 1_000_000
+        chunk: list[tuple[Line, float, bytes]] = []
+        size = 0
+        for line, estimate, body in lines:
+            if limit is not None and committed + estimate > limit:
+                self.summary.stopped = (
+                    f"budget cap reached: ${committed:.4f} spent or committed to open batches of "
+                    f"teacher.max_cost_usd=${limit:.4f}; raise the cap and rerun to submit the rest"
+                )
+                break
+            if chunk and (len(chunk) >= self.teacher.batch.max_requests or size + len(body) > max_bytes):
+                self._plan_batch(chunk)
+                chunk, size = [], 0
+            chunk.append((line, estimate, body))
+            size += len(body)
+            committed += estimate
+        if chunk:
+            self._plan_batch(chunk)
+
+    def _lines(self, plan: Plan) -> Iterator[tuple[Line, float, bytes]]:
+        for work in plan.work:
+            for request in ([work.cot_request] if work.cot_request else []) + list(work.eval_requests):
+                pairs = list(zip(request.indices, request.keys))
+                # Servers without `n` get one line per sample.
+                groups = [pairs] if self.teacher.use_n else [[pair] for pair in pairs]
+                for group in groups:
+                    indices, keys = zip(*group)
+                    line = Line(keys[0], request.kind, request.example_id, tuple(indices), tuple(keys),
+                                request.cot.key if request.cot is not None else None)
+                    narrowed = dataclasses.replace(request, indices=line.indices, keys=line.keys)
+                    yield line, self._estimate(narrowed), self._jsonl_line(line, narrowed)
+
+    def _estimate(self, request: Request) -> float:
+        sampling = sampling_of(self.teacher, request.kind)
+        cost = price_usd(self.teacher, estimate_tokens(request.messages, 0, 0), len(request.keys) * sampling.max_tokens)
+        return cost * batch_factor(self.teacher)
+
+    def _jsonl_line(self, line: Line, request: Request) -> bytes:
+        sampling = sampling_of(self.teacher, request.kind)
+        body = {"model": self.teacher.model, "messages": request.messages, "n": len(line.keys),
+                "temperature": sampling.temperature, "top_p": sampling.top_p, "max_tokens": sampling.max_tokens}
+        text = json.dumps({"custom_id": line.custom_id, "method": "POST", "url": ENDPOINT, "body": body},
+                          sort_keys=True)
+        return (text + "\n").encode()
+
+    def _plan_batch(self, chunk: list[tuple[Line, float, bytes]]) -> None:
+        keys = tuple(key for line, _, _ in chunk for key in line.keys)
+        keyset = hashlib.sha256("\n".join(sorted(keys)).encode()).hexdigest()[:32]
+        attempt = queries.closed_attempts(self.store, keyset)
+        tag = hashlib.sha256(f"{keyset}:{attempt}".encode()).hexdigest()[:32]
+        planned = BatchRow(
+            event_id=uuid.uuid4().hex, tag=tag, keyset=keyset, event="planned", keys=keys,
+            requests=tuple(line.manifest() for line, _, _ in chunk), batch_id=None, input_file_id=None,
+            status=None, requests_total=len(chunk), requests_completed=0, requests_failed=0,
+            estimated_cost_usd=sum(estimate for _, estimate, _ in chunk),
+        )
+        self.store.append([planned])
+        _step("recorded")
+        self._submit(planned, planned)
+
+    def _submit(self, planned: BatchRow, latest: BatchRow) -> None:
+        """Upload and create a planned batch, adopting a file or batch an earlier, killed run made."""
+        claim = [f"batch:{planned.tag}"]
+        if not self.claims.claim(claim):
+            return  # another run is submitting this very batch
+        try:
+            batch = self.api.find_batch(planned.tag)
+            if batch is None:
+                file_id = latest.input_file_id or self._upload(planned)
+                if latest.input_file_id is None:
+                    latest = self._record(latest, "uploaded", input_file_id=file_id)
+                batch = self.api.call(self.api.client.batches.create, input_file_id=file_id, endpoint=ENDPOINT,
+                                      completion_window="24h", metadata={TAG_KEY: planned.tag})
+                _step("created")
+            self._record(latest, "submitted", batch_id=batch.id, input_file_id=batch.input_file_id,
+                         status=batch.status)
+        finally:
+            self.claims.release(claim)
+        self.summary.submitted += 1
+        self.summary.submitted_requests += planned.requests_total
+        self.summary.submitted_cost_usd += planned.estimated_cost_usd
+        self.summary.open[batch.status] = self.summary.open.get(batch.status, 0) + 1
+
+    def _upload(self, planned: BatchRow) -> str:
+        filename = f"mindsmirror-{planned.tag}.jsonl"
+        found = self.api.find_file(filename)
+        if found is not None:
+            return found.id
+        content = b"".join(self._jsonl_line(line, self._request(line)) for line in map(Line.parse, planned.requests))
+        uploaded = self.api.call(self.api.client.files.create, file=(filename, content), purpose="batch")
+        _step("uploaded")
+        return uploaded.id
+
+
+def _finished_at(batch) -> int | None:
+    return batch.completed_at or batch.expired_at or batch.failed_at or batch.cancelled_at
+
+
+def cancel_batches(store: Store, api: BatchApi) -> list[str]:
+    """Cancel every submitted batch still open; the next `generate` stores what they returned."""
+    cancelled = []
+    for latest in queries.latest_batches(store, open_only=True):
+        if latest.batch_id is None or latest.status in TERMINAL:
+            continue
+        batch = api.call(api.client.batches.cancel, latest.batch_id)
+        store.append([dataclasses.replace(latest, event_id=uuid.uuid4().hex, event="polled", keys=(), requests=(),
+                                          status=batch.status, created_at=utcnow())])
+        cancelled.append(batch.id)
+    return cancelled
+
+
+def batch_status(store: Store) -> dict:
+    """Batches by status and each open one's counts, for `mindsmirror status`."""
+    rows = queries.latest_batches(store)
+    by_status: dict[str, int] = {}
+    for row in rows:
+        state = row.status or "not submitted"
+        by_status[state] = by_status.get(state, 0) + 1
+    report: dict = {"by status": by_status, "open": {}}
+    for row in rows:
+        if row.event != "collected":
+            report["open"][row.batch_id or row.tag] = (
+                f"{row.status or 'planned'}: {row.requests_completed} of {row.requests_total} done, "
+                f"{row.requests_failed} failed, at most ${row.estimated_cost_usd:.4f}"
+            )
+    return report
+
+
+def run_batch_pass(store: Store, config: Config, answer_type: str, examples: Sequence[ExampleRow],
+                   plan_missing: Callable[[], Plan]) -> BatchSummary:
+    """Collect finished batches, then plan (after collecting, so new CoTs get their evaluations) and submit."""
+    with open_batch_api(store, config, examples, answer_type) as api:
+        run = BatchRun(store, config, answer_type, examples, api)
+        run.collect()
+        run.submit(plan_missing())
+    return run.summary
+
+
