@@ -84,6 +84,18 @@ def cmd_status(args) -> None:
     print(json.dumps(report, indent=2, default=str) if args.json else describe_status(report))
 
 
+def cmd_batch_cancel(args) -> None:
+    from tasks.data.datasets import answer_type, load_dataset
+    from tasks.generation.batch import cancel_batches, open_batch_api
+
+    config = _config(args.config)
+    store = _store(config)
+    with open_batch_api(store, config, load_dataset(config.dataset), answer_type(config.dataset)) as api:
+        cancelled = cancel_batches(store, api)
+    print(f"asked to cancel {len(cancelled)} batches; `mindsmirror generate` stores what they returned and "
+          "submits the rest" if cancelled else "no open batch to cancel")
+
+
 def cmd_sql(args) -> None:
     from storage import queries
 
@@ -200,6 +212,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--no-progress", action="store_true")
     sub = command("status", cmd_status, "counts, done/missing per stage, tokens, cost, failures")
     sub.add_argument("--json", action="store_true")
+    batch = commands.add_parser("batch", help="Batch API batches (teacher.mode: batch)")
+    batch_commands = batch.add_subparsers(dest="batch_command", required=True, metavar="COMMAND")
+    cancel = batch_commands.add_parser("cancel", help="cancel the config's open batches")
+    cancel.add_argument("config", help="the run's YAML config")
+    cancel.set_defaults(handler=cmd_batch_cancel)
     sub = command("sql", cmd_sql, "run a read-only SQL query over the store's views")
     sub.add_argument("query")
     command("compact", cmd_compact, "merge each table's small Parquet files into one")

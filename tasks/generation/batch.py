@@ -250,7 +250,8 @@ class BatchRun:
                     calls.append(self._failed(line, call_id, response))
             # Rows first, then the call records: a crash between the two keeps the paid answers,
             # and the rerun writes only the call records (the rows' keys are stored already).
-            self.store.append(self._unstored(rows))
+            for table_rows in self._unstored(rows):
+                self.store.append(table_rows)
             _step("collecting")
             self.store.append(calls)
         returned = {item["custom_id"] for item in results if item.get("response")}
@@ -260,12 +261,13 @@ class BatchRun:
         self._record(latest, "collected", status=batch.status)
         self.summary.collected += 1
 
-    def _unstored(self, rows: list) -> list:
+    def _unstored(self, rows: list) -> tuple[list, list]:
+        """The CoT rows and the evaluation rows whose keys are not stored yet."""
         cots = [row for row in rows if isinstance(row, CotRow)]
         evals = [row for row in rows if not isinstance(row, CotRow)]
         missing = queries.missing_keys(self.store, "cots", [row.key for row in cots])
         missing |= queries.missing_keys(self.store, "evaluations", [row.key for row in evals])
-        return [row for row in rows if row.key in missing]
+        return [row for row in cots if row.key in missing], [row for row in evals if row.key in missing]
 
     def _request(self, line: Line) -> Request:
         example = self.examples.get(line.example_id)

@@ -6,6 +6,7 @@ from storage import Store, queries
 from tasks.config import Config
 from tasks.data.datasets import answer_type, load_dataset
 from tasks.generation import plan_generation
+from tasks.generation.batch import batch_status
 
 
 def run_status(config: Config) -> dict:
@@ -21,6 +22,10 @@ def run_status(config: Config) -> dict:
         "evaluation_requests": plan.eval_requests + plan.later_eval_requests,
         "estimated_cost_usd": round(plan.cost_usd, 4),
     }
+    if config.teacher.mode == "batch" or report["rows"].get("batches"):
+        report["batches"] = batch_status(store)
+        report["missing"]["in open batches"] = len(queries.open_batch_keys(store))
+        report["missing"]["committed_cost_usd"] = round(queries.committed_usd(store), 4)
     if config.teacher.simulate:
         report["calls"]["cost note"] = "simulated teacher: nothing is paid; priced as teacher.prices says"
     return report

@@ -59,7 +59,7 @@ class BatchService:
         self.files: dict[str, dict] = {}
         self.contents: dict[str, bytes] = {}
         self.batches: dict[str, dict] = {}
-        self.counts = {"files_uploaded": 0, "batches_created": 0, "lines_answered": 0, "batches_cancelled": 0}
+        self.counts = {"api_requests": 0, "files_uploaded": 0, "batches_created": 0, "lines_answered": 0, "batches_cancelled": 0}
         if self.state_dir is not None:
             self._load()
 
@@ -94,6 +94,8 @@ class BatchService:
         parts = [part for part in url.path.split("/") if part]
         query = {name: values[0] for name, values in parse_qs(url.query).items()}
         with self._lock:
+            if parts != ["_batches"]:
+                self.counts["api_requests"] += 1
             if parts == ["_batches"]:
                 if method == "POST":
                     try:

@@ -1,0 +1,209 @@
+"""Batch API mode: the same store as online generation, every request submitted and paid for once.
+
+Real parts: the openai client over HTTP to the simulated teacher's /v1/files and /v1/batches,
+Parquet and DuckDB in tmp_path, the `generate` flow on the session's Prefect server, and real
+processes killed with SIGKILL at each step of submission and collection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+from conftest import REPO
+
+from flows.cli import main as cli
+from flows.generate import generate
+from storage import Store, queries
+from tasks.config import parse_config
+from tasks.data.datasets import load_dataset
+from tasks.generation import plan_generation, sync_examples
+from tasks.generation.batch import KILL_AT_ENV, run_batch_pass
+from tasks.simulator.batches import configure_batches
+from tasks.simulator.server import start_simulator
+
+TRAIN, N_COTS, N_EVALS = 10, 3, 2
+ASKED = 9  # train examples left after the 10% validation carve
+COT_LINES, EVAL_LINES = ASKED, ASKED * N_COTS  # one line per prompt (with n)
+COTS, EVALUATIONS = ASKED * N_COTS, ASKED * N_COTS * N_EVALS
+
+
+def _config(tmp_path, url: str, name: str = "store", **teacher) -> dict:
+    return {
+        "dataset": {"name": "arithmetic", "arithmetic": {"train": TRAIN, "test": 4}},
+        "teacher": {"model": "gpt-3.5-turbo", "base_url": url, "n_cots": N_COTS, "n_evals": N_EVALS,
+                    "max_concurrency": 8, "timeout_s": 5, "mode": "batch", **teacher},
+        "store": {"path": str(tmp_path / name)},
+    }
+
+
+@pytest.fixture
+def teacher():
+    rows = load_dataset(parse_config({"dataset": {"name": "arithmetic", "arithmetic": {"train": TRAIN, "test": 4}}}
+                                     ).dataset)
+    server = start_simulator(examples={row.input: row.label for row in rows}, answer_type="equation", seed=0)
+    yield server
+    server.close()
+
+
+def _counts(teacher) -> dict:
+    return dict(configure_batches(teacher.teacher).counts)
+
+
+def _pass(config: dict):
+    """One batch-mode pass with plain functions (what the flow's batch task runs)."""
+    parsed = parse_config(config)
+    store = Store(parsed.store.path)
+    examples, kind = sync_examples(store, parsed)
+    return run_batch_pass(store, parsed, kind, examples, lambda: plan_generation(store, parsed, kind, examples))
+
+
+def _stored(config: dict) -> dict:
+    store = Store(config["store"]["path"])
+    report = queries.status(store)
+    keys = {table: set(column[0] for column in store.fetch(f"SELECT key FROM {table}")[1])
+            for table in ("cots", "evaluations")}
+    return {"cots": report.rows["cots"], "evaluations": report.rows["evaluations"], "calls_ok": report.calls_ok,
+            "cost_usd": report.cost_usd, "keys": keys}
+
+
+def _flow(config: dict, **kwargs):
+    return asyncio.run(generate(parse_config(config), show_progress=False, return_state=True, **kwargs))
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_batch_run_ends_with_the_store_of_an_online_run_at_half_the_price(tmp_path, teacher, api_key):
+    online = _config(tmp_path, teacher.url, "online", mode="online")
+    assert _flow(online).is_completed()
+    teacher.reset()  # the same draws again: sample k of a prompt is the same answer online and in a batch
+
+    batch = _config(tmp_path, teacher.url, "batch")
+    dry = _flow(batch, dry_run=True)
+    assert dry.message.startswith("batch mode: planned 36 teacher requests")
+    first = _flow(batch)
+    assert first.is_completed() and "submitted 1 batches of 9 requests" in first.message, first.message
+    assert _flow(batch).is_completed()  # collects the CoTs, submits their evaluations
+    third = _flow(batch)
+    assert "collected 1 batches (0 chains of thought, 54 self-evaluations" in third.message, third.message
+    assert third.message.endswith("no batch open")
+
+    expected, got = _stored(online), _stored(batch)
+    assert (got["cots"], got["evaluations"], got["calls_ok"]) == (COTS, EVALUATIONS, COT_LINES + EVAL_LINES)
+    assert got["keys"] == expected["keys"]
+    assert got["cost_usd"] == pytest.approx(expected["cost_usd"] / 2)
+
+    before = _counts(teacher)
+    assert _flow(batch).message.endswith("no batch open")  # a rerun after success: zero batches
+    after = _counts(teacher)
+    assert (after["batches_created"], after["files_uploaded"]) == (before["batches_created"], 2)
+    assert after["lines_answered"] == COT_LINES + EVAL_LINES
+
+
+_KILLED_PASS = """
+import json, sys
+from storage import Store
+from tasks.config import parse_config
+from tasks.generation import plan_generation, sync_examples
+from tasks.generation.batch import run_batch_pass
+
+config = parse_config(json.loads(sys.argv[1]))
+store = Store(config.store.path)
+examples, kind = sync_examples(store, config)
+run_batch_pass(store, config, kind, examples, lambda: plan_generation(store, config, kind, examples))
+"""
+
+
+def _killed_pass(config: dict, step: str) -> None:
+    process = subprocess.run(
+        [sys.executable, "-c", _KILLED_PASS, json.dumps(config)], cwd=REPO, capture_output=True, text=True,
+        env={**os.environ, KILL_AT_ENV: step, "PYTHONPATH": str(REPO)}, timeout=120,
+    )
+    assert process.returncode == -signal.SIGKILL, f"not killed at {step}: {process.stderr[-2000:]}"
+
+
+@pytest.mark.parametrize("step", ["recorded", "uploaded", "created", "collecting"])
+def test_kill_9_at_any_step_submits_nothing_twice_and_pays_nothing_twice(tmp_path, teacher, api_key, step):
+    config = _config(tmp_path, teacher.url)
+    if step == "collecting":
+        _pass(config)  # submitted; the kill comes while its output is being stored
+    _killed_pass(config, step)
+    killed = _counts(teacher)
+    assert killed["batches_created"] == (0 if step in ("recorded", "uploaded") else 1), killed
+    passes = 0
+    while (summary := _pass(config)).open or summary.submitted:
+        passes += 1
+        assert passes < 5, summary.describe()
+    counts = _counts(teacher)
+    assert (counts["batches_created"], counts["files_uploaded"]) == (2, 2), counts
+    assert counts["lines_answered"] == COT_LINES + EVAL_LINES
+    stored = _stored(config)
+    assert (stored["cots"], stored["evaluations"], stored["calls_ok"]) == (COTS, EVALUATIONS, COT_LINES + EVAL_LINES)
+    calls = Store(config["store"]["path"]).fetch("SELECT count(*), count(DISTINCT keys) FROM calls")[1][0]
+    assert calls[0] == calls[1], "a request was recorded (and priced) twice"
+
+
+def test_expired_and_failed_lines_are_stored_as_far_as_they_came_and_only_the_rest_resubmitted(
+        tmp_path, teacher, api_key):
+    config = _config(tmp_path, teacher.url)
+    configure_batches(teacher.teacher, expire_after_lines=4, error_every=3)
+    _pass(config)
+    second = _pass(config)
+    # Lines 0, 1 and 3 answered, line 2 a 500, the 5 past the first 4 expired: 6 CoT lines go out again.
+    assert (second.cots, second.lines_failed, second.lines_missing) == (3 * N_COTS, 1, 5), second.describe()
+    store = Store(config["store"]["path"])
+    resubmitted = queries.planned_batches(store, [row.tag for row in queries.latest_batches(store, True)])
+    (batch,) = resubmitted.values()
+    kinds = [json.loads(line)["kind"] for line in batch.requests]
+    assert (kinds.count("cot"), kinds.count("evaluation")) == (6, 3 * N_COTS)
+    assert queries.status(store).calls_failed == 1
+
+    configure_batches(teacher.teacher, expire_after_lines=None, error_every=None)
+    while _pass(config).open:
+        pass
+    stored = _stored(config)
+    assert (stored["cots"], stored["evaluations"]) == (COTS, EVALUATIONS)
+    # Every line answered once, none twice.
+    assert _counts(teacher)["lines_answered"] == COT_LINES + EVAL_LINES
+
+
+def test_budget_cap_counts_open_batches_as_committed_spend(tmp_path, teacher, api_key):
+    configure_batches(teacher.teacher, delay_s=3600)
+    config = _config(tmp_path, teacher.url, max_cost_usd=0.003)
+    first = _pass(config)
+    assert first.stopped and "budget cap" in first.stopped
+    assert 0 < first.submitted_requests < COT_LINES and first.submitted_cost_usd <= 0.003
+    second = _pass(config)  # the open batch's estimate is committed: nothing more fits
+    assert second.submitted == 0 and second.stopped
+    assert queries.committed_usd(Store(config["store"]["path"])) == pytest.approx(first.submitted_cost_usd)
+
+
+def test_status_shows_batches_and_cancel_stops_them(tmp_path, teacher, api_key, capsys):
+    configure_batches(teacher.teacher, delay_s=3600)
+    config = _config(tmp_path, teacher.url)
+    config_file = tmp_path / "run.yaml"
+    config_file.write_text(json.dumps(config))
+    _pass(config)
+    assert cli(["status", str(config_file), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["batches"]["by status"] == {"validating": 1}
+    assert report["missing"]["in open batches"] == COTS
+
+    assert cli(["batch", "cancel", str(config_file)]) == 0
+    assert capsys.readouterr().out.startswith("asked to cancel 1 batches")
+    summary = _pass(config)  # stores the cancelled batch (nothing came back), submits its requests again
+    assert (summary.collected, summary.lines_missing, summary.submitted_requests) == (1, COT_LINES, COT_LINES)
+    assert cli(["status", str(config_file), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["batches"]["by status"] == {"cancelled": 1, "validating": 1}
+
+
+def test_simulated_teacher_keeps_its_batches_beside_the_store_between_runs(tmp_path):
+    config = _config(tmp_path, None, simulate=True)
+    del config["teacher"]["base_url"]
+    while (summary := _pass(config)).open or summary.submitted:
+        pass
+    assert (_stored(config)["cots"], _stored(config)["evaluations"]) == (COTS, EVALUATIONS)
