@@ -86,7 +86,7 @@ def cmd_status(args) -> None:
 
 def cmd_batch_cancel(args) -> None:
     from tasks.data.datasets import answer_type, load_dataset
-    from tasks.generation.batch import cancel_batches, open_batch_api
+    from tasks.generation.batch_api import cancel_batches, open_batch_api
 
     config = _config(args.config)
     store = _store(config)

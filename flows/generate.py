@@ -36,8 +36,7 @@ async def ask_teacher(session: Session, batch: tuple[ExampleWork, ...], first: s
 @task(name="batch-pass", cache_policy=NONE)
 def batch_pass(store: Store, config: Config, examples, answer_type: str, only_failed: bool) -> BatchSummary:
     """Collect finished batches, then submit what is still missing (teacher.mode: batch)."""
-    return run_batch_pass(store, config, answer_type, examples,
-                          lambda: plan_generation(store, config, answer_type, examples, only_failed))
+    return run_batch_pass(store, config, answer_type, examples, only_failed)
 
 
 @task(name="compact-store", cache_policy=NONE)

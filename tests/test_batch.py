@@ -22,7 +22,7 @@ from flows.generate import generate
 from storage import Store, queries
 from tasks.config import parse_config
 from tasks.data.datasets import load_dataset
-from tasks.generation import plan_generation, sync_examples
+from tasks.generation import sync_examples
 from tasks.generation.batch import KILL_AT_ENV, run_batch_pass
 from tasks.simulator.batches import configure_batches
 from tasks.simulator.server import start_simulator
@@ -60,7 +60,7 @@ def _pass(config: dict):
     parsed = parse_config(config)
     store = Store(parsed.store.path)
     examples, kind = sync_examples(store, parsed)
-    return run_batch_pass(store, parsed, kind, examples, lambda: plan_generation(store, parsed, kind, examples))
+    return run_batch_pass(store, parsed, kind, examples)
 
 
 def _stored(config: dict) -> dict:
@@ -108,13 +108,13 @@ _KILLED_PASS = """
 import json, sys
 from storage import Store
 from tasks.config import parse_config
-from tasks.generation import plan_generation, sync_examples
+from tasks.generation import sync_examples
 from tasks.generation.batch import run_batch_pass
 
 config = parse_config(json.loads(sys.argv[1]))
 store = Store(config.store.path)
 examples, kind = sync_examples(store, config)
-run_batch_pass(store, config, kind, examples, lambda: plan_generation(store, config, kind, examples))
+run_batch_pass(store, config, kind, examples)
 """
 
 

@@ -26,26 +26,19 @@ import os
 import signal
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-
-import openai
-from tenacity import Retrying, retry_if_exception_type, stop_after_attempt
-from tenacity.wait import wait_random_exponential
 
 from storage import BatchRow, CallRow, Claims, CotRow, ExampleRow, Store, queries
 from storage.records import utcnow
 from tasks.config import Config, TeacherConfig
-from tasks.generation.plan import Plan, Request, price_usd, sampling_of
-from tasks.generation.session import Session, _api_key
+from tasks.generation.batch_api import ENDPOINT, TAG_KEY, TERMINAL, BatchApi, open_batch_api
+from tasks.generation.plan import Plan, Request, plan_generation, price_usd, sampling_of
+from tasks.generation.session import Session
 from tasks.teacher.client import TeacherReply, estimate_tokens
-from tasks.teacher.errors import FatalError, TransientError, translate
+from tasks.teacher.errors import FatalError
 from tasks.teacher.prompts import cot_messages, eval_messages
 
-TAG_KEY = "mindsmirror_tag"
-ENDPOINT = "/v1/chat/completions"
-TERMINAL = ("completed", "expired", "failed", "cancelled")
 # Test hook: kill -9 this process right after the named step (recorded, uploaded, created, collecting).
 KILL_AT_ENV = "MINDSMIRROR_BATCH_KILL_AT"
 _COLLECT_CHUNK = 1000  # lines per pair of appends (rows, then their call records)
@@ -119,73 +112,6 @@ class BatchSummary:
         return text + (" (simulated teacher: nothing is paid)" if simulated else "")
 
 
-class BatchApi:
-    """The Files and Batches endpoints, each call retried on transient errors here and only here."""
-
-    def __init__(self, teacher: TeacherConfig, base_url: str | None, api_key: str):
-        self.teacher = teacher
-        self.base_url = base_url
-        self._secrets = (api_key,)
-        self.client = openai.OpenAI(api_key=api_key, base_url=base_url, timeout=teacher.timeout_s, max_retries=0)
-
-    def call(self, what: Callable, *args, **kwargs):
-        retrying = Retrying(stop=stop_after_attempt(self.teacher.max_attempts), wait=wait_random_exponential(1, 30),
-                            retry=retry_if_exception_type(TransientError), reraise=True)
-        for attempt in retrying:
-            with attempt:
-                try:
-                    return what(*args, **kwargs)
-                except (openai.OpenAIError, ValueError) as error:
-                    raise translate(error, None, model=self.teacher.model, base_url=self.base_url,
-                                    secrets=self._secrets) from None
-
-    def find_batch(self, tag: str):
-        for batch in self.call(self.client.batches.list, limit=100):
-            if (batch.metadata or {}).get(TAG_KEY) == tag:
-                return batch
-        return None
-
-    def find_file(self, filename: str):
-        for item in self.call(self.client.files.list, purpose="batch"):
-            if item.filename == filename:
-                return item
-        return None
-
-    def lines_of(self, file_id: str | None) -> list[dict]:
-        if not file_id:
-            return []
-        text = self.call(self.client.files.content, file_id).text
-        return [json.loads(line) for line in text.splitlines() if line.strip()]
-
-
-@contextmanager
-def open_batch_api(store: Store, config: Config, examples: Sequence[ExampleRow], answer_type: str
-                   ) -> Iterator[BatchApi]:
-    """The Batch API of the configured endpoint, or of the simulated teacher (teacher.simulate),
-    whose files and batches then live beside the store so that the next pass finds them."""
-    teacher = config.teacher
-    simulator = None
-    base_url = teacher.base_url
-    if teacher.simulate:
-        from tasks.simulator.batches import configure_batches
-        from tasks.simulator.server import start_simulator
-
-        folder = store.local_folder()
-        if folder is None:
-            raise FatalError("teacher.simulate with teacher.mode: batch needs a local store.path")
-        simulator = start_simulator(
-            examples={example.input: example.label for example in examples}, answer_type=answer_type,
-            seed=teacher.simulator.seed, wrong_rate=teacher.simulator.wrong_rate,
-        )
-        configure_batches(simulator.teacher, state_dir=folder / "_simulator", delay_s=teacher.simulator.batch_delay_s)
-        base_url = simulator.url
-    try:
-        yield BatchApi(teacher, base_url, _api_key(teacher))
-    finally:
-        if simulator is not None:
-            simulator.close()
-
-
 class BatchRun:
     """One pass over a store in batch mode: collect what finished, then submit what is missing."""
 
@@ -237,13 +163,14 @@ class BatchRun:
         unrecorded = queries.missing_keys(self.store, "calls", list(ids.values()))
         todo = [item for item in results if ids[item["custom_id"]] in unrecorded and item["custom_id"] in lines]
         latency = max(0.0, (_finished_at(batch) or time.time()) - batch.created_at)
+        requests = self._requests([lines[item["custom_id"]] for item in todo])
         for start in range(0, len(todo), _COLLECT_CHUNK):
             rows, calls = [], []
             for item in todo[start : start + _COLLECT_CHUNK]:
                 line, call_id = lines[item["custom_id"]], ids[item["custom_id"]]
                 response = item.get("response") or {}
                 if response.get("status_code") == 200:
-                    new_rows, call = self._answered(line, call_id, response["body"], latency)
+                    new_rows, call = self._answered(requests[line.custom_id], call_id, response["body"], latency)
                     rows += new_rows
                     calls.append(call)
                 elif response:
@@ -269,21 +196,24 @@ class BatchRun:
         missing |= queries.missing_keys(self.store, "evaluations", [row.key for row in evals])
         return [row for row in cots if row.key in missing], [row for row in evals if row.key in missing]
 
-    def _request(self, line: Line) -> Request:
+    def _requests(self, lines: Sequence[Line]) -> dict[str, Request]:
+        """Each line's request (prompt rebuilt from the store), by custom_id; one query for the judged CoTs."""
+        judged = queries.cots_by_keys(self.store, {line.cot_key for line in lines if line.cot_key})
+        cots = {cot.key: cot for cot in judged}
+        return {line.custom_id: self._request(line, cots.get(line.cot_key)) for line in lines}
+
+    def _request(self, line: Line, cot: CotRow | None) -> Request:
         example = self.examples.get(line.example_id)
         if example is None:
             raise FatalError(f"{line.example_id}: a batch asked about an example this config no longer loads; "
                              "restore the dataset (or generate.splits) it was submitted with")
-        cot = None
         if line.kind == "evaluation":
-            cot = queries.cots_by_keys(self.store, [line.cot_key])[0]
             messages = eval_messages(self.answer_type, example.input, cot.rationale or cot.text)
         else:
             messages = cot_messages(self.answer_type, example.input)
         return Request(line.kind, line.example_id, example.input, messages, line.indices, line.keys, cot)
 
-    def _answered(self, line: Line, call_id: str, body: dict, latency_s: float) -> tuple[list, CallRow]:
-        request = self._request(line)
+    def _answered(self, request: Request, call_id: str, body: dict, latency_s: float) -> tuple[list, CallRow]:
         choices = sorted(body.get("choices") or [], key=lambda choice: choice.get("index") or 0)
         usage = body.get("usage") or {}
         texts = tuple((choice.get("message") or {}).get("content") or "" for choice in choices)
@@ -411,7 +341,9 @@ class BatchRun:
         found = self.api.find_file(filename)
         if found is not None:
             return found.id
-        content = b"".join(self._jsonl_line(line, self._request(line)) for line in map(Line.parse, planned.requests))
+        lines = [Line.parse(text) for text in planned.requests]
+        requests = self._requests(lines)
+        content = b"".join(self._jsonl_line(line, requests[line.custom_id]) for line in lines)
         uploaded = self.api.call(self.api.client.files.create, file=(filename, content), purpose="batch")
         _step("uploaded")
         return uploaded.id
@@ -419,19 +351,6 @@ class BatchRun:
 
 def _finished_at(batch) -> int | None:
     return batch.completed_at or batch.expired_at or batch.failed_at or batch.cancelled_at
-
-
-def cancel_batches(store: Store, api: BatchApi) -> list[str]:
-    """Cancel every submitted batch still open; the next `generate` stores what they returned."""
-    cancelled = []
-    for latest in queries.latest_batches(store, open_only=True):
-        if latest.batch_id is None or latest.status in TERMINAL:
-            continue
-        batch = api.call(api.client.batches.cancel, latest.batch_id)
-        store.append([dataclasses.replace(latest, event_id=uuid.uuid4().hex, event="polled", keys=(), requests=(),
-                                          status=batch.status, created_at=utcnow())])
-        cancelled.append(batch.id)
-    return cancelled
 
 
 def batch_status(store: Store) -> dict:
@@ -452,12 +371,10 @@ def batch_status(store: Store) -> dict:
 
 
 def run_batch_pass(store: Store, config: Config, answer_type: str, examples: Sequence[ExampleRow],
-                   plan_missing: Callable[[], Plan]) -> BatchSummary:
+                   only_failed: bool = False) -> BatchSummary:
     """Collect finished batches, then plan (after collecting, so new CoTs get their evaluations) and submit."""
     with open_batch_api(store, config, examples, answer_type) as api:
         run = BatchRun(store, config, answer_type, examples, api)
         run.collect()
-        run.submit(plan_missing())
+        run.submit(plan_generation(store, config, answer_type, examples, only_failed))
     return run.summary
-
-
