@@ -22,7 +22,7 @@ from flows.generate import generate
 from storage import Store, queries
 from tasks.config import parse_config
 from tasks.data.datasets import load_dataset
-from tasks.generation import sync_examples
+from tasks.generation import open_session, plan_generation, sync_examples
 from tasks.generation.batch import KILL_AT_ENV, run_batch_pass
 from tasks.simulator.batches import configure_batches
 from tasks.simulator.server import start_simulator
@@ -76,21 +76,27 @@ def _flow(config: dict, **kwargs):
     return asyncio.run(generate(parse_config(config), show_progress=False, return_state=True, **kwargs))
 
 
-@pytest.mark.usefixtures("prefect_server")
+async def _online(config: dict) -> None:
+    parsed = parse_config({**config, "teacher": {**config["teacher"], "mode": "online"}})
+    store = Store(parsed.store.path)
+    examples, kind = sync_examples(store, parsed)
+    plan = plan_generation(store, parsed, kind, examples)
+    async with open_session(store, parsed, kind, examples, plan.total_requests, show_progress=False) as session:
+        await asyncio.gather(*(session.run_example(work) for work in plan.work))
+
+
 def test_batch_run_ends_with_the_store_of_an_online_run_at_half_the_price(tmp_path, teacher, api_key):
-    online = _config(tmp_path, teacher.url, "online", mode="online")
-    assert _flow(online).is_completed()
+    online = _config(tmp_path, teacher.url, "online")
+    asyncio.run(_online(online))
     teacher.reset()  # the same draws again: sample k of a prompt is the same answer online and in a batch
 
     batch = _config(tmp_path, teacher.url, "batch")
-    dry = _flow(batch, dry_run=True)
-    assert dry.message.startswith("batch mode: planned 36 teacher requests")
-    first = _flow(batch)
-    assert first.is_completed() and "submitted 1 batches of 9 requests" in first.message, first.message
-    assert _flow(batch).is_completed()  # collects the CoTs, submits their evaluations
-    third = _flow(batch)
-    assert "collected 1 batches (0 chains of thought, 54 self-evaluations" in third.message, third.message
-    assert third.message.endswith("no batch open")
+    first = _pass(batch)
+    assert (first.submitted, first.submitted_requests, first.collected) == (1, COT_LINES, 0)
+    second = _pass(batch)  # collects the CoTs, submits their evaluations
+    assert (second.collected, second.cots, second.submitted_requests) == (1, COTS, EVAL_LINES)
+    third = _pass(batch)
+    assert (third.collected, third.evaluations, third.submitted, third.open) == (1, EVALUATIONS, 0, {})
 
     expected, got = _stored(online), _stored(batch)
     assert (got["cots"], got["evaluations"], got["calls_ok"]) == (COTS, EVALUATIONS, COT_LINES + EVAL_LINES)
@@ -98,17 +104,34 @@ def test_batch_run_ends_with_the_store_of_an_online_run_at_half_the_price(tmp_pa
     assert got["cost_usd"] == pytest.approx(expected["cost_usd"] / 2)
 
     before = _counts(teacher)
-    assert _flow(batch).message.endswith("no batch open")  # a rerun after success: zero batches
+    rerun = _pass(batch)  # a rerun after success: zero batches
+    assert (rerun.collected, rerun.submitted) == (0, 0)
     after = _counts(teacher)
-    assert (after["batches_created"], after["files_uploaded"]) == (before["batches_created"], 2)
+    assert after == {**before, "api_requests": after["api_requests"]}
+    assert (after["batches_created"], after["files_uploaded"]) == (2, 2)
     assert after["lines_answered"] == COT_LINES + EVAL_LINES
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_generate_flow_in_batch_mode_prices_at_the_batch_rate_and_returns_after_submitting(
+        tmp_path, teacher, api_key):
+    config = _config(tmp_path, teacher.url)
+    online_dry = _flow({**config, "teacher": {**config["teacher"], "mode": "online"}}, dry_run=True)
+    dry = _flow(config, dry_run=True)
+    assert dry.message.startswith("batch mode: planned 36 teacher requests")
+    assert dry.result().cost_usd == pytest.approx(online_dry.result().cost_usd / 2)
+    state = _flow(config)
+    assert state.is_completed(), state.message
+    assert "submitted 1 batches of 9 requests" in state.message
+    assert state.message.endswith("1 batches open (1 validating): rerun `mindsmirror generate` to collect them")
+    assert _stored(config)["cots"] == 0
 
 
 _KILLED_PASS = """
 import json, sys
 from storage import Store
 from tasks.config import parse_config
-from tasks.generation import sync_examples
+from tasks.generation import open_session, plan_generation, sync_examples
 from tasks.generation.batch import run_batch_pass
 
 config = parse_config(json.loads(sys.argv[1]))
