@@ -208,7 +208,6 @@ SELECT
     (SELECT count(*) FROM cots) AS cots,
     (SELECT count(*) FROM evaluations) AS evaluations,
     (SELECT count(*) FROM calls) AS calls,
-    (SELECT count(DISTINCT tag) FROM batches) AS batches,
     (SELECT count(*) FROM predictions) AS predictions,
     (SELECT count(*) FROM results) AS results,
     (SELECT count(*) FROM cots WHERE parse_error IS NULL) AS cots_parsed,
@@ -237,7 +236,7 @@ def status(store: Source) -> StatusReport:
     for row in _rows(_run(store, _BY_SPLIT_SQL)):
         by_split[row["what"]][row["split"]] = row["n"]
     return StatusReport(
-        rows={table: totals[table] for table in SCHEMAS},
+        rows={table: totals[table] for table in SCHEMAS if table in totals},  # batches: latest_batches
         examples_by_split=dict(sorted(by_split["examples"].items())),
         cots_by_split=dict(sorted(by_split["cots"].items())),
         cots_parsed=totals["cots_parsed"],

@@ -311,17 +311,19 @@ class BatchRun:
         )
         self.store.append([planned])
         _step("recorded")
-        self._submit(planned, planned)
+        self._submit(planned, planned, fresh=True)
 
-    def _submit(self, planned: BatchRow, latest: BatchRow) -> None:
-        """Upload and create a planned batch, adopting a file or batch an earlier, killed run made."""
+    def _submit(self, planned: BatchRow, latest: BatchRow, fresh: bool = False) -> None:
+        """Upload and create a planned batch, adopting a file or batch an earlier, killed run made
+        (none can exist for a batch this process has just recorded: fresh skips the search)."""
         claim = [f"batch:{planned.tag}"]
         if not self.claims.claim(claim):
             return  # another run is submitting this very batch
+        since = planned.created_at.timestamp()
         try:
-            batch = self.api.find_batch(planned.tag)
+            batch = None if fresh else self.api.find_batch(planned.tag, since)
             if batch is None:
-                file_id = latest.input_file_id or self._upload(planned)
+                file_id = latest.input_file_id or self._upload(planned, fresh)
                 if latest.input_file_id is None:
                     latest = self._record(latest, "uploaded", input_file_id=file_id)
                 batch = self.api.call(self.api.client.batches.create, input_file_id=file_id, endpoint=ENDPOINT,
@@ -336,9 +338,9 @@ class BatchRun:
         self.summary.submitted_cost_usd += planned.estimated_cost_usd
         self.summary.open[batch.status] = self.summary.open.get(batch.status, 0) + 1
 
-    def _upload(self, planned: BatchRow) -> str:
+    def _upload(self, planned: BatchRow, fresh: bool) -> str:
         filename = f"mindsmirror-{planned.tag}.jsonl"
-        found = self.api.find_file(filename)
+        found = None if fresh else self.api.find_file(filename, planned.created_at.timestamp())
         if found is not None:
             return found.id
         lines = [Line.parse(text) for text in planned.requests]

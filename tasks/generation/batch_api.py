@@ -43,16 +43,24 @@ class BatchApi:
                     raise translate(error, None, model=self.teacher.model, base_url=self.base_url,
                                     secrets=self._secrets) from None
 
-    def find_batch(self, tag: str):
+    # Lists come newest first: a batch or file made for a tag is no older than the tag's record,
+    # so the search stops there (less a margin for clocks that disagree).
+    _CLOCK_SLACK_S = 3600
+
+    def find_batch(self, tag: str, since: float):
         for batch in self.call(self.client.batches.list, limit=100):
             if (batch.metadata or {}).get(TAG_KEY) == tag:
                 return batch
+            if batch.created_at < since - self._CLOCK_SLACK_S:
+                break
         return None
 
-    def find_file(self, filename: str):
-        for item in self.call(self.client.files.list, purpose="batch"):
+    def find_file(self, filename: str, since: float):
+        for item in self.call(self.client.files.list, purpose="batch", order="desc"):
             if item.filename == filename:
                 return item
+            if item.created_at < since - self._CLOCK_SLACK_S:
+                break
         return None
 
     def lines_of(self, file_id: str | None) -> list[dict]:

@@ -22,7 +22,7 @@ def run_status(config: Config) -> dict:
         "evaluation_requests": plan.eval_requests + plan.later_eval_requests,
         "estimated_cost_usd": round(plan.cost_usd, 4),
     }
-    if config.teacher.mode == "batch" or report["rows"].get("batches"):
+    if config.teacher.mode == "batch" or queries.latest_batches(store):
         report["batches"] = batch_status(store)
         report["missing"]["in open batches"] = len(queries.open_batch_keys(store))
         report["missing"]["committed_cost_usd"] = round(queries.committed_usd(store), 4)
