@@ -138,8 +138,11 @@ class BatchRun:
 
     def collect(self) -> None:
         """Poll every open batch; store the output of those that finished; resume unsubmitted ones."""
-        open_rows = queries.latest_batches(self.store, open_only=True)
-        planned = queries.planned_batches(self.store, [row.tag for row in open_rows])
+        def read(con):
+            open_rows = queries.latest_batches(con, open_only=True)
+            return open_rows, queries.planned_batches(con, [row.tag for row in open_rows])
+
+        open_rows, planned = self.store.read(read)
         for latest in open_rows:
             if latest.batch_id is None:
                 self._submit(planned[latest.tag], latest)
@@ -192,8 +195,8 @@ class BatchRun:
         """The CoT rows and the evaluation rows whose keys are not stored yet."""
         cots = [row for row in rows if isinstance(row, CotRow)]
         evals = [row for row in rows if not isinstance(row, CotRow)]
-        missing = queries.missing_keys(self.store, "cots", [row.key for row in cots])
-        missing |= queries.missing_keys(self.store, "evaluations", [row.key for row in evals])
+        missing = self.store.read(lambda con: queries.missing_keys(con, "cots", [row.key for row in cots])
+                                  | queries.missing_keys(con, "evaluations", [row.key for row in evals]))
         return [row for row in cots if row.key in missing], [row for row in evals if row.key in missing]
 
     def _requests(self, lines: Sequence[Line]) -> dict[str, Request]:
@@ -249,10 +252,10 @@ class BatchRun:
 
     def submit(self, plan: Plan) -> None:
         """Plan batches for every missing request not in an open batch, within the budget, and submit them."""
-        taken = queries.open_batch_keys(self.store)
+        taken, committed = self.store.read(lambda con: (
+            queries.open_batch_keys(con), queries.spent_usd(con) + queries.committed_usd(con)))
         lines = [line for line in self._lines(plan) if not set(line[0].keys) & taken]
         limit = self.teacher.max_cost_usd
-        committed = queries.spent_usd(self.store) + queries.committed_usd(self.store)
         max_bytes = self.teacher.batch.max_mb * 1_000_000
         chunk: list[tuple[Line, float, bytes]] = []
         size = 0
