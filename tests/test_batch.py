@@ -8,6 +8,7 @@ processes killed with SIGKILL at each step of submission and collection.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import signal
@@ -235,3 +236,28 @@ def test_simulated_teacher_keeps_its_batches_beside_the_store_between_runs(tmp_p
     while (summary := _pass(config)).open or summary.submitted:
         pass
     assert (_stored(config)["cots"], _stored(config)["evaluations"]) == (COTS, EVALUATIONS)
+
+
+def test_simulated_files_and_batches_endpoints_speak_the_openai_client(teacher):
+    import openai
+
+    service = configure_batches(teacher.teacher, delay_s=3600)
+    client = openai.OpenAI(base_url=teacher.url, api_key="unused", max_retries=0)
+    body = {"model": "simulated", "messages": [{"role": "user", "content": "hello"}], "n": 2, "max_tokens": 20}
+    line = {"custom_id": "r0", "method": "POST", "url": "/v1/chat/completions", "body": body}
+    upload = client.files.create(file=("in.jsonl", (json.dumps(line) + "\n").encode()), purpose="batch")
+    assert [item.filename for item in client.files.list(purpose="batch")] == ["in.jsonl"]
+    created = [client.batches.create(input_file_id=upload.id, endpoint="/v1/chat/completions",
+                                     completion_window="24h", metadata={"n": str(i)}) for i in range(3)]
+    assert created[0].status == "validating" and created[0].request_counts.total == 1
+    listed = list(client.batches.list(limit=2))  # two pages
+    assert sorted(batch.metadata["n"] for batch in listed) == ["0", "1", "2"]
+    assert client.batches.retrieve(created[0].id).status == "in_progress"
+    assert client.batches.cancel(created[1].id).status == "cancelled"
+
+    service.settings = dataclasses.replace(service.settings, delay_s=0)
+    done = client.batches.retrieve(created[0].id)
+    assert (done.status, done.request_counts.completed, done.error_file_id) == ("completed", 1, None)
+    (result,) = [json.loads(text) for text in client.files.content(done.output_file_id).text.splitlines()]
+    assert result["custom_id"] == "r0" and result["response"]["status_code"] == 200
+    assert len(result["response"]["body"]["choices"]) == 2

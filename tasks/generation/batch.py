@@ -254,7 +254,7 @@ class BatchRun:
         """Plan batches for every missing request not in an open batch, within the budget, and submit them."""
         taken, committed = self.store.read(lambda con: (
             queries.open_batch_keys(con), queries.spent_usd(con) + queries.committed_usd(con)))
-        lines = [line for line in self._lines(plan) if not set(line[0].keys) & taken]
+        lines = self._lines(plan, taken)
         limit = self.teacher.max_cost_usd
         max_bytes = self.teacher.batch.max_mb * 1_000_000
         chunk: list[tuple[Line, float, bytes]] = []
@@ -275,10 +275,13 @@ class BatchRun:
         if chunk:
             self._plan_batch(chunk)
 
-    def _lines(self, plan: Plan) -> Iterator[tuple[Line, float, bytes]]:
+    def _lines(self, plan: Plan, taken: set[str]) -> Iterator[tuple[Line, float, bytes]]:
+        """The plan's requests as batch lines, without the samples open batches already ask for."""
         for work in plan.work:
             for request in ([work.cot_request] if work.cot_request else []) + list(work.eval_requests):
-                pairs = list(zip(request.indices, request.keys))
+                pairs = [(index, key) for index, key in zip(request.indices, request.keys) if key not in taken]
+                if not pairs:
+                    continue
                 # Servers without `n` get one line per sample.
                 groups = [pairs] if self.teacher.use_n else [[pair] for pair in pairs]
                 for group in groups:
