@@ -109,6 +109,8 @@ class BatchSummary:
             text += f"{running} batches open ({states}): rerun `mindsmirror generate` to collect them"
         else:
             text += "no batch open"
+        if self.errors:
+            text += f"; first error: {self.errors[0]}"
         return text + (" (simulated teacher: nothing is paid)" if simulated else "")
 
 
