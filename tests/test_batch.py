@@ -86,6 +86,7 @@ async def _online(config: dict) -> None:
         await asyncio.gather(*(session.run_example(work) for work in plan.work))
 
 
+@pytest.mark.slow  # about 35 s on 2 busy cores: an online run and four batch passes
 def test_batch_run_ends_with_the_store_of_an_online_run_at_half_the_price(tmp_path, teacher, api_key):
     online = _config(tmp_path, teacher.url, "online")
     asyncio.run(_online(online))
@@ -174,6 +175,8 @@ def test_kill_9_at_every_step_in_turn_submits_nothing_twice_and_pays_nothing_twi
     assert (stored["cots"], stored["evaluations"], stored["calls_ok"]) == (COTS, EVALUATIONS, COT_LINES + EVAL_LINES)
     calls = Store(config["store"]["path"]).fetch("SELECT count(*), count(DISTINCT keys) FROM calls")[1][0]
     assert calls[0] == calls[1], "a request was recorded (and priced) twice"
+    rerun = _pass(config)  # a rerun after success: zero batches
+    assert (rerun.collected, rerun.submitted, _counts(teacher)["batches_created"]) == (0, 0, 2)
 
 
 def test_expired_and_failed_lines_are_stored_as_far_as_they_came_and_only_the_rest_resubmitted(
