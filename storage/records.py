@@ -143,7 +143,9 @@ def arrow_schema(record: type) -> pa.Schema:
     this mapping does not know fails at import time instead of writing a wrong type."""
     columns = []
     for f in dataclasses.fields(record):
-        annotation = str(f.type).replace(" | None", "")
+        # A string under `from __future__ import annotations`, else the type itself.
+        annotation = f.type.__name__ if type(f.type) is type else str(f.type)
+        annotation = annotation.replace(" | None", "")
         arrow_type = f.metadata.get("arrow") or _ARROW_TYPES.get(annotation)
         if arrow_type is None:
             raise TypeError(f"{record.__name__}.{f.name}: no Arrow type for annotation {f.type!r}")
