@@ -8,6 +8,7 @@ from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 import yaml
 from conftest import cot_row, evaluation_row
@@ -15,6 +16,9 @@ from conftest import cot_row, evaluation_row
 from flows.cli import main
 from storage import CallRow, CorruptFileError, ExampleRow, PredictionRow, ResultRow, Store, queries
 from storage.store import QUARANTINE
+from tasks.config import DatasetConfig
+from tasks.data.datasets import load_dataset
+from tasks.simulator.server import start_simulator
 
 T0 = datetime(2024, 1, 1, tzinfo=timezone.utc)
 VIEWS = ("examples", "cots", "evaluations", "calls", "predictions", "results", "rejects", "failed_requests")
@@ -171,3 +175,76 @@ def test_a_corrupt_part_is_named_and_quarantined_and_reads_go_on(tmp_path):
     assert moved == [f"{tmp_path}/{QUARANTINE}/examples/{Path(bad).name}"] and Path(moved[0]).is_file()
     assert store.fetch("SELECT example_id FROM examples")[1] == [("e1",)]
     store.compact()
+
+
+@pytest.fixture
+def teacher():
+    rows = load_dataset(DatasetConfig(name="arithmetic", arithmetic={"train": 6, "test": 2}))
+    server = start_simulator(examples={row.input: row.label for row in rows}, answer_type="equation")
+    yield server
+    server.close()
+
+
+def _calls(store: Store) -> list[CallRow]:
+    columns, rows = store.fetch("SELECT * FROM calls")
+    return [CallRow(**{name: value for name, value in zip(columns, row) if name in CallRow.__dataclass_fields__})
+            for row in rows]
+
+
+def _split_in_two(store: Store, table: str) -> str:
+    """Rewrite the table's one part as two; returns the second."""
+    [only] = store.files(table)
+    data = pq.read_table(only)
+    half = data.num_rows // 2 | 1  # an odd cut: one request of two samples loses one of them
+    first, second = (f"{Path(only).parent}/part-{name}.parquet" for name in ("00000000-a", "00000000-b"))
+    pq.write_table(data.slice(0, half), first)
+    pq.write_table(data.slice(half), second)
+    Path(only).unlink()
+    return second
+
+
+def test_a_corrupt_part_is_one_line_everywhere_and_repair_makes_generate_buy_only_its_requests(
+        tmp_path, teacher, api_key, prefect_server, capsys):
+    store_path = tmp_path / "store"
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump({
+        "dataset": {"name": "arithmetic", "arithmetic": {"train": 6, "test": 2}},
+        "teacher": {"base_url": teacher.url, "n_cots": 2, "n_evals": 1, "max_rpm": 60000},
+        "store": {"path": str(store_path)},
+    }))
+    assert main(["generate", str(config), "--no-progress"]) == 0
+    store = Store(str(store_path))
+    stored = queries.status(store).rows["cots"]
+    bad = _split_in_two(store, "cots")
+    lost = pq.read_table(bad)
+    lost_examples = set(lost.column("example_id").to_pylist())
+    lost_requests = len(lost_examples)
+    _corrupt(bad)
+
+    for command in (["status"], ["sql", "SELECT count(*) FROM cots"], ["compact"], ["report"],
+                    ["generate", "--no-progress"]):
+        capsys.readouterr()
+        assert main([command[0], str(config), *command[1:]]) == 1, command
+        err = capsys.readouterr().err
+        assert f"corrupt Parquet file {bad}" in err and "mindsmirror repair" in err, (command, err)
+        assert "Traceback" not in err and len(err.strip().splitlines()) == 1, (command, err)
+
+    capsys.readouterr()
+    assert main(["repair", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert f"{bad} (" in out and f"{store_path}/{QUARANTINE}/cots/" in out
+    assert f"{lost_requests} answered request(s) now miss {lost.num_rows} sample(s)" in out
+
+    # Every lost request was marked done in _claims; the store, not the marker, decides.
+    before, earlier_calls = teacher.stats()["requests"], {row.call_id for row in _calls(store)}
+    assert main(["generate", str(config), "--no-progress"]) == 0
+    new_calls = [row for row in _calls(store) if row.call_id not in earlier_calls]
+    assert teacher.stats()["requests"] - before == len(new_calls)
+    # Only the examples that lost samples: their chains of thought, then self-evaluations of those.
+    assert {row.example_id for row in new_calls} == lost_examples
+    assert sum(row.kind == "cot" for row in new_calls) == lost_requests
+    assert queries.status(store).rows["cots"] == stored
+    assert queries.answered_but_missing(store) == []
+    capsys.readouterr()
+    assert main(["status", str(config), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["missing"]["cot_requests"] == 0
