@@ -16,9 +16,11 @@ from conftest import cot_row, evaluation_row
 from flows.cli import main
 from storage import CallRow, CorruptFileError, ExampleRow, PredictionRow, ResultRow, Store, queries
 from storage.store import QUARANTINE
-from tasks.config import DatasetConfig
+from tasks.config import DatasetConfig, parse_config
 from tasks.data.datasets import load_dataset
+from tasks.ops.report import write_report
 from tasks.simulator.server import start_simulator
+from tasks.student.arms import evaluate_one, train_one
 
 T0 = datetime(2024, 1, 1, tzinfo=timezone.utc)
 VIEWS = ("examples", "cots", "evaluations", "calls", "predictions", "results", "rejects", "failed_requests")
@@ -248,3 +250,39 @@ def test_a_corrupt_part_is_one_line_everywhere_and_repair_makes_generate_buy_onl
     capsys.readouterr()
     assert main(["status", str(config), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["missing"]["cot_requests"] == 0
+
+
+QUESTIONS = {"What is 2 plus 3?": "( 2 + 3 )", "What is 7 minus 4?": "( 7 - 4 )",
+             "What is 6 times 5?": "( 6 * 5 )", "What is 8 divided by 2?": "( 8 / 2 )"}
+
+
+def _student_config(tmp_path: Path, learning_rate: float):
+    return parse_config({
+        "store": {"path": str(tmp_path / "store")},
+        "student": {"tiny": {"d_model": 64, "d_ff": 128, "num_layers": 2, "num_heads": 2, "vocab_size": 300},
+                    "max_target_length": 32},
+        "train": {"arms": [{"name": "standard", "mode": "standard"}], "batch_size": 4,
+                  "learning_rate": learning_rate, "stage1_steps": 0, "stage2_steps": 60, "eval_every": 60,
+                  "device": "cpu", "bf16": False},
+        "evaluate": {"batch_size": 4, "max_new_tokens": 12},
+    })
+
+
+def test_retrain_then_re_evaluate_and_the_report_shows_the_new_accuracy(tmp_path):
+    store = Store(str(tmp_path / "store"))
+    # The test questions are the train questions: 60 steps can learn them, a learning rate of ~0 cannot.
+    store.append([ExampleRow(example_id=f"{split}-{i}", split=split, input=question, label=label,
+                             dataset="arithmetic", source=f"test:{i}")
+                  for split in ("train", "test") for i, (question, label) in enumerate(QUESTIONS.items())])
+    untrained = _student_config(tmp_path, learning_rate=1e-9)
+    first = train_one(untrained, "standard", progress=False)
+    before = evaluate_one(untrained, "standard")["test:accuracy"]
+    trained = _student_config(tmp_path, learning_rate=3e-3)
+    second = train_one(trained, "standard", progress=False)
+    assert second.checkpoint == first.checkpoint  # the same path, a different model
+    after = evaluate_one(trained, "standard")["test:accuracy"]
+    assert before < after == 1.0
+
+    [row] = [row for row in write_report(trained).rows if row[0] == "standard"]
+    assert row[1] == after
+    assert store.fetch("SELECT count(*), sum(correct::INT) FROM predictions")[1] == [(4, 4)]
