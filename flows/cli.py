@@ -86,18 +86,24 @@ def cmd_status(args) -> None:
 
 def cmd_sql(args) -> None:
     from storage import queries
+    from tasks.ops.tables import render_rows
 
     config = _config(args.config)
     columns, rows = queries.run_sql(_store(config), args.query)
-    from tasks.ops.report import markdown_table
-
-    print(markdown_table(columns, rows))
+    print(render_rows(columns, rows, args.format))
 
 
 def cmd_compact(args) -> None:
     config = _config(args.config)
     _store(config).compact()
     print(f"compacted {config.store.path}")
+
+
+def cmd_repair(args) -> None:
+    from tasks.ops.repair import repair_store
+
+    config = _config(args.config)
+    print(repair_store(_store(config)).describe())
 
 
 def cmd_teacher_serve(args) -> None:
@@ -200,9 +206,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--no-progress", action="store_true")
     sub = command("status", cmd_status, "counts, done/missing per stage, tokens, cost, failures")
     sub.add_argument("--json", action="store_true")
-    sub = command("sql", cmd_sql, "run a read-only SQL query over the store's views")
+    sub = command("sql", cmd_sql, "run one read-only SQL query over the store's views")
     sub.add_argument("query")
+    sub.add_argument("--format", choices=["markdown", "csv", "json"], default="markdown",
+                     help="markdown table (default), CSV with a header row, or JSON (one object per row)")
     command("compact", cmd_compact, "merge each table's small Parquet files into one")
+    command("repair", cmd_repair,
+            "move unreadable Parquet parts to <store>/_quarantine/ and list the requests a rerun buys again")
 
     sub = command("import", cmd_import, "import teacher outputs that already exist", config=False)
     sub.add_argument("format", choices=["dss", "tot"], help="dss: Distilling-Step-by-Step layout; tot: Mind's Mirror ToT JSON")
@@ -255,6 +265,7 @@ _EXPECTED = (
     ("tasks.data.datasets", "DatasetError"),
     ("tasks.teacher.errors", "TeacherError"),
     ("storage.queries", "QueryError"),
+    ("storage.store", "CorruptFileError"),
     ("tasks.student.arms", "NothingToTrain"),
 )
 

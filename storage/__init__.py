@@ -13,7 +13,7 @@ from storage.records import (
     PredictionRow,
     ResultRow,
 )
-from storage.store import Store
+from storage.store import CorruptFileError, Store
 
 __all__ = [
     "PRIMARY_KEYS",
@@ -21,6 +21,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "CallRow",
     "Claims",
+    "CorruptFileError",
     "CotRow",
     "EvaluationRow",
     "ExampleRow",

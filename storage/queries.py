@@ -268,21 +268,83 @@ class QueryError(ValueError):
     """A user query that is not a read, or that DuckDB cannot run; the message says which."""
 
 
-_READ_STATEMENTS = ("select", "with", "from", "describe", "show", "summarize", "explain", "values", "table")
+_READ_ONLY = "SELECT, WITH, FROM, DESCRIBE, SHOW or SUMMARIZE"
 
 
-def run_sql(store: Source, sql: str) -> tuple[list[str], list[tuple]]:
-    """A read query over the views (for `mindsmirror sql`): (column names, rows)."""
-    words = sql.strip().split(None, 1)
-    if not words or words[0].lower() not in _READ_STATEMENTS:
-        raise QueryError("mindsmirror sql is read-only: start the query with SELECT, WITH, FROM, DESCRIBE or SHOW")
+def _read_query(con: duckdb.DuckDBPyConnection, sql: str) -> tuple[list[str], list[tuple]]:
     try:
-        if isinstance(store, Store):
-            return store.fetch(sql)
-        relation = store.sql(sql)
+        statements = con.extract_statements(sql)
+    except duckdb.Error as error:
+        raise QueryError(str(error).splitlines()[0]) from None
+    if len(statements) != 1:
+        raise QueryError(
+            f"mindsmirror sql runs exactly one read-only query, got {len(statements)} statements: "
+            "remove the extra ones (and any `;` between them)"
+        )
+    kind = statements[0].type
+    if kind != duckdb.StatementType.SELECT:
+        raise QueryError(f"mindsmirror sql is read-only, and this is a {kind.name} statement: "
+                         f"start the query with {_READ_ONLY}")
+    try:
+        relation = con.sql(sql)
         return (list(relation.columns), relation.fetchall()) if relation is not None else ([], [])
     except duckdb.Error as error:
         raise QueryError(str(error).splitlines()[0]) from None
+
+
+def run_sql(store: Source, sql: str) -> tuple[list[str], list[tuple]]:
+    """One read query over the views (for `mindsmirror sql`): (column names, rows).
+
+    Exactly one SELECT-type statement runs, on a connection that can reach no file outside the
+    store and change no setting (Store.connect(sandbox=True)); an open connection is used as is."""
+    if isinstance(store, Store):
+        return store.read(lambda con: _read_query(con, sql), sandbox=True)
+    return _read_query(store, sql)
+
+
+# ---- integrity -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MissingRequest:
+    """A request the teacher answered whose samples the store no longer holds."""
+
+    kind: str  # cot | evaluation
+    example_id: str
+    missing: int  # of its sample keys
+    asked: int
+
+
+_ANSWERED_BUT_MISSING_SQL = """
+WITH answered AS (
+    SELECT DISTINCT kind, example_id, keys FROM calls WHERE status = 'ok'
+),
+asked AS (SELECT kind, example_id, keys, unnest(keys) AS key FROM answered),
+stored AS (
+    SELECT key, 'cot' AS kind FROM cots
+    UNION ALL
+    SELECT key, 'evaluation' AS kind FROM evaluations
+)
+SELECT asked.kind, asked.example_id, count(*) AS missing, any_value(len(asked.keys)) AS asked
+FROM asked ANTI JOIN stored ON stored.key = asked.key AND stored.kind = asked.kind
+GROUP BY asked.kind, asked.example_id, asked.keys
+ORDER BY asked.example_id, asked.kind
+"""
+
+
+def answered_but_missing(store: Source) -> list[MissingRequest]:
+    """Requests recorded as answered whose samples are not all stored (their part was lost or
+    quarantined): what a rerun of generate will ask for again."""
+    return _records(MissingRequest, _run(store, _ANSWERED_BUT_MISSING_SQL))
+
+
+def stored_sample_keys(store: Source, keys: Iterable[str]) -> set[str]:
+    """Which of these keys a chain of thought or a self-evaluation is stored under."""
+    sql = """
+        SELECT w.value FROM _wanted w
+        SEMI JOIN (SELECT key FROM cots UNION ALL SELECT key FROM evaluations) s ON s.key = w.value
+    """
+    return set(_run(store, sql, tables={"_wanted": _strings(keys)}).column("value").to_pylist())
 
 
 # ---- training sets -------------------------------------------------------------------------
