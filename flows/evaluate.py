@@ -7,6 +7,7 @@ from prefect.cache_policies import NONE
 from prefect.states import Completed
 
 from tasks.config import Config, resolve_config
+from tasks.ops.artifacts import publish_report
 from tasks.ops.report import write_report
 from tasks.student.arms import evaluate_one, score_baselines
 from tasks.student.freshness import unchanged_message
@@ -24,7 +25,9 @@ def baselines(config: Config) -> dict[str, float]:
 
 @task(name="write-report", cache_policy=NONE)
 def report(config: Config) -> str:
-    return write_report(config).markdown
+    written = write_report(config)
+    publish_report(written, config.store.path)
+    return written.markdown
 
 
 @flow(name="evaluate")
