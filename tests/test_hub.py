@@ -137,3 +137,12 @@ def test_a_partial_svamp_copy_is_refused(tmp_path):
     hub = _hub_folder(tmp_path / "svamp", "default", {"train": _svamp_problems(700)}, "data")
     with pytest.raises(DatasetError, match="700 problems, expected SVAMP's 1000"):
         load_dataset(DatasetConfig(name="svamp", hub=hub, revision=REVISION))
+
+
+def test_importing_dss_rationales_needs_the_dss_folder_not_the_hub(tmp_path):
+    from storage import Store
+    from tasks.data.importers import import_dss
+
+    cfg = DatasetConfig(name="svamp", hub=str(tmp_path), revision=REVISION)
+    with pytest.raises(DatasetError, match="set dataset.path"):
+        import_dss(Store(str(tmp_path / "store")), cfg)
