@@ -69,7 +69,8 @@ def test_reruns_redo_only_what_changed(tmp_path, prefect_server, capsys):
     assert second_seconds < 0.6 * first_seconds
 
     # One arm's config changes: that arm alone is retrained and scored again.
-    out, _ = _run(_config(tmp_path, n_cots=1), capsys)
+    changed = _config(tmp_path, n_cots=1)
+    out, _ = _run(changed, capsys)
     assert "standard-finetune: unchanged since its last training" in out
     assert "cot-2-selfeval: unchanged" not in out
     after = _trained_at(store)
@@ -82,7 +83,16 @@ def test_reruns_redo_only_what_changed(tmp_path, prefect_server, capsys):
 
     # --force redoes every arm although nothing changed.
     trained = after
-    out, _ = _run(_config(tmp_path, n_cots=1), capsys, "--force")
+    out, _ = _run(changed, capsys, "--force")
     assert "unchanged" not in out
     assert all(later > trained[arm] for arm, later in _trained_at(store).items())
     assert all(later > rescored[arm] for arm, later in _scored(store).items())
+
+    # An arm retrained on its own (train --force) is scored again by the next evaluate.
+    scored = _scored(store)
+    capsys.readouterr()
+    assert main(["train", str(changed), "--arm", "standard-finetune", "--force"]) == 0
+    assert main(["evaluate", str(changed)]) == 0
+    out = capsys.readouterr().out
+    assert "standard-finetune: unchanged" not in out and "cot-2-selfeval: unchanged since its last evaluation" in out
+    assert _scored(store)["standard-finetune"] > scored["standard-finetune"]

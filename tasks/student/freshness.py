@@ -33,8 +33,8 @@ def _snapshot(rows: Sequence) -> str | None:
 
 
 def student_identity(model: str) -> object:
-    """The student a run starts from: its name, and for a local folder what its files are, so that
-    a model saved again under the same path counts as a different student."""
+    """A model by its name, and for a local folder by its files' names, sizes and times, so that a
+    model saved again under the same path counts as a different one."""
     folder = Path(model)
     if model == "tiny" or not folder.is_dir():
         return model
@@ -65,7 +65,8 @@ def evaluation_inputs(config: Config, trained: dict, checkpoints: Sequence[Path 
     the evaluation settings and the rows of each scored set."""
     return _digest({
         "trained": trained.get("inputs"),
-        "checkpoints": [str(path) if path else None for path in checkpoints],
+        # by their files too: retraining with --force rewrites a checkpoint under the same name
+        "checkpoints": [student_identity(str(path)) if path else None for path in checkpoints],
         "evaluate": config.evaluate.model_dump(),
         "device": config.train.device,
         "bf16": config.train.bf16,
