@@ -140,7 +140,7 @@ def cmd_train(args) -> None:
 
     config = _config(args.config)
     _announce_local_server()
-    state = train(config, arms=args.arm or None, resume=args.resume, return_state=True)
+    state = train(config, arms=args.arm or None, resume=args.resume, force=args.force, return_state=True)
     print(_finish(state).message)
 
 
@@ -149,7 +149,7 @@ def cmd_evaluate(args) -> None:
 
     config = _config(args.config)
     _announce_local_server()
-    state = evaluate(config, arms=args.arm or None, return_state=True)
+    state = evaluate(config, arms=args.arm or None, force=args.force, return_state=True)
     print(_finish(state).message)
 
 
@@ -172,7 +172,7 @@ def cmd_run(args) -> None:
 
     config = _config(args.config)
     _announce_local_server()
-    state = asyncio.run(distill(config, show_progress=not args.no_progress, return_state=True))
+    state = asyncio.run(distill(config, show_progress=not args.no_progress, force=args.force, return_state=True))
     print(_finish(state).message)
 
 
@@ -180,6 +180,9 @@ def cmd_deploy(args) -> None:
     from tasks.ops.deployment import deploy
 
     deploy(args)
+
+
+_FORCE = "redo arms whose inputs are unchanged since they were last trained or evaluated (skipped otherwise)"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -199,6 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub = command("run", cmd_run, "the whole job: generate, train every arm, evaluate, report")
     sub.add_argument("--no-progress", action="store_true")
+    sub.add_argument("--force", action="store_true", help=_FORCE)
     sub = command("generate", cmd_generate, "ask the teacher for every CoT and self-evaluation the store lacks")
     sub.add_argument("--dry-run", action="store_true", help="print planned calls, tokens and cost; call nothing")
     sub.add_argument("--no-progress", action="store_true")
@@ -222,8 +226,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = command("train", cmd_train, "train the student arms listed in the config")
     sub.add_argument("--arm", action="append", help="train only this arm (repeatable)")
     sub.add_argument("--resume", action="store_true", help="continue killed runs from their last checkpoint")
+    sub.add_argument("--force", action="store_true", help=_FORCE)
     sub = command("evaluate", cmd_evaluate, "score each trained arm on the test split")
     sub.add_argument("--arm", action="append")
+    sub.add_argument("--force", action="store_true", help=_FORCE)
     command("report", cmd_report, "print the results table; write it as CSV and a PNG chart beside the store")
     sub = command("predict", cmd_predict, "answer one question with a trained student", config=False)
     sub.add_argument("model_dir")
