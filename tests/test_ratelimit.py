@@ -199,3 +199,16 @@ def test_without_a_configured_rpm_a_429_lowers_the_measured_pace():
     asyncio.run(run())
     limiter.backoff()
     assert limiter.adaptive_rpm == pytest.approx(600, rel=0.01)
+
+
+def test_429s_for_requests_sent_before_the_backoff_count_once():
+    time = FakeTime()
+    limiter = RateLimiter(None, None, clock=time.clock, sleep=time.sleep, backoff_initial_s=1.0)
+
+    async def run():
+        return [await limiter.acquire(0) for _ in range(8)]  # eight requests in flight together
+
+    sent = asyncio.run(run())
+    assert limiter.backoff(sent[0]) == 1.0
+    assert all(limiter.backoff(at) == 1.0 for at in sent[1:])  # the same pause, not 2, 4, 8... s
+    assert limiter.pauses == 1

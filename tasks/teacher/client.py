@@ -220,7 +220,7 @@ class TeacherClient:
         async with self._slots():
             if self.gate is not None:
                 await self.gate(1)
-            await self.limiter.acquire(estimated)
+            sent_at = await self.limiter.acquire(estimated)
             started = time.perf_counter()
             try:
                 completion = await self._client.chat.completions.create(
@@ -238,7 +238,7 @@ class TeacherClient:
                         error.retry_after)
                 self.limiter.pause(error.retry_after)
             elif isinstance(error, TransientError) and error.status == 429:
-                paused = self.limiter.backoff()
+                paused = self.limiter.backoff(sent_at)
                 log.warning("teacher: %s answered 429 without Retry-After; pausing all requests %.3g s and "
                             "lowering the pace to %.0f requests/min", self._where(), paused,
                             self.limiter.adaptive_rpm or 0)

@@ -60,6 +60,7 @@ class RateLimiter:
         self.adaptive_rpm: float | None = None  # the lowered pace while AIMD is below max_rpm
         self._step = 0.0
         self._sent: deque[float] = deque(maxlen=20)  # recent dispatch times, to measure the pace
+        self._backed_off_at = float("-inf")
 
     @property
     def paused_until(self) -> float:
@@ -71,8 +72,9 @@ class RateLimiter:
             self._lock, self._lock_loop = asyncio.Lock(), loop
         return self._lock
 
-    async def acquire(self, tokens: int = 0) -> None:
-        """Wait until one request of about `tokens` tokens may be sent, then count it as sent."""
+    async def acquire(self, tokens: int = 0) -> float:
+        """Wait until one request of about `tokens` tokens may be sent, then count it as sent;
+        returns the moment it was sent, on this limiter's clock."""
         async with self._loop_lock():
             scheduled = None
             while True:
@@ -92,6 +94,7 @@ class RateLimiter:
             self._sent.append(sent_at)
             if self._token_rate:
                 self._tokens_at = max(self._tokens_at, sent_at) + tokens / self._token_rate
+            return sent_at
 
     def settle(self, estimated: int, actual: int) -> None:
         """Correct the tokens charged for a request once its reply reports the real count."""
@@ -104,8 +107,13 @@ class RateLimiter:
             self.pauses += 1
             self._paused_until = max(self._paused_until, self._clock() + seconds)
 
-    def backoff(self) -> float:
-        """A 429 without Retry-After: pause every caller and halve the pace; returns the pause."""
+    def backoff(self, sent_at: float | None = None) -> float:
+        """A 429 without Retry-After for a request sent at `sent_at`: pause every caller and halve the
+        pace; returns the pause. A 429 for a request sent before the last backoff began was already
+        answered by it: the requests in flight together all come back 429, and count as one."""
+        if sent_at is not None and sent_at <= self._backed_off_at:
+            return max(0.0, self._paused_until - self._clock())
+        self._backed_off_at = self._clock()
         self._streak += 1
         seconds = min(self.backoff_max_s, self.backoff_initial_s * 2 ** (self._streak - 1))
         self.pause(seconds)
