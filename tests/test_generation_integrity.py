@@ -209,11 +209,11 @@ def _mount_tmpfs(folder: Path, size: str) -> None:
 def test_a_full_disk_stops_dispatch_and_keeps_every_paid_answer(tmp_path, api_key, monkeypatch):
     disk = tmp_path / "disk"
     disk.mkdir()
-    _mount_tmpfs(disk, "1m")
+    _mount_tmpfs(disk, "512k")
     monkeypatch.setenv("MINDSMIRROR_JOURNAL_DIR", str(tmp_path / "journal"))
     try:
         with _simulator() as server:
-            config = _config(tmp_path, server.url, train=40)
+            config = _config(tmp_path, server.url, train=20)
             config["store"]["path"] = str(disk / "store")
             state = _run(config)
             store = Store(config["store"]["path"])
@@ -235,9 +235,9 @@ def test_a_full_disk_stops_dispatch_and_keeps_every_paid_answer(tmp_path, api_ke
             assert state.is_completed(), state.message
             assert not journal.pending_files(store)
             report = queries.status(store)
-            assert (report.rows["cots"], report.rows["evaluations"]) == (36 * 3, 36 * 3 * 2)
+            assert (report.rows["cots"], report.rows["evaluations"]) == (18 * 3, 18 * 3 * 2)
             # nothing received was bought again beyond the requests that were in flight when it filled
-            needed = 36 * (1 + 3)
+            needed = 18 * (1 + 3)
             assert server.stats()["requests"] - needed <= config["teacher"]["max_concurrency"], requests_before
     finally:
         for _ in range(10):
