@@ -30,8 +30,8 @@ class Summary:
     def tokens_note(self) -> str:
         if not self.estimated_calls:
             return ""
-        return (f" (token counts of {self.estimated_calls} calls are estimates: the server sent no usage, "
-                "so the cost is estimated too)")
+        calls = f"{self.estimated_calls} call" + ("s" if self.estimated_calls != 1 else "")
+        return f"; the token counts of {calls} are estimates (the server sent no usage), and so is the cost"
 
 
 class Budget:

@@ -34,8 +34,12 @@ class Faults:
     # Retry-After: retry_after_s), "error_500", "drop", "stall" or "malformed".
     next_faults: tuple[str, ...] = ()
     retry_after_s: float = 1.0
+    # Requests whose prompt contains any of these strings are answered, but only after slow_s.
+    slow_prompts: tuple[str, ...] = ()
+    slow_s: float = 5.0
 
     def __post_init__(self):
+        object.__setattr__(self, "slow_prompts", tuple(self.slow_prompts))
         unknown = set(self.next_faults) - {"rate_limit", *FAULTS}
         if unknown:
             raise ValueError(f"unknown faults {sorted(unknown)}; use rate_limit, {', '.join(FAULTS)}")

@@ -238,7 +238,9 @@ class SimulatedTeacher:
         }
         if self.deviations.no_usage:
             del payload["usage"]
-        return Outcome(200, payload, delay_s=self.latency_s)
+        slow = any(phrase in str(m.get("content") or "") for phrase in faults.slow_prompts
+                   for m in messages if isinstance(m, dict))
+        return Outcome(200, payload, delay_s=faults.slow_s if slow else self.latency_s)
 
     def _too_many(self, wait_s: float) -> Outcome:
         self._rate_limited += 1
