@@ -98,6 +98,11 @@ class CallRow:
     teacher_model: str
     created_at: datetime = field(default_factory=utcnow)
     schema_version: int = SCHEMA_VERSION
+    # latency_s = queue_s + server_s: queue_s is the wait for admission, a connection slot, rate limits
+    # and retry backoff; server_s the time on the wire. Null in rows written before the split.
+    queue_s: float | None = None
+    server_s: float | None = None
+    usage_estimated: bool = False  # the server sent no `usage`: the token counts are our estimate
 
 
 @dataclass(frozen=True)
