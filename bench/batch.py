@@ -42,7 +42,7 @@ async def _online(config) -> None:
     store = Store(config.store.path)
     examples, kind = sync_examples(store, config)
     plan = plan_generation(store, config, kind, examples)
-    async with open_session(store, config, kind, examples, plan.total_requests, show_progress=False) as session:
+    async with open_session(store, config, kind, examples, plan.progress_total, show_progress=False) as session:
         await asyncio.gather(*(session.run_example(work) for work in plan.work))
 
 

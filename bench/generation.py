@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import math
 import os
 import tempfile
 import time
@@ -44,14 +43,13 @@ async def _without_prefect(config) -> None:
     store = Store(config.store.path)
     examples, answer_type = sync_examples(store, config)
     plan = plan_generation(store, config, answer_type, examples)
-    async with open_session(store, config, answer_type, examples, plan.total_requests, False) as session:
-        window = asyncio.Semaphore(max(2, math.ceil(4 * config.teacher.max_concurrency / config.generate.batch_size)))
-
-        async def run(batch):
-            async with window:
-                return await asyncio.gather(*(session.run_example(work) for work in batch))
-
-        await asyncio.gather(*(run(batch) for batch in plan.batches(config.generate.batch_size)))
+    async with open_session(store, config, answer_type, examples, plan.progress_total, False) as session:
+        runs = []
+        for batch in plan.batches(config.generate.batch_size):
+            await session.room()  # as the flow does: the next batch once the request window runs short
+            session.announce(batch)
+            runs.append(asyncio.ensure_future(asyncio.gather(*(session.run_example(work) for work in batch))))
+        await asyncio.gather(*runs)
     store.compact()
 
 

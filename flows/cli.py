@@ -98,18 +98,24 @@ def cmd_batch_cancel(args) -> None:
 
 def cmd_sql(args) -> None:
     from storage import queries
+    from tasks.ops.tables import render_rows
 
     config = _config(args.config)
     columns, rows = queries.run_sql(_store(config), args.query)
-    from tasks.ops.report import markdown_table
-
-    print(markdown_table(columns, rows))
+    print(render_rows(columns, rows, args.format))
 
 
 def cmd_compact(args) -> None:
     config = _config(args.config)
     _store(config).compact()
     print(f"compacted {config.store.path}")
+
+
+def cmd_repair(args) -> None:
+    from tasks.ops.repair import repair_store
+
+    config = _config(args.config)
+    print(repair_store(_store(config)).describe())
 
 
 def cmd_teacher_serve(args) -> None:
@@ -146,7 +152,7 @@ def cmd_train(args) -> None:
 
     config = _config(args.config)
     _announce_local_server()
-    state = train(config, arms=args.arm or None, resume=args.resume, return_state=True)
+    state = train(config, arms=args.arm or None, resume=args.resume, force=args.force, return_state=True)
     print(_finish(state).message)
 
 
@@ -155,7 +161,7 @@ def cmd_evaluate(args) -> None:
 
     config = _config(args.config)
     _announce_local_server()
-    state = evaluate(config, arms=args.arm or None, return_state=True)
+    state = evaluate(config, arms=args.arm or None, force=args.force, return_state=True)
     print(_finish(state).message)
 
 
@@ -178,7 +184,7 @@ def cmd_run(args) -> None:
 
     config = _config(args.config)
     _announce_local_server()
-    state = asyncio.run(distill(config, show_progress=not args.no_progress, return_state=True))
+    state = asyncio.run(distill(config, show_progress=not args.no_progress, force=args.force, return_state=True))
     print(_finish(state).message)
 
 
@@ -186,6 +192,9 @@ def cmd_deploy(args) -> None:
     from tasks.ops.deployment import deploy
 
     deploy(args)
+
+
+_FORCE = "redo arms whose inputs are unchanged since they were last trained or evaluated (skipped otherwise)"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -205,6 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub = command("run", cmd_run, "the whole job: generate, train every arm, evaluate, report")
     sub.add_argument("--no-progress", action="store_true")
+    sub.add_argument("--force", action="store_true", help=_FORCE)
     sub = command("generate", cmd_generate, "ask the teacher for every CoT and self-evaluation the store lacks")
     sub.add_argument("--dry-run", action="store_true", help="print planned calls, tokens and cost; call nothing")
     sub.add_argument("--no-progress", action="store_true")
@@ -217,9 +227,13 @@ def build_parser() -> argparse.ArgumentParser:
     cancel = batch_commands.add_parser("cancel", help="cancel the config's open batches")
     cancel.add_argument("config", help="the run's YAML config")
     cancel.set_defaults(handler=cmd_batch_cancel)
-    sub = command("sql", cmd_sql, "run a read-only SQL query over the store's views")
+    sub = command("sql", cmd_sql, "run one read-only SQL query over the store's views")
     sub.add_argument("query")
+    sub.add_argument("--format", choices=["markdown", "csv", "json"], default="markdown",
+                     help="markdown table (default), CSV with a header row, or JSON (one object per row)")
     command("compact", cmd_compact, "merge each table's small Parquet files into one")
+    command("repair", cmd_repair,
+            "move unreadable Parquet parts to <store>/_quarantine/ and list the requests a rerun buys again")
 
     sub = command("import", cmd_import, "import teacher outputs that already exist", config=False)
     sub.add_argument("format", choices=["dss", "tot"], help="dss: Distilling-Step-by-Step layout; tot: Mind's Mirror ToT JSON")
@@ -229,8 +243,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = command("train", cmd_train, "train the student arms listed in the config")
     sub.add_argument("--arm", action="append", help="train only this arm (repeatable)")
     sub.add_argument("--resume", action="store_true", help="continue killed runs from their last checkpoint")
+    sub.add_argument("--force", action="store_true", help=_FORCE)
     sub = command("evaluate", cmd_evaluate, "score each trained arm on the test split")
     sub.add_argument("--arm", action="append")
+    sub.add_argument("--force", action="store_true", help=_FORCE)
     command("report", cmd_report, "print the results table; write it as CSV and a PNG chart beside the store")
     sub = command("predict", cmd_predict, "answer one question with a trained student", config=False)
     sub.add_argument("model_dir")
@@ -272,6 +288,7 @@ _EXPECTED = (
     ("tasks.data.datasets", "DatasetError"),
     ("tasks.teacher.errors", "TeacherError"),
     ("storage.queries", "QueryError"),
+    ("storage.store", "CorruptFileError"),
     ("tasks.student.arms", "NothingToTrain"),
 )
 

@@ -13,7 +13,7 @@ from flows.train import train
 from tasks.config import Config, resolve_config
 
 
-async def _on_deployment(name: str, config: Config, stage: str):
+async def _on_deployment(name: str, config: Config, stage: str, force: bool):
     """Run a stage as its own deployment (on the GPU work pool) and wait for it.
 
     The idempotency key ties the child run to this parent run, so retrying the parent never starts
@@ -21,7 +21,7 @@ async def _on_deployment(name: str, config: Config, stage: str):
     """
     run = await run_deployment(
         name=name,
-        parameters={"config": config.model_dump(mode="json")},
+        parameters={"config": config.model_dump(mode="json"), "force": force},
         idempotency_key=f"{flow_run.get_id()}-{stage}",
         timeout=None,
         poll_interval=2,
@@ -36,8 +36,12 @@ async def distill(
     show_progress: bool = True,
     train_deployment: str | None = None,
     evaluate_deployment: str | None = None,
+    force: bool = False,
 ):
     """generate -> train -> evaluate -> report; stops at the first stage that fails.
+
+    Arms whose inputs (resolved arm config, data snapshot, student) are unchanged since their last
+    training or evaluation are skipped, each with one line saying so; `force` redoes them.
 
     With `train_deployment` / `evaluate_deployment` ("flow-name/deployment-name"), those stages run
     as runs of that deployment (on GPU workers); otherwise they run here as subflows.
@@ -47,15 +51,16 @@ async def distill(
     if not generated.is_completed():
         return Failed(message=f"generation did not complete: {generated.message}")
     if train_deployment:
-        trained = await _on_deployment(train_deployment, config, "train")
+        trained = await _on_deployment(train_deployment, config, "train", force)
     else:
-        trained = train(config, show_progress=show_progress, return_state=True)
+        trained = train(config, show_progress=show_progress, force=force, return_state=True)
     if not trained.is_completed():
         return Failed(message=f"training did not complete: {trained.message}")
     if evaluate_deployment:
-        evaluated = await _on_deployment(evaluate_deployment, config, "evaluate")
+        evaluated = await _on_deployment(evaluate_deployment, config, "evaluate", force)
     else:
-        evaluated = evaluate(config, return_state=True)
+        evaluated = evaluate(config, force=force, return_state=True)
     if not evaluated.is_completed():
         return Failed(message=f"evaluation did not complete: {evaluated.message}")
-    return Completed(message=f"{generated.message}\n\n{evaluated.message or ''}".strip())
+    parts = (generated.message, trained.message, evaluated.message)
+    return Completed(message="\n\n".join(part for part in parts if part).strip())

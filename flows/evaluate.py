@@ -7,13 +7,15 @@ from prefect.cache_policies import NONE
 from prefect.states import Completed
 
 from tasks.config import Config, resolve_config
+from tasks.ops.artifacts import publish_report
 from tasks.ops.report import write_report
 from tasks.student.arms import evaluate_one, score_baselines
+from tasks.student.freshness import unchanged_message
 
 
 @task(name="evaluate-arm", cache_policy=NONE, task_run_name="evaluate-{name}")
-def evaluate_arm(config: Config, name: str) -> dict[str, float]:
-    return evaluate_one(config, name)
+def evaluate_arm(config: Config, name: str, force: bool = False) -> dict[str, float] | None:
+    return evaluate_one(config, name, force=force)
 
 
 @task(name="score-baselines", cache_policy=NONE)
@@ -23,14 +25,18 @@ def baselines(config: Config) -> dict[str, float]:
 
 @task(name="write-report", cache_policy=NONE)
 def report(config: Config) -> str:
-    return write_report(config).markdown
+    written = write_report(config)
+    publish_report(written, config.store.path)
+    return written.markdown
 
 
 @flow(name="evaluate")
-def evaluate(config: Config | str, arms: list[str] | None = None):
-    """Label accuracy on test for each arm; writes predictions, results and the report."""
+def evaluate(config: Config | str, arms: list[str] | None = None, force: bool = False):
+    """Label accuracy on test for each arm; writes predictions, results and the report. An arm
+    scored before on the same inputs is skipped unless `force`."""
     config = resolve_config(config)
     baselines(config)
-    for name in arms or [arm.name for arm in config.train.arms]:
-        evaluate_arm(config, name)
-    return Completed(message=report(config))
+    skipped = [name for name in arms or [arm.name for arm in config.train.arms]
+               if evaluate_arm(config, name, force) is None]
+    return Completed(message="\n".join([*(unchanged_message(name, "evaluation") for name in skipped),
+                                        report(config)]))

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import math
 
 from prefect import flow, task
 from prefect.cache_policies import NONE
 from prefect.concurrency.asyncio import ConcurrencySlotAcquisitionError, rate_limit
 from prefect.states import Completed, Failed
 
-from storage import Store
+from storage import Store, journal
 from tasks.config import Config, resolve_config
 from tasks.generation import ExampleWork, Plan, Session, open_session, plan_generation, sync_examples
 from tasks.generation.batch import BatchSummary, at_batch_prices, run_batch_pass
@@ -37,6 +36,12 @@ async def ask_teacher(session: Session, batch: tuple[ExampleWork, ...], first: s
 def batch_pass(store: Store, config: Config, examples, answer_type: str, only_failed: bool) -> BatchSummary:
     """Collect finished batches, then submit what is still missing (teacher.mode: batch)."""
     return run_batch_pass(store, config, answer_type, examples, only_failed)
+
+
+@task(name="replay-journal", cache_policy=NONE)
+def replay_journal(store: Store) -> int:
+    """Store the answers an earlier run received but could not write (see storage.journal)."""
+    return journal.replay(store)
 
 
 @task(name="compact-store", cache_policy=NONE)
@@ -70,6 +75,11 @@ async def generate(config: Config | str, dry_run: bool = False, only_failed: boo
     """Generate chains of thought and self-evaluations for every example the store is missing."""
     config = resolve_config(config)
     store = Store(config.store.path)
+    try:
+        replay_journal(store)  # before planning: those answers are paid for
+    except OSError as error:
+        return Failed(message=f"could not store the answers journalled by an earlier run ({error.strerror or error}) "
+                      f"in {store.root}: free space and rerun")
     compact_store(store)  # after a crash the store may hold thousands of one-response files
     examples, answer_type = load_examples(store, config)
     work = plan(store, config, examples, answer_type, only_failed)
@@ -91,25 +101,29 @@ async def generate(config: Config | str, dry_run: bool = False, only_failed: boo
     try:
         gate = shared_gate(config.teacher.shared_rate_limit)
         async with open_session(
-            store, config, answer_type, examples, work.total_requests, show_progress, gate
+            store, config, answer_type, examples, work.progress_total, show_progress, gate
         ) as session:
-            # Enough batches in flight to keep the request window full, few enough to keep task runs coarse.
-            window = asyncio.Semaphore(
-                max(2, math.ceil(4 * config.teacher.max_concurrency / config.generate.batch_size))
-            )
-
-            async def run(batch):
-                async with window:
-                    return await ask_teacher(session, batch, batch[0].example.example_id, return_state=True)
-
-            states = await asyncio.gather(*(run(batch) for batch in work.batches(config.generate.batch_size)))
+            # One task run per batch, started whenever the session's request window runs short of
+            # queued work: admission is per request, so a batch still waiting on one slow request
+            # never keeps the next batch from starting.
+            runs = []
+            for batch in work.batches(config.generate.batch_size):
+                await session.room()
+                if session.summary.stopped:
+                    break
+                session.announce(batch)
+                runs.append(asyncio.ensure_future(
+                    ask_teacher(session, batch, batch[0].example.example_id, return_state=True)
+                ))
+            states = await asyncio.gather(*runs)
     except FatalError as error:
         return Failed(message=str(error))
     crashed = [state for state in states if not state.is_completed()]
     if crashed:  # a bug, not a teacher error: those are recorded and counted, never raised
         return Failed(message=f"{len(crashed)} batches crashed: {crashed[0].message}")
-    compact_store(store)
     summary = session.summary
+    if not summary.pending:
+        compact_store(store)
     if session.fatal is not None:
         return Failed(message=str(session.fatal), data=summary)
     if summary.stopped:
@@ -140,5 +154,6 @@ def describe_summary(summary, simulated: bool = False) -> str:
         f"{summary.requests_ok} requests: {summary.cots} chains of thought, {summary.evaluations} "
         f"self-evaluations ({summary.unparseable} unparseable, kept with their reason); "
         f"{summary.prompt_tokens + summary.completion_tokens:,} tokens, ${summary.cost_usd:.4f}"
-        + (SIMULATED if simulated else "")
+        + (f"; {summary.refused} refused by the content filter, kept with the reason" if summary.refused else "")
+        + summary.tokens_note() + (SIMULATED if simulated else "")
     )

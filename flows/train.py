@@ -8,20 +8,24 @@ from prefect.states import Completed
 
 from tasks.config import Config, resolve_config
 from tasks.student.arms import TrainedArm, train_one
+from tasks.student.freshness import unchanged_message
 
 
 @task(name="train-arm", cache_policy=NONE, task_run_name="train-{name}")
-def train_arm_task(config: Config, name: str, resume: bool, progress: bool) -> TrainedArm:
-    return train_one(config, name, resume=resume, progress=progress)
+def train_arm_task(config: Config, name: str, resume: bool, progress: bool, force: bool = False) -> TrainedArm:
+    return train_one(config, name, resume=resume, progress=progress, force=force)
 
 
 @flow(name="train")
-def train(config: Config | str, arms: list[str] | None = None, resume: bool = False, show_progress: bool = True):
-    """Train each arm (stage 1 on self-evaluations where asked, stage 2 on CoTs or labels)."""
+def train(config: Config | str, arms: list[str] | None = None, resume: bool = False, show_progress: bool = True,
+          force: bool = False):
+    """Train each arm (stage 1 on self-evaluations where asked, stage 2 on CoTs or labels); an arm
+    trained before on the same inputs is skipped unless `force`."""
     config = resolve_config(config)
     names = arms or [arm.name for arm in config.train.arms]
-    trained = [train_arm_task(config, name, resume, show_progress) for name in names]
+    trained = [train_arm_task(config, name, resume, show_progress, force) for name in names]
     return Completed(message="\n".join(
+        unchanged_message(arm.arm, "training") if arm.unchanged else
         f"{arm.arm}: validation accuracy {arm.validation_accuracy:.4f} on {arm.train_rows} rows "
         f"({arm.excluded_rows} unparseable left out), {arm.examples_per_s:.1f} examples/s -> {arm.checkpoint}"
         for arm in trained

@@ -14,7 +14,7 @@ from storage.records import (
     PredictionRow,
     ResultRow,
 )
-from storage.store import Store
+from storage.store import CorruptFileError, Store
 
 __all__ = [
     "PRIMARY_KEYS",
@@ -23,6 +23,7 @@ __all__ = [
     "BatchRow",
     "CallRow",
     "Claims",
+    "CorruptFileError",
     "CotRow",
     "EvaluationRow",
     "ExampleRow",

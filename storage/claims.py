@@ -1,9 +1,16 @@
-"""Claims: a marker per teacher request, so two runs on one store never buy the same answer.
+"""Claims: leases on teacher requests, so two live runs on one store never buy one answer at once.
 
-Before a request goes out its run creates `<store>/_claims/<hash of its sample keys>` exclusively.
-Another run that planned the same request finds the marker and skips it. The marker says `done`
-once the answer is stored, and is removed when the request failed, so a retry can claim it again.
-A marker left `inflight` by a process that no longer runs (kill -9) is taken over.
+Before a request goes out its run creates `<store>/_claims/<hash of its sample keys>` exclusively: a
+lease naming its owner (a random id per Claims object, with host and pid) and when it expires. While
+a Claims object holds leases, a background thread renews them every lease_s / 3, so a live owner's
+lease never runs out however long its request takes. A run that planned the same request finds the
+live lease and skips it. A lease whose owner died is taken over: at once when the owner was a
+process of this machine (same host, boot and pid namespace) that no longer runs, after expiry
+otherwise (another host or container, a machine that froze).
+
+The store is the truth, not the markers. A marker says `done` once the answer is stored; a run that
+finds one checks the store, and if the samples are not all there (a corrupt part was moved aside)
+it takes the marker over and asks again. A failed request's marker is removed so a retry may claim it.
 
 Only local stores get claims: object stores have no exclusive create here, so concurrent runs on a
 URL store may pay twice for requests planned at the same moment (the views still count each once).
@@ -15,11 +22,30 @@ import hashlib
 import json
 import os
 import socket
+import threading
+import time
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
 _HOST = socket.gethostname()
+LEASE_S = 60.0  # how long a crashed owner on another machine blocks its requests
+_TAKEOVER_TOKENS_KEPT_S = 86400
+
+
+def _machine() -> str:
+    """This process's machine as pids see it: host, kernel boot and pid namespace (containers
+    sharing a host name still differ by namespace)."""
+    parts = [_HOST]
+    try:
+        parts.append(Path("/proc/sys/kernel/random/boot_id").read_text().strip())
+        parts.append(os.readlink("/proc/self/ns/pid"))
+    except OSError:
+        pass
+    return "/".join(parts)
+
+
+_MACHINE = _machine()
 
 
 def _alive(pid: int) -> bool:
@@ -34,11 +60,27 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _parse(raw: bytes) -> dict | None:
+    try:
+        held = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    return held if isinstance(held, dict) else None
+
+
 class Claims:
-    def __init__(self, root: str):
+    def __init__(self, root: str, lease_s: float = LEASE_S):
+        self.root = root
+        self.lease_s = lease_s
+        self.owner = uuid.uuid4().hex
         self.folder = None if "://" in root else Path(root) / "_claims"
+        self._held: set[Path] = set()
+        self._lock = threading.Lock()
+        self._renewer: threading.Thread | None = None
         if self.folder is not None:
-            self.folder.mkdir(parents=True, exist_ok=True)
+            self._tokens = self.folder / ".takeovers"
+            self._tokens.mkdir(parents=True, exist_ok=True)
+            self._remove_old_tokens()
 
     def _path(self, keys: Sequence[str]) -> Path:
         digest = hashlib.sha256("\n".join(sorted(keys)).encode()).hexdigest()[:32]
@@ -46,8 +88,12 @@ class Claims:
 
     def _marker(self, state: str) -> Path:
         """A complete marker under a temporary name, to be linked or renamed into place."""
+        now = time.time()
         temporary = self.folder / f".tmp-{uuid.uuid4().hex}"
-        temporary.write_text(json.dumps({"state": state, "host": _HOST, "pid": os.getpid()}))
+        temporary.write_text(json.dumps({
+            "state": state, "owner": self.owner, "host": _HOST, "machine": _MACHINE, "pid": os.getpid(),
+            "renewed": now, "expires": now + self.lease_s,
+        }))
         return temporary
 
     def _write(self, path: Path, state: str) -> None:
@@ -63,29 +109,98 @@ class Claims:
             # link() is exclusive and atomic: a kill -9 can never leave an empty marker that no
             # later run could tell from one being written (creating and then writing could).
             os.link(temporary, path)
-            return True
         except FileExistsError:
-            return self._take_over_if_stale(path)
+            if not self._take_over(path, keys):
+                return False
         finally:
             temporary.unlink(missing_ok=True)
+        self._hold(path)
+        return True
 
-    def _take_over_if_stale(self, path: Path) -> bool:
+    def _take_over(self, path: Path, keys: Sequence[str]) -> bool:
         try:
-            held = json.loads(path.read_text())
+            raw = path.read_bytes()
+            mtime = path.stat().st_mtime
         except FileNotFoundError:
             return False  # released this instant: its owner's retry may claim it again
-        except json.JSONDecodeError:
-            held = {"state": "inflight", "host": _HOST, "pid": 0}  # a torn marker of an older version
-        stale = held.get("state") == "inflight" and held.get("host") == _HOST and not _alive(held.get("pid", 0))
-        if not stale:
+        held = _parse(raw)  # None: a torn marker of an older version, which wrote in place
+        if held is not None and not self._replaceable(held, mtime, keys):
+            return False
+        # Of several runs that judged this same marker replaceable, the one that creates its token wins.
+        token = self._tokens / f"{path.name}-{hashlib.sha256(raw).hexdigest()[:16]}"
+        try:
+            os.close(os.open(token, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        except FileExistsError:
             return False
         self._write(path, "inflight")
         return True
 
+    def _replaceable(self, held: dict, mtime: float, keys: Sequence[str]) -> bool:
+        if held.get("state") == "done":
+            from storage.queries import stored_sample_keys
+            from storage.store import Store
+
+            return stored_sample_keys(Store(self.root), keys) != set(keys)
+        if held.get("owner") == self.owner:
+            return False
+        # Markers of older versions carry neither machine nor expiry: their host and file time stand in.
+        same_machine = held["machine"] == _MACHINE if "machine" in held else held.get("host") == _HOST
+        expired = time.time() > held.get("expires", mtime + self.lease_s)
+        return expired or (same_machine and not _alive(held.get("pid", 0)))
+
     def done(self, keys: Sequence[str]) -> None:
         if self.folder is not None:
-            self._write(self._path(keys), "done")
+            path = self._path(keys)
+            with self._lock:
+                self._held.discard(path)
+                self._write(path, "done")
 
     def release(self, keys: Sequence[str]) -> None:
-        if self.folder is not None:
-            self._path(keys).unlink(missing_ok=True)
+        if self.folder is None:
+            return
+        path = self._path(keys)
+        with self._lock:
+            self._held.discard(path)
+            if self._owns(path):  # never remove a lease another run took over
+                path.unlink(missing_ok=True)
+
+    def _owns(self, path: Path) -> bool:
+        try:
+            held = _parse(path.read_bytes())
+        except FileNotFoundError:
+            return False
+        return held is None or held.get("owner") == self.owner
+
+    # ---- renewal -------------------------------------------------------------------------------
+
+    def _hold(self, path: Path) -> None:
+        with self._lock:
+            self._held.add(path)
+            if self._renewer is None:
+                self._renewer = threading.Thread(target=self._renew_while_holding, name="claims-renewer",
+                                                 daemon=True)
+                self._renewer.start()
+
+    def _renew_while_holding(self) -> None:
+        """Extend every held lease each lease_s / 3; ends when nothing is held."""
+        while True:
+            time.sleep(self.lease_s / 3)
+            with self._lock:
+                if not self._held:
+                    self._renewer = None
+                    return
+                for path in list(self._held):
+                    if self._owns(path):
+                        self._write(path, "inflight")
+                    else:  # taken over after this process stalled past its lease
+                        self._held.discard(path)
+
+    def _remove_old_tokens(self) -> None:
+        cutoff = time.time() - _TAKEOVER_TOKENS_KEPT_S
+        with os.scandir(self._tokens) as entries:
+            for entry in entries:
+                try:
+                    if entry.stat().st_mtime < cutoff:
+                        os.unlink(entry.path)
+                except FileNotFoundError:
+                    pass

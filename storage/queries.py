@@ -53,6 +53,10 @@ class StatusReport:
     completion_tokens: int
     cost_usd: float
     latency_p50_s: float | None
+    failed_samples: int = 0  # samples whose latest request failed and that are still missing
+    calls_usage_estimated: int = 0  # calls whose token counts are estimates (the server sent no usage)
+    queue_p50_s: float | None = None
+    server_p50_s: float | None = None
 
     def as_dict(self) -> dict[str, dict]:
         """Sections of plain values, for printing or JSON."""
@@ -70,12 +74,20 @@ class StatusReport:
                 "ok": self.calls_ok,
                 "failed": self.calls_failed,
                 "failed requests still missing": self.failed_requests,
+                "failed samples still missing": self.failed_samples,
                 "prompt tokens": self.prompt_tokens,
                 "completion tokens": self.completion_tokens,
-                "cost usd": round(self.cost_usd, 6),
-                "latency p50 s": None if self.latency_p50_s is None else round(self.latency_p50_s, 3),
+                "calls with estimated tokens (no usage from the server)": self.calls_usage_estimated,
+                "cost usd": round(self.cost_usd, 6),  # estimated in part when the line above is not 0
+                "latency p50 s": _rounded(self.latency_p50_s),
+                "queue time p50 s": _rounded(self.queue_p50_s),
+                "server time p50 s": _rounded(self.server_p50_s),
             },
         }
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
 
 
 # ---- plumbing ------------------------------------------------------------------------------
@@ -202,7 +214,19 @@ def spent_usd(store: Source) -> float:
     )
 
 
+# Failure accounting is per sample: a sample counts as failed while it is missing and the latest
+# request that asked for it failed; a later request that brought it, or asked again, clears it.
 _STATUS_SQL = """
+WITH asked AS (SELECT call_id, kind, status, created_at, unnest(keys) AS key FROM calls),
+latest AS (
+    SELECT * FROM asked QUALIFY row_number() OVER (PARTITION BY kind, key ORDER BY created_at DESC, call_id) = 1
+),
+stored AS (SELECT key, 'cot' AS kind FROM cots UNION ALL SELECT key, 'evaluation' AS kind FROM evaluations),
+_missing_failed AS (
+    SELECT latest.call_id, latest.key FROM latest
+    ANTI JOIN stored ON stored.key = latest.key AND stored.kind = latest.kind
+    WHERE latest.status = 'failed'
+)
 SELECT
     (SELECT count(*) FROM examples) AS examples,
     (SELECT count(*) FROM cots) AS cots,
@@ -214,7 +238,11 @@ SELECT
     (SELECT count(*) FROM evaluations WHERE parse_error IS NULL) AS evaluations_parsed,
     (SELECT count(*) FROM calls WHERE status = 'ok') AS calls_ok,
     (SELECT count(*) FROM calls WHERE status = 'failed') AS calls_failed,
-    (SELECT count(*) FROM failed_requests) AS failed_requests,
+    (SELECT count(DISTINCT call_id) FROM _missing_failed) AS failed_requests,
+    (SELECT count(*) FROM _missing_failed) AS failed_samples,
+    (SELECT count(*) FROM calls WHERE usage_estimated) AS calls_usage_estimated,
+    (SELECT quantile_cont(queue_s, 0.5) FROM calls WHERE status = 'ok') AS queue_p50_s,
+    (SELECT quantile_cont(server_s, 0.5) FROM calls WHERE status = 'ok') AS server_p50_s,
     (SELECT coalesce(sum(prompt_tokens), 0) FROM calls) AS prompt_tokens,
     (SELECT coalesce(sum(completion_tokens), 0) FROM calls) AS completion_tokens,
     (SELECT coalesce(sum(cost_usd), 0.0) FROM calls) AS cost_usd,
@@ -250,6 +278,10 @@ def status(store: Source) -> StatusReport:
         completion_tokens=int(totals["completion_tokens"]),
         cost_usd=float(totals["cost_usd"]),
         latency_p50_s=totals["latency_p50_s"],
+        failed_samples=totals["failed_samples"],
+        calls_usage_estimated=totals["calls_usage_estimated"],
+        queue_p50_s=totals["queue_p50_s"],
+        server_p50_s=totals["server_p50_s"],
     )
 
 
@@ -268,21 +300,83 @@ class QueryError(ValueError):
     """A user query that is not a read, or that DuckDB cannot run; the message says which."""
 
 
-_READ_STATEMENTS = ("select", "with", "from", "describe", "show", "summarize", "explain", "values", "table")
+_READ_ONLY = "SELECT, WITH, FROM, DESCRIBE, SHOW or SUMMARIZE"
 
 
-def run_sql(store: Source, sql: str) -> tuple[list[str], list[tuple]]:
-    """A read query over the views (for `mindsmirror sql`): (column names, rows)."""
-    words = sql.strip().split(None, 1)
-    if not words or words[0].lower() not in _READ_STATEMENTS:
-        raise QueryError("mindsmirror sql is read-only: start the query with SELECT, WITH, FROM, DESCRIBE or SHOW")
+def _read_query(con: duckdb.DuckDBPyConnection, sql: str) -> tuple[list[str], list[tuple]]:
     try:
-        if isinstance(store, Store):
-            return store.fetch(sql)
-        relation = store.sql(sql)
+        statements = con.extract_statements(sql)
+    except duckdb.Error as error:
+        raise QueryError(str(error).splitlines()[0]) from None
+    if len(statements) != 1:
+        raise QueryError(
+            f"mindsmirror sql runs exactly one read-only query, got {len(statements)} statements: "
+            "remove the extra ones (and any `;` between them)"
+        )
+    kind = statements[0].type
+    if kind != duckdb.StatementType.SELECT:
+        raise QueryError(f"mindsmirror sql is read-only, and this is a {kind.name} statement: "
+                         f"start the query with {_READ_ONLY}")
+    try:
+        relation = con.sql(sql)
         return (list(relation.columns), relation.fetchall()) if relation is not None else ([], [])
     except duckdb.Error as error:
         raise QueryError(str(error).splitlines()[0]) from None
+
+
+def run_sql(store: Source, sql: str) -> tuple[list[str], list[tuple]]:
+    """One read query over the views (for `mindsmirror sql`): (column names, rows).
+
+    Exactly one SELECT-type statement runs, on a connection that can reach no file outside the
+    store and change no setting (Store.connect(sandbox=True)); an open connection is used as is."""
+    if isinstance(store, Store):
+        return store.read(lambda con: _read_query(con, sql), sandbox=True)
+    return _read_query(store, sql)
+
+
+# ---- integrity -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MissingRequest:
+    """A request the teacher answered whose samples the store no longer holds."""
+
+    kind: str  # cot | evaluation
+    example_id: str
+    missing: int  # of its sample keys
+    asked: int
+
+
+_ANSWERED_BUT_MISSING_SQL = """
+WITH answered AS (
+    SELECT DISTINCT kind, example_id, keys FROM calls WHERE status = 'ok'
+),
+asked AS (SELECT kind, example_id, keys, unnest(keys) AS key FROM answered),
+stored AS (
+    SELECT key, 'cot' AS kind FROM cots
+    UNION ALL
+    SELECT key, 'evaluation' AS kind FROM evaluations
+)
+SELECT asked.kind, asked.example_id, count(*) AS missing, any_value(len(asked.keys)) AS asked
+FROM asked ANTI JOIN stored ON stored.key = asked.key AND stored.kind = asked.kind
+GROUP BY asked.kind, asked.example_id, asked.keys
+ORDER BY asked.example_id, asked.kind
+"""
+
+
+def answered_but_missing(store: Source) -> list[MissingRequest]:
+    """Requests recorded as answered whose samples are not all stored (their part was lost or
+    quarantined): what a rerun of generate will ask for again."""
+    return _records(MissingRequest, _run(store, _ANSWERED_BUT_MISSING_SQL))
+
+
+def stored_sample_keys(store: Source, keys: Iterable[str]) -> set[str]:
+    """Which of these keys a chain of thought or a self-evaluation is stored under."""
+    sql = """
+        SELECT w.value FROM _wanted w
+        SEMI JOIN (SELECT key FROM cots UNION ALL SELECT key FROM evaluations) s ON s.key = w.value
+    """
+    return set(_run(store, sql, tables={"_wanted": _strings(keys)}).column("value").to_pylist())
 
 
 # ---- training sets -------------------------------------------------------------------------

@@ -98,6 +98,12 @@ class CallRow:
     teacher_model: str
     created_at: datetime = field(default_factory=utcnow)
     schema_version: int = SCHEMA_VERSION
+    # latency_s = queue_s + server_s: queue_s is the wait for admission, a connection slot, rate limits
+    # and retry backoff; server_s the time on the wire. Null in rows written before the split; a Batch
+    # API line has no time on the wire of its own: server_s null, queue_s its batch's creation to finish.
+    queue_s: float | None = None
+    server_s: float | None = None
+    usage_estimated: bool = False  # the server sent no `usage`: the token counts are our estimate
 
 
 @dataclass(frozen=True)
@@ -169,7 +175,9 @@ def arrow_schema(record: type) -> pa.Schema:
     this mapping does not know fails at import time instead of writing a wrong type."""
     columns = []
     for f in dataclasses.fields(record):
-        annotation = str(f.type).replace(" | None", "")
+        # A string under `from __future__ import annotations`, else the type itself.
+        annotation = f.type.__name__ if type(f.type) is type else str(f.type)
+        annotation = annotation.replace(" | None", "")
         arrow_type = f.metadata.get("arrow") or _ARROW_TYPES.get(annotation)
         if arrow_type is None:
             raise TypeError(f"{record.__name__}.{f.name}: no Arrow type for annotation {f.type!r}")

@@ -4,7 +4,12 @@ Layout: ``<root>/<table>/part-<utc-ts>-<uuid>.parquet``. Every file is written u
 name (``.tmp-...``, which no reader's glob matches) and renamed into place, so a writer killed
 mid-write leaves at worst an ignored temporary file. File names are unique per write, so any number
 of processes may append to one store at once. Views keep one row per primary key, so a row written
-twice (a retried write, compaction between its write and its delete) never counts twice.
+twice (a retried write, compaction between its write and its delete) never counts twice: the first
+written wins for what the teacher was paid for, the newest for what evaluation re-scores
+(predictions and results of a retrained checkpoint at the same path).
+
+A part that cannot be read raises CorruptFileError naming it; `quarantine` moves such parts to
+``<root>/_quarantine/<table>/`` so the rest of the store reads again.
 
 The root is a local folder or a URL: ``s3://`` and ``gs://`` use pyarrow's native filesystems (and
 DuckDB's httpfs to read), any other scheme goes through fsspec (registered with DuckDB too).
@@ -15,59 +20,48 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TypeVar
-from urllib.parse import urlparse
 
 import duckdb
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from storage.location import locate
 from storage.records import PRIMARY_KEYS, SCHEMAS, to_arrow
-
-# Object stores publish an upload only when it completes, and their "rename" is a copy + delete,
-# so there a direct write is already all-or-nothing and cheaper.
-_NATIVE_OBJECT_STORES = {"s3": "s3", "gs": "gs", "gcs": "gs"}
 
 # A temporary file older than this belongs to a writer that died: a single append takes
 # milliseconds, so an hour leaves a wide margin before compact() removes it.
 _STALE_TMP_S = 3600
 _READ_ATTEMPTS = 8  # back-to-back compactions on a loaded machine can win several races in a row
 
+# Tables whose rows are re-written for the same key on purpose: re-evaluating a retrained
+# checkpoint must replace its older scores. Every other table keeps its first row (a paid answer).
+NEWEST_WINS = frozenset({"predictions", "results"})
+QUARANTINE = "_quarantine"
+
 T = TypeVar("T")
 
 
-@dataclass(frozen=True)
-class Location:
-    """Where a store root lives: the filesystem pyarrow writes with and the URL DuckDB reads."""
+class CorruptFileError(ValueError):
+    """Stored Parquet parts that cannot be read; the message names the first and the fix."""
 
-    filesystem: pafs.FileSystem
-    path: str  # the root inside `filesystem`
-    url: str  # the root as DuckDB addresses it
-    rename_into_place: bool
-    fsspec_filesystem: object | None = None  # registered with DuckDB for schemes it lacks
+    def __init__(self, root: str, corrupt: Sequence[tuple[str, str]]):
+        self.paths = [path for path, _ in corrupt]
+        path, reason = corrupt[0]
+        more = f" (and {len(corrupt) - 1} more)" if len(corrupt) > 1 else ""
+        super().__init__(
+            f"corrupt Parquet file {path}{more}: {reason}; run `mindsmirror repair CONFIG` to move it to "
+            f"{root.rstrip('/')}/{QUARANTINE}/ and see which requests a rerun of generate will buy again"
+        )
 
 
-def locate(root: str) -> Location:
-    """Map a store root (folder or URL) to filesystems; nothing is created or contacted."""
-    parsed = urlparse(root)
-    scheme = parsed.scheme.lower()
-    if len(scheme) <= 1 or scheme == "file":  # no scheme, a Windows drive letter, or file://
-        local = Path(parsed.path if scheme == "file" else root).expanduser().absolute()
-        return Location(pafs.LocalFileSystem(), local.as_posix(), local.as_posix(), rename_into_place=True)
-    bucket_path = f"{parsed.netloc}{parsed.path}".rstrip("/")
-    if scheme in _NATIVE_OBJECT_STORES:
-        native = _NATIVE_OBJECT_STORES[scheme]
-        filesystem = pafs.S3FileSystem() if native == "s3" else pafs.GcsFileSystem()
-        return Location(filesystem, bucket_path, f"{native}://{bucket_path}", rename_into_place=False)
-    import fsspec
-
-    fs = fsspec.filesystem(scheme)
-    handler = pafs.PyFileSystem(pafs.FSSpecHandler(fs))
-    return Location(handler, fs._strip_protocol(root).rstrip("/"), root.rstrip("/"), True, fs)
+def _order(table: str, *columns: str) -> str:
+    """The ORDER BY of a table's deduplication: which of several rows with one key is kept."""
+    direction = " DESC" if table in NEWEST_WINS else ""
+    return ", ".join(f"{column}{direction}" for column in columns)
 
 
 def _utc_stamp() -> str:
@@ -138,10 +132,13 @@ class Store:
     def _url(self, table: str, name: str) -> str:
         return f"{self.location.url}/{table}/{name}"
 
-    def connect(self) -> duckdb.DuckDBPyConnection:
+    def connect(self, sandbox: bool = False) -> duckdb.DuckDBPyConnection:
         """A fresh in-memory DuckDB with one deduplicating view per table plus `rejects` and
         `failed_requests`. Views over existing files follow the glob, so they see later appends;
-        a table with no files at connect time is a typed empty view for this connection."""
+        a table with no files at connect time is a typed empty view for this connection.
+
+        sandbox: once the views exist, the connection may touch no file outside the store, load
+        no extension and change no setting (for queries a user types; see queries.run_sql)."""
         con = duckdb.connect()
         try:
             con.execute("SET TimeZone = 'UTC'")
@@ -151,6 +148,13 @@ class Store:
                 self._create_view(con, table)
             con.execute(_REJECTS_VIEW)
             con.execute(_FAILED_REQUESTS_VIEW)
+            if sandbox:
+                con.execute("SET python_enable_replacements = false")  # no scans of Python variables
+                con.execute("SET allowed_directories = ?", [[self.location.url + "/"]])
+                con.execute("SET enable_external_access = false")
+                con.execute("SET autoinstall_known_extensions = false")
+                con.execute("SET autoload_known_extensions = false")
+                con.execute("SET lock_configuration = true")
         except BaseException:
             con.close()
             raise
@@ -174,7 +178,7 @@ class Store:
             f"CREATE VIEW {table} AS SELECT {columns} "
             f"FROM (SELECT * FROM {empty} UNION ALL BY NAME SELECT * FROM {raw}) "
             f"QUALIFY row_number() OVER (PARTITION BY {keys} "
-            "ORDER BY created_at, filename, file_row_number) = 1"
+            f"ORDER BY {_order(table, 'created_at', 'filename', 'file_row_number')}) = 1"
         )
 
     def fetch(self, sql: str, params: Sequence | dict | None = None) -> tuple[list[str], list[tuple]]:
@@ -190,24 +194,69 @@ class Store:
         """Run one query on a fresh connection and return the result as an Arrow table."""
         return self.read(lambda con: con.sql(sql, params=params).to_arrow_table())
 
-    def read(self, work: Callable[[duckdb.DuckDBPyConnection], T]) -> T:
+    def read(self, work: Callable[[duckdb.DuckDBPyConnection], T], sandbox: bool = False) -> T:
         """work(connection) on a fresh connection, run again on a new one if a file vanished.
 
         compact() may delete a file between a glob's expansion and its read. Its rows are in the
         merged file already, so a fresh listing sees them; a few tries ride out back-to-back
-        compactions. `work` must only read."""
+        compactions. A part that cannot be read raises CorruptFileError. `work` must only read."""
         for attempt in range(1, _READ_ATTEMPTS + 1):
             con = None
             try:
-                con = self.connect()
+                con = self.connect(sandbox=sandbox)
                 return work(con)
-            except duckdb.IOException:
+            except duckdb.IOException as error:
+                self._raise_if_corrupt(error, thorough=attempt == _READ_ATTEMPTS)
                 if attempt == _READ_ATTEMPTS:
                     raise
                 time.sleep(0.02 * attempt)
+            except duckdb.InvalidInputException as error:
+                self._raise_if_corrupt(error, thorough=True)
+                raise
             finally:
                 if con is not None:
                     con.close()
+
+    # ---- integrity -------------------------------------------------------------------------
+
+    def corrupt_files(self, thorough: bool = True) -> list[tuple[str, str]]:
+        """(path, reason) of every stored part that cannot be read: its footer, and with
+        `thorough` every page too (a flipped byte inside a page leaves the footer intact)."""
+        corrupt = []
+        fs = self.location.filesystem
+        for table in SCHEMAS:
+            for path in self.files(table):
+                try:
+                    with fs.open_input_file(path) as handle:
+                        if thorough:
+                            pq.read_table(handle)
+                        else:
+                            pq.ParquetFile(handle).metadata  # noqa: B018 - reading it is the check
+                except FileNotFoundError:
+                    continue  # compacted away meanwhile
+                except (pa.ArrowException, OSError) as error:
+                    corrupt.append((path, str(error).splitlines()[0]))
+        return corrupt
+
+    def _raise_if_corrupt(self, error: Exception, thorough: bool = True) -> None:
+        """Raise CorruptFileError if a stored part cannot be read (the likely cause of `error`)."""
+        if not isinstance(error, (duckdb.IOException, duckdb.InvalidInputException)):
+            return
+        corrupt = self.corrupt_files(thorough=False) or (self.corrupt_files() if thorough else [])
+        if corrupt:
+            raise CorruptFileError(self.root, corrupt) from None
+
+    def quarantine(self, paths: Sequence[str]) -> list[str]:
+        """Move parts to <root>/_quarantine/<table>/, where no view reads them; their new paths."""
+        fs = self.location.filesystem
+        moved = []
+        for path in paths:
+            table, name = path.rsplit("/", 2)[-2:]
+            folder = f"{self.location.path}/{QUARANTINE}/{table}"
+            fs.create_dir(folder, recursive=True)
+            fs.move(path, f"{folder}/{name}")
+            moved.append(f"{folder}/{name}")
+        return moved
 
     # ---- maintenance -----------------------------------------------------------------------
 
@@ -241,7 +290,13 @@ class Store:
         schema = SCHEMAS[table]
         parts = []
         for order, path in enumerate(files):
-            part = _conform(pq.read_table(path, filesystem=self.location.filesystem), schema)
+            try:
+                data = pq.read_table(path, filesystem=self.location.filesystem)
+            except FileNotFoundError:
+                raise
+            except (pa.ArrowException, OSError) as error:
+                raise CorruptFileError(self.root, [(path, str(error).splitlines()[0])]) from None
+            part = _conform(data, schema)
             parts.append(part.append_column("_file_order", pa.array([order] * part.num_rows, pa.int64())))
         combined = pa.concat_tables(parts)
         keys = ", ".join(_quote(key) for key in PRIMARY_KEYS[table])
@@ -252,7 +307,8 @@ class Store:
             con.register("_merging", combined)
             deduplicated = con.sql(
                 f"SELECT {columns} FROM (SELECT *, row_number() OVER () AS _row FROM _merging) "
-                f"QUALIFY row_number() OVER (PARTITION BY {keys} ORDER BY created_at, _file_order, _row) = 1 "
+                f"QUALIFY row_number() OVER (PARTITION BY {keys} "
+                f"ORDER BY {_order(table, 'created_at', '_file_order', '_row')}) = 1 "
                 "ORDER BY created_at, _file_order, _row"
             ).to_arrow_table()
         finally:

@@ -44,6 +44,10 @@ class CustomConfig(Model):
 class DatasetConfig(Model):
     name: Literal["arithmetic", "svamp", "cqa", "anli1", "custom"] = "arithmetic"
     path: str | None = Field(None, description="folder in the Distilling-Step-by-Step layout")
+    hub: str | None = Field(
+        None, description="Hugging Face dataset id (or a local folder in its hub layout) for svamp, cqa or anli1"
+    )
+    revision: str | None = Field(None, description="the hub dataset's pinned commit (required with hub)")
     splits: list[str] = ["train", "test"]
     limit: int | None = Field(None, ge=1, description="keep only the first N rows of each split")
     validation_fraction: float = Field(0.1, ge=0.0, lt=1.0)
@@ -53,11 +57,21 @@ class DatasetConfig(Model):
 
     @model_validator(mode="after")
     def _check_sources(self) -> DatasetConfig:
-        if self.name in ("svamp", "cqa", "anli1") and not self.path:
+        if self.name in ("svamp", "cqa", "anli1") and not self.path and not self.hub:
             raise ValueError(
-                f"dataset.path is required for dataset.name={self.name!r}: point it at a folder in the "
-                f"Distilling-Step-by-Step layout, e.g. ../shared/data/{self.name}"
+                f"dataset.name={self.name!r} needs dataset.hub (a Hugging Face dataset id with its revision; "
+                f"examples/svamp.yaml shows the pinned ones) or dataset.path (a folder in the "
+                f"Distilling-Step-by-Step layout, e.g. ../shared/data/{self.name})"
             )
+        if self.path and self.hub:
+            raise ValueError("dataset.path and dataset.hub are both set; keep the one the data comes from")
+        if self.hub and not self.revision:
+            raise ValueError(
+                f"dataset.hub {self.hub!r} needs dataset.revision: the dataset's commit on the hub, so that "
+                "every run reads the same rows"
+            )
+        if self.hub and self.name not in ("svamp", "cqa", "anli1"):
+            raise ValueError(f"dataset.hub applies to svamp, cqa and anli1, not {self.name!r}; remove it")
         if self.name == "custom" and self.custom is None:
             raise ValueError("dataset.custom is required for dataset.name='custom' (files, input_field, ...)")
         return self

@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+import urllib.request
 
 import pytest
 from conftest import REPO
@@ -82,7 +83,7 @@ async def _online(config: dict) -> None:
     store = Store(parsed.store.path)
     examples, kind = sync_examples(store, parsed)
     plan = plan_generation(store, parsed, kind, examples)
-    async with open_session(store, parsed, kind, examples, plan.total_requests, show_progress=False) as session:
+    async with open_session(store, parsed, kind, examples, plan.progress_total, show_progress=False) as session:
         await asyncio.gather(*(session.run_example(work) for work in plan.work))
 
 
@@ -203,6 +204,21 @@ def test_expired_and_failed_lines_are_stored_as_far_as_they_came_and_only_the_re
     assert _counts(teacher)["lines_answered"] == COT_LINES + EVAL_LINES
 
 
+def test_batch_call_records_count_the_whole_wait_as_queue_time_and_mark_estimated_usage(tmp_path, teacher, api_key):
+    teacher.set_deviations(no_usage=True)  # a server that sends no usage: tokens are estimated
+    config = _config(tmp_path, teacher.url, n_evals=0)
+    _pass(config)
+    collected = _pass(config)
+    assert (collected.collected, collected.cots) == (1, COTS)
+    store = Store(config["store"]["path"])
+    calls = store.fetch("SELECT latency_s, queue_s, server_s, usage_estimated, prompt_tokens FROM calls")[1]
+    assert len(calls) == COT_LINES
+    for latency, queue, server, estimated, prompt_tokens in calls:
+        # No per-line time on the wire in a batch: server time unknown, all of the wait is queue time.
+        assert (queue, server, estimated) == (latency, None, True) and prompt_tokens > 0
+    assert queries.status(store).calls_usage_estimated == COT_LINES
+
+
 def test_budget_cap_counts_open_batches_as_committed_spend(tmp_path, teacher, api_key):
     configure_batches(teacher.teacher, delay_s=3600)
     config = _config(tmp_path, teacher.url, max_cost_usd=0.003)
@@ -264,3 +280,9 @@ def test_simulated_files_and_batches_endpoints_speak_the_openai_client(teacher):
     (result,) = [json.loads(text) for text in client.files.content(done.output_file_id).text.splitlines()]
     assert result["custom_id"] == "r0" and result["response"]["status_code"] == 200
     assert len(result["response"]["body"]["choices"]) == 2
+
+    # The simulation's own control path, beside the API routes.
+    control = urllib.request.Request(teacher.url.removesuffix("/v1") + "/_batches", data=b'{"delay_s": 7}')
+    with urllib.request.urlopen(control) as response:
+        reply = json.loads(response.read())
+    assert reply["settings"]["delay_s"] == 7 and reply["batches_created"] == 3

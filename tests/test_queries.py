@@ -226,3 +226,16 @@ def test_run_sql_answers_columns_and_rows_on_a_store_or_a_connection(store):
         assert queries.missing_keys(con, "cots", ["e1-c0", "zz"]) == {"zz"}
     finally:
         con.close()
+
+
+def test_answered_requests_missing_samples_are_listed_with_how_many_are_gone(store):
+    store.append([call("c4", "ok", 0.1, 1.0, keys=("e1-c0", "e1-c1", "lost-a", "lost-b"))])
+    store.append([call("c5", "ok", 0.1, 1.0, keys=("e1-c0", "e1-c1", "lost-a", "lost-b"))])  # bought twice
+    missing = queries.answered_but_missing(store)
+    # c1 and c2 of the fixture asked for a key "x" that was never stored
+    assert sorted((r.kind, r.example_id, r.missing, r.asked) for r in missing) == [
+        ("cot", "e1", 1, 1), ("cot", "e1", 2, 4)]
+
+
+def test_stored_sample_keys_look_in_cots_and_evaluations(store):
+    assert queries.stored_sample_keys(store, ["e1-c0", "e1-c0-v1", "nope"]) == {"e1-c0", "e1-c0-v1"}

@@ -157,3 +157,58 @@ def test_real_clock_pacing_holds_the_rate():
 def test_limits_must_be_positive():
     with pytest.raises(ValueError, match="positive"):
         RateLimiter(0, 1000)
+
+
+def test_a_429_without_retry_after_backs_off_for_everyone_halves_the_pace_and_climbs_back():
+    time = FakeTime()
+    limiter = RateLimiter(600, None, clock=time.clock, sleep=time.sleep, backoff_initial_s=0.5, backoff_max_s=4)
+
+    async def run():
+        for _ in range(5):
+            await limiter.acquire(0)  # at the full pace: 0.1 s apart
+        assert limiter.backoff() == 0.5  # the first 429 in a row: the initial backoff
+        assert limiter.backoff() == 1.0  # doubling while 429s keep coming
+        paused_until = limiter.paused_until
+        await limiter.acquire(0)
+        first = time.now
+        await limiter.acquire(0)
+        return paused_until, first, time.now
+
+    paused_until, first, second = asyncio.run(run())
+    assert first == pytest.approx(paused_until)  # nobody went out during the backoff
+    # 600 rpm halved twice: 150 rpm, requests 0.4 s apart
+    assert limiter.adaptive_rpm == pytest.approx(150) and second - first == pytest.approx(0.4)
+    for _ in range(5):
+        limiter.recover()  # additive increase: a twentieth of the pace before the last cut (300/20)
+    assert limiter.adaptive_rpm == pytest.approx(225)
+    for _ in range(30):
+        limiter.recover()
+    assert limiter.adaptive_rpm is None  # back at max_rpm
+    assert limiter.backoff() == 0.5  # a success ended the streak
+
+
+def test_without_a_configured_rpm_a_429_lowers_the_measured_pace():
+    time = FakeTime()
+    limiter = RateLimiter(None, None, clock=time.clock, sleep=time.sleep)
+
+    async def run():
+        for _ in range(11):
+            await limiter.acquire(0)
+            await time.sleep(0.05)  # 20 requests per second: 1200 rpm
+
+    asyncio.run(run())
+    limiter.backoff()
+    assert limiter.adaptive_rpm == pytest.approx(600, rel=0.01)
+
+
+def test_429s_for_requests_sent_before_the_backoff_count_once():
+    time = FakeTime()
+    limiter = RateLimiter(None, None, clock=time.clock, sleep=time.sleep, backoff_initial_s=1.0)
+
+    async def run():
+        return [await limiter.acquire(0) for _ in range(8)]  # eight requests in flight together
+
+    sent = asyncio.run(run())
+    assert limiter.backoff(sent[0]) == 1.0
+    assert all(limiter.backoff(at) == 1.0 for at in sent[1:])  # the same pause, not 2, 4, 8... s
+    assert limiter.pauses == 1

@@ -15,7 +15,7 @@ import pytest
 
 from tasks.data.arithmetic import generate_problems
 from tasks.simulator.answers import simulate_cot, simulate_evaluation
-from tasks.simulator.server import SimulatedTeacher, start_simulator
+from tasks.simulator.server import Deviations, SimulatedTeacher, start_simulator
 from tasks.teacher.parsing import answers_match, parse_cot, parse_evaluation
 from tasks.teacher.prompts import cot_messages, eval_messages
 
@@ -277,3 +277,46 @@ def test_answer_generation_takes_microseconds():
     for _ in range(200):
         teacher.chat(body, None)
     assert (time.perf_counter() - started) / 200 < 0.002  # per request of 5 samples, HTTP aside
+
+
+def test_deviation_ignore_n_answers_one_choice():
+    with start_simulator(EXAMPLES, deviations=Deviations(ignore_n=True)) as sim:
+        status, _, reply = _ask(sim, cot_messages("equation", QUESTION), n=3)
+    assert status == 200 and len(reply["choices"]) == 1
+
+
+def test_deviation_no_usage_leaves_usage_out():
+    with start_simulator(EXAMPLES, deviations=Deviations(no_usage=True)) as sim:
+        status, _, reply = _ask(sim, cot_messages("equation", QUESTION))
+    assert status == 200 and "usage" not in reply
+
+
+def test_deviation_no_retry_after_sends_429s_without_the_header():
+    with start_simulator(EXAMPLES, rpm=60, burst=1, deviations=Deviations(no_retry_after=True)) as sim:
+        assert _ask(sim, cot_messages("equation", QUESTION))[0] == 200
+        status, headers, _ = _ask(sim, cot_messages("equation", QUESTION))
+    assert status == 429 and "retry-after" not in headers and "retry-after-ms" not in headers
+
+
+def test_deviation_content_filter_refuses_chosen_prompts_like_azure(sim):
+    sim.set_deviations(content_filter=(QUESTION,))
+    status, _, reply = _ask(sim, cot_messages("equation", QUESTION))
+    assert status == 400 and reply["error"]["code"] == "content_filter"
+    assert "content management policy" in reply["error"]["message"]
+    assert _ask(sim, cot_messages("equation", PROBLEMS[0].question))[0] == 200
+    assert sim.stats()["by_status"] == {"content_filter": 1, "200": 1}
+
+
+def test_routes_can_be_added_for_other_endpoints(sim):
+    from tasks.simulator.outcomes import Outcome
+    from tasks.simulator.server import ROUTES, route
+
+    @route("GET", "/v1/_test_echo")
+    def echo(teacher, body, headers):
+        return Outcome(200, {"examples": len(teacher.examples)})
+
+    try:
+        with urllib.request.urlopen(f"{sim.url}/_test_echo") as response:
+            assert json.loads(response.read()) == {"examples": len(EXAMPLES)}
+    finally:
+        ROUTES.pop(("GET", "/v1/_test_echo")), ROUTES.pop(("GET", "/_test_echo"))

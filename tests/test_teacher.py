@@ -14,7 +14,7 @@ import pytest
 from conftest import FakeTime
 
 from tasks.data.arithmetic import generate_problems
-from tasks.simulator.server import start_simulator
+from tasks.simulator.server import Deviations, start_simulator
 from tasks.teacher.client import TeacherClient, estimate_tokens
 from tasks.teacher.errors import FatalError, OutputError, TransientError, retry_after_seconds, translate
 from tasks.teacher.prompts import cot_messages
@@ -244,3 +244,69 @@ def test_translate_sorts_vendor_errors_into_the_tree(exc, kind, fragment):
 
 def test_output_error_is_a_teacher_error_that_is_not_retried():
     assert not issubclass(OutputError, TransientError)
+
+
+def test_a_content_filter_400_is_an_output_with_its_reason_not_an_error():
+    with start_simulator(EXAMPLES, deviations=Deviations(content_filter=(PROBLEMS[0].question,))) as sim:
+        reply = _complete(sim, n=3)
+        assert reply.texts == ("", "", "") and reply.finish_reasons == ("content_filter",) * 3
+        assert "content management policy" in reply.refusal and reply.attempts == 1
+        assert sim.stats()["requests"] == 1  # not retried: asking again buys the same refusal
+        other = cot_messages("equation", PROBLEMS[1].question)
+        assert _complete(sim, messages=other).refusal is None
+
+
+def test_a_reply_without_usage_is_marked_estimated():
+    with start_simulator(EXAMPLES, deviations=Deviations(no_usage=True)) as sim:
+        reply = _complete(sim, n=2)
+    assert reply.usage_estimated
+    assert reply.prompt_tokens == estimate_tokens(MESSAGES, 0, 0)
+    assert reply.completion_tokens == sum(-(-len(text) // 4) for text in reply.texts)
+
+
+def test_a_server_that_ignores_n_gives_a_shorter_reply():
+    with start_simulator(EXAMPLES, deviations=Deviations(ignore_n=True)) as sim:
+        reply = _complete(sim, n=3)
+    assert len(reply.texts) == 1 and reply.attempts == 1
+
+
+def test_a_429_without_retry_after_pauses_every_caller_and_lowers_the_pace():
+    with start_simulator(EXAMPLES, deviations=Deviations(no_retry_after=True)) as sim:
+        sim.set_faults(next_faults=("rate_limit",))
+        fake = FakeTime()
+        limiter = RateLimiter(600, None, clock=fake.clock, sleep=fake.sleep, backoff_initial_s=2.0)
+        reply = _complete(sim, limiter=limiter)
+        assert reply.attempts == 2 and sim.stats()["by_status"] == {"429": 1, "200": 1}
+    assert limiter.pauses == 1 and limiter.paused_until == pytest.approx(2.0)
+    assert sum(fake.sleeps) == pytest.approx(2.0)  # the retry waited out the backoff
+    assert limiter.adaptive_rpm == pytest.approx(300 + 600 / 20)  # halved, then one success: +1/20 of 600
+
+
+def test_every_http_attempt_retries_included_passes_the_shared_gate(sim):
+    charged = []
+
+    async def gate(requests: int) -> None:
+        charged.append(requests)
+
+    sim.set_faults(next_faults=("error_500", "error_500"))
+    reply = _complete(sim, n=2, gate=gate)
+    assert reply.attempts == 3 and charged == [1, 1, 1]
+    _complete(sim, n=3, use_n=False, gate=gate)
+    assert len(charged) == 3 + 3
+
+
+def test_time_on_the_wire_and_time_queued_are_told_apart():
+    with start_simulator(EXAMPLES, latency_ms=150) as sim:
+        async def run():
+            client = _client(sim, max_concurrency=1)
+            try:
+                return await asyncio.gather(*(client.complete(MESSAGES, n=1, example_id=f"e{i}", **SAMPLING)
+                                              for i in range(3)))
+            finally:
+                await client.aclose()
+
+        replies = sorted(asyncio.run(run()), key=lambda reply: reply.latency_s)
+    assert all(0.14 <= reply.server_s < 0.6 for reply in replies)
+    # one connection slot: the third waited for two others on the wire
+    assert replies[0].queue_s < 0.1 and replies[2].queue_s >= 0.28
+    assert all(reply.queue_s + reply.server_s == pytest.approx(reply.latency_s) for reply in replies)

@@ -1,7 +1,8 @@
 """Load a dataset into ExampleRows, validating every row before any teacher call is paid for.
 
 Datasets: the built-in arithmetic generator, svamp / cqa / anli1 in the Distilling-Step-by-Step
-(DSS) layout, and custom files (JSONL, JSON, CSV, Parquet) with a field mapping.
+(DSS) layout or from the Hugging Face Hub (tasks.data.hub), and custom files (JSONL, JSON, CSV,
+Parquet) with a field mapping.
 
 Validation is carved out of a train file exactly like DSS's run.py
 (`train_test_split(test_size=0.1, seed=0)`), so SVAMP's 800 train rows become the same 720 train /
@@ -13,10 +14,7 @@ validation file) has a validation file of its own instead.
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
-import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -29,15 +27,12 @@ from storage.records import ExampleRow
 from tasks.config import DatasetConfig
 from tasks.data.arithmetic import generate_problems
 from tasks.data.equations import EquationError, evaluate_equation
+from tasks.data.files import DatasetError, read_records
 
 NLI_LABELS = ("entailment", "neutral", "contradiction")  # ANLI's label ids 0, 1, 2
 DSS_DATASETS = ("svamp", "cqa", "anli1")
 ANSWER_TYPES = {"arithmetic": "equation", "svamp": "equation", "cqa": "choice", "anli1": "nli"}
 SPLITS = ("train", "validation", "test")
-
-
-class DatasetError(ValueError):
-    """Input data that cannot be used; the message names the file and row."""
 
 
 @dataclass(frozen=True)
@@ -129,24 +124,23 @@ def _arithmetic_sources(cfg: DatasetConfig, wanted: set[str]) -> list[SplitSourc
 
 
 def _dss_sources(cfg: DatasetConfig, wanted: set[str]) -> list[SplitSource]:
+    """svamp / cqa / anli1 from a DSS folder or, with dataset.hub, from the Hugging Face Hub (whose
+    rows tasks.data.hub turns into the records of the DSS files, in their order)."""
     own_validation = cfg.name == "anli1"  # DSS ships anli1_valid.json; the others carve it
-    folder = Path(cfg.path)
-    if not folder.is_dir():
-        raise DatasetError(
-            f"dataset.path {cfg.path}: no such folder (expected the DSS layout with {cfg.name}_*.json)"
-        )
+    files = {("valid" if split == "validation" else split): split for split in _files_for(wanted, own_validation)}
+    if cfg.hub:
+        from tasks.data.hub import hub_records  # needs the optional `datasets` library
+
+        read = hub_records(cfg, list(files))
+    else:
+        read = _folder_records(cfg, files)
     convert = {"svamp": _svamp_row, "cqa": _cqa_row, "anli1": _anli_row}[cfg.name]
     sources = []
-    for split in _files_for(wanted, own_validation):
-        file_split = "valid" if split == "validation" else split
-        path = folder / f"{cfg.name}_{file_split}.json"
-        if not path.is_file():
-            raise DatasetError(f"{path}: no such file; add it or remove {split!r} from dataset.splits")
-        records, total = _read_records(path, cfg.limit)
+    for file_split, split in files.items():
+        records, total, where_split = read[file_split]
         rows = []
         for row, record in enumerate(records):
-            where = f"{path} row {row}"
-            example_id, text, label = convert(record, where)
+            example_id, text, label = convert(record, f"{where_split} row {row}")
             rows.append(
                 ExampleRow(
                     example_id=example_id or f"{cfg.name}-{file_split}-{row:05d}",
@@ -154,11 +148,26 @@ def _dss_sources(cfg: DatasetConfig, wanted: set[str]) -> list[SplitSource]:
                     input=text,
                     label=label,
                     dataset=cfg.name,
-                    source=f"{path.name}:{row}",
+                    source=f"{Path(where_split).name}:{row}",
                 )
             )
-        sources.append(SplitSource(file_split, str(path), tuple(rows), total))
+        sources.append(SplitSource(file_split, where_split, tuple(rows), total))
     return _carve_validation(sources, cfg)
+
+
+def _folder_records(cfg: DatasetConfig, files: dict[str, str]) -> dict[str, tuple[list[dict], int, str]]:
+    folder = Path(cfg.path)
+    if not folder.is_dir():
+        raise DatasetError(
+            f"dataset.path {cfg.path}: no such folder (expected the DSS layout with {cfg.name}_*.json)"
+        )
+    read = {}
+    for file_split, split in files.items():
+        path = folder / f"{cfg.name}_{file_split}.json"
+        if not path.is_file():
+            raise DatasetError(f"{path}: no such file; add it or remove {split!r} from dataset.splits")
+        read[file_split] = (*read_records(path, cfg.limit), str(path))
+    return read
 
 
 def _custom_sources(cfg: DatasetConfig, wanted: set[str]) -> list[SplitSource]:
@@ -176,7 +185,7 @@ def _custom_sources(cfg: DatasetConfig, wanted: set[str]) -> list[SplitSource]:
                 f"dataset.custom.files has no {split!r} file; add one or drop {split!r} from splits"
             )
         path = Path(custom.files[split])
-        records, total = _read_records(path, cfg.limit)
+        records, total = read_records(path, cfg.limit)
         rows = []
         for row, record in enumerate(records):
             where = f"{path} row {row}"
@@ -340,75 +349,3 @@ def _label(value, label_type: str, where: str) -> str:
         if not math.isfinite(number):
             raise DatasetError(f"{where}: label {text!r} is not a finite number")
     return text
-
-
-# ---- files ---------------------------------------------------------------------------------
-
-
-def _read_records(path: Path, limit: int | None) -> tuple[list[dict], int]:
-    """The first `limit` records in file order (row i is records[i]) and the file's row count."""
-    if not path.is_file():
-        raise DatasetError(f"{path}: no such file")
-    suffix = path.suffix.lower()
-    if suffix == ".parquet":
-        return _numbered(path, _parquet_records(path), limit)
-    if suffix not in (".json", ".jsonl", ".csv"):
-        raise DatasetError(f"{path}: unsupported file type {suffix!r}; use .jsonl, .json, .csv or .parquet")
-    raw = path.read_bytes()
-    if not raw.strip():
-        raise DatasetError(f"{path}: file is empty")
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as error:
-        line = raw[: error.start].count(b"\n") + 1
-        raise DatasetError(f"{path}: line {line}: not valid UTF-8 (byte {raw[error.start]:#04x})") from None
-    records = _csv_records(path, text) if suffix == ".csv" else _json_records(path, text)
-    return _numbered(path, records, limit)
-
-
-def _numbered(path: Path, records: list, limit: int | None) -> tuple[list[dict], int]:
-    if not records:
-        raise DatasetError(f"{path}: file has no rows")
-    for row, record in enumerate(records):
-        if not isinstance(record, dict):
-            raise DatasetError(
-                f"{path} row {row}: expected an object with named fields, got {type(record).__name__}"
-            )
-    return records[: limit or None], len(records)
-
-
-def _json_records(path: Path, text: str) -> list:
-    if text.lstrip().startswith("["):  # a JSON array
-        try:
-            records = json.loads(text)
-        except json.JSONDecodeError as error:
-            raise DatasetError(f"{path}: line {error.lineno}: not valid JSON: {error.msg}") from None
-        return records
-    records = []
-    for line_number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError as error:
-            raise DatasetError(
-                f"{path} row {len(records)} (line {line_number}): not valid JSON: {error.msg}"
-            ) from None
-    return records
-
-
-def _csv_records(path: Path, text: str) -> list[dict]:
-    try:
-        return [dict(record) for record in csv.DictReader(io.StringIO(text, newline=""))]
-    except csv.Error as error:
-        raise DatasetError(f"{path}: not valid CSV: {error}") from None
-
-
-def _parquet_records(path: Path) -> list[dict]:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    try:
-        return pq.read_table(path).to_pylist()
-    except (pa.ArrowException, OSError) as error:
-        raise DatasetError(f"{path}: not a readable Parquet file: {error}") from None

@@ -146,6 +146,9 @@ def import_dss(store: Store, cfg: DatasetConfig) -> ImportSummary:
     """Store the DSS PaLM rationales of the configured splits (one CoT per example, cot_index 0)."""
     if cfg.name not in DSS_DATASETS:
         raise DatasetError(f"import dss needs dataset.name in {DSS_DATASETS}, not {cfg.name!r}")
+    if not cfg.path:
+        raise DatasetError("import dss reads the rationales in a DSS folder's llm/; set dataset.path to that "
+                           "folder (dataset.hub has the examples only)")
     kind = answer_type(cfg)
     wanted = wanted_splits(cfg)
     examples, cots = [], []

@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import signal
 import time
@@ -34,7 +35,7 @@ from storage.records import utcnow
 from tasks.config import Config, TeacherConfig
 from tasks.generation.batch_api import ENDPOINT, TAG_KEY, TERMINAL, BatchApi, open_batch_api
 from tasks.generation.plan import Plan, Request, plan_generation, price_usd, sampling_of
-from tasks.generation.session import Session
+from tasks.generation.replies import call_record, failure_record, reply_rows
 from tasks.teacher.client import TeacherReply, estimate_tokens
 from tasks.teacher.errors import FatalError
 from tasks.teacher.prompts import cot_messages, eval_messages
@@ -127,8 +128,6 @@ class BatchRun:
         self.api = api
         self.claims = Claims(store.root)
         self.summary = BatchSummary()
-        # Only its row builders are used: rows are made and parsed exactly as online.
-        self._rows = Session(store, config, answer_type, None, None, None, None)
 
     def _record(self, latest: BatchRow, event: str, **changes) -> BatchRow:
         row = dataclasses.replace(latest, event_id=uuid.uuid4().hex, event=event, keys=(), requests=(),
@@ -222,23 +221,32 @@ class BatchRun:
         choices = sorted(body.get("choices") or [], key=lambda choice: choice.get("index") or 0)
         usage = body.get("usage") or {}
         texts = tuple((choice.get("message") or {}).get("content") or "" for choice in choices)
+        prompt_tokens, completion_tokens = usage.get("prompt_tokens"), usage.get("completion_tokens")
+        estimated = not isinstance(prompt_tokens, int) or not isinstance(completion_tokens, int)
+        if estimated:  # a server that sends no usage: estimated as the online client does
+            prompt_tokens = estimate_tokens(request.messages, 0, 0)
+            completion_tokens = sum(math.ceil(len(text) / 4) for text in texts)
+        # The whole wait, creation to finish, is queue time: a batch reports no per-line time on the
+        # wire, so server_s stays unknown (null) and does not skew the online server-time median.
         reply = TeacherReply(
             texts=texts,
             finish_reasons=tuple(choice.get("finish_reason") for choice in choices),
-            prompt_tokens=int(usage.get("prompt_tokens") or estimate_tokens(request.messages, 0, 0)),
-            completion_tokens=int(usage.get("completion_tokens") or sum(len(text) // 4 for text in texts)),
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
             model=body.get("model") or self.teacher.model,
             latency_s=latency_s,
             attempts=1,
+            usage_estimated=estimated,
         )
         cost = price_usd(self.teacher, reply.prompt_tokens, reply.completion_tokens) * batch_factor(self.teacher)
-        rows = self._rows._rows(request, reply, call_id)
+        rows = reply_rows(self.teacher, self.answer_type, request, reply, call_id)
         summary = self.summary
         summary.cots += sum(isinstance(row, CotRow) for row in rows)
         summary.evaluations += sum(not isinstance(row, CotRow) for row in rows)
         summary.unparseable += sum(row.parse_error is not None for row in rows)
         summary.cost_usd += cost
-        return rows, self._rows._call(request, call_id, reply, cost)
+        call = call_record(self.teacher, request, call_id, request.keys[: len(rows)], reply, cost)
+        return rows, dataclasses.replace(call, server_s=None)
 
     def _failed(self, line: Line, call_id: str, response: dict) -> CallRow:
         error = (response.get("body") or {}).get("error") or {}
@@ -246,9 +254,7 @@ class BatchRun:
         self.summary.lines_failed += 1
         if len(self.summary.errors) < 5:
             self.summary.errors.append(message)
-        return CallRow(call_id=call_id, kind=line.kind, example_id=line.example_id, keys=line.keys,
-                       status="failed", attempts=1, prompt_tokens=0, completion_tokens=0, cost_usd=0.0,
-                       latency_s=0.0, error=f"BatchLineError: {message}", teacher_model=self.teacher.model)
+        return failure_record(self.teacher, line, call_id, f"BatchLineError: {message}", attempts=1)
 
     # ---- submitting --------------------------------------------------------------------------
 

@@ -15,7 +15,7 @@ from tenacity.wait import wait_random_exponential
 from storage import ExampleRow, Store, queries
 from storage.records import utcnow
 from tasks.config import Config, TeacherConfig
-from tasks.generation.session import _api_key
+from tasks.generation.session import api_key
 from tasks.teacher.errors import FatalError, TransientError, translate
 
 TAG_KEY = "mindsmirror_tag"  # the metadata key that carries a batch's tag
@@ -92,7 +92,7 @@ def open_batch_api(store: Store, config: Config, examples: Sequence[ExampleRow],
         configure_batches(simulator.teacher, state_dir=folder / "_simulator", delay_s=teacher.simulator.batch_delay_s)
         base_url = simulator.url
     try:
-        yield BatchApi(teacher, base_url, _api_key(teacher))
+        yield BatchApi(teacher, base_url, api_key(teacher))
     finally:
         if simulator is not None:
             simulator.close()

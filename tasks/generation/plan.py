@@ -45,9 +45,11 @@ class Plan:
     prompt_tokens: int  # estimated
     completion_tokens: int  # upper bound: n * max_tokens
     cost_usd: float  # upper bound at the configured prices
+    progress_total: int = 0  # requests one per prompt, as the progress bar counts them
 
     @property
     def total_requests(self) -> int:
+        """HTTP requests (n of them per prompt when teacher.use_n is off)."""
         return self.cot_requests + self.eval_requests + self.later_eval_requests
 
     def batches(self, size: int) -> Iterator[tuple[ExampleWork, ...]]:
@@ -101,7 +103,7 @@ def request_for(
     return request, keys
 
 
-def _narrow(request: Request, missing: set[str]) -> Request | None:
+def narrow(request: Request, missing: set[str]) -> Request | None:
     pairs = [(i, k) for i, k in zip(request.indices, request.keys) if k in missing]
     if not pairs:
         return None
@@ -146,18 +148,19 @@ def plan_generation(
         missing_evals &= failed
 
     work = []
-    n_cot_requests = n_eval_requests = new_cots = 0
+    n_cot_requests = n_eval_requests = new_cots = prompts = 0
     prompt_tokens = completion_tokens = 0
     for example in examples:
-        cot_request = _narrow(cot_requests[example.example_id], missing_cots)
+        cot_request = narrow(cot_requests[example.example_id], missing_cots)
         evals = tuple(
             narrowed
             for request in eval_requests.get(example.example_id, [])
-            if (narrowed := _narrow(request, missing_evals)) is not None
+            if (narrowed := narrow(request, missing_evals)) is not None
         )
         if cot_request is None and not evals:
             continue
         work.append(ExampleWork(example, cot_request, evals))
+        prompts += (cot_request is not None) + len(evals)
         for request in ([cot_request] if cot_request else []) + list(evals):
             n = len(request.keys)
             sampling = sampling_of(teacher, request.kind)
@@ -184,6 +187,7 @@ def plan_generation(
         prompt_tokens=prompt_tokens,
         completion_tokens=completion_tokens,
         cost_usd=price_usd(teacher, prompt_tokens, completion_tokens),
+        progress_total=prompts + (new_cots if teacher.n_evals else 0),
     )
 
 

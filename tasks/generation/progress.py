@@ -1,4 +1,9 @@
-"""The progress bar of a generation run: requests done of total, calls/s, tokens, cost, failures."""
+"""The progress bar of a generation run: requests done of total, calls/s, tokens, cost, failures.
+
+It counts logical requests, one per prompt, however many HTTP requests each takes (n=1 servers)
+and whether or not it succeeded; evaluation requests the plan expected for CoTs that never came or
+came back unparseable are taken off the total (`forgo`), so a finished run ends at total/total.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +19,7 @@ class GenerationProgress:
         self.started = time.perf_counter()
         self.done = self.failed = self.skipped = self.unparseable = self.tokens = 0
         self.cost = 0.0
+        self.total = total
         self._bar = Progress(
             TextColumn("[bold]teacher[/]"),
             BarColumn(bar_width=20),
@@ -37,15 +43,26 @@ class GenerationProgress:
         self._refresh(0)
         self._bar.stop()
 
+    @property
+    def completed(self) -> int:
+        return int(self._bar.tasks[0].completed)
+
     def advance(self, done: int = 0, failed: int = 0, skipped: int = 0, tokens: int = 0, cost: float = 0.0,
-                unparseable: int = 0) -> None:
+                unparseable: int = 0, step: bool = True) -> None:
+        """step=False: counts without moving the bar (the request was counted already)."""
         self.done += done
         self.failed += failed
         self.skipped += skipped
         self.unparseable += unparseable
         self.tokens += tokens
         self.cost += cost
-        self._refresh(done + failed + skipped)
+        self._refresh(done + failed + skipped if step else 0)
+
+    def forgo(self, requests: int) -> None:
+        """Take requests the plan expected, and that will not be sent, off the total."""
+        if requests:
+            self.total -= requests
+            self._bar.update(self._task, total=self.total)
 
     def _refresh(self, steps: int) -> None:
         elapsed = max(time.perf_counter() - self.started, 1e-9)

@@ -1,81 +1,47 @@
 """The live part of generation: asking the teacher and writing each response as it arrives.
 
 Each response is on disk (rows, then its call record) before it counts as done; `kill -9` loses at
-most the requests in flight. Requests flow through one sliding window (the client's concurrency limit
-and rate limiter) shared by every example coroutine, so a slow or failing request holds up nobody else.
+most the requests in flight. Admission is per request: one window of teacher.max_concurrency
+requests, shared by every example coroutine of every batch, so a slow or failing request holds up
+one slot, never a whole batch. A request claims its keys only once admitted, so at most a window of
+requests is ever claimed and unanswered.
+
+The store is the record of what was paid for. When a write to it fails (a full disk), dispatch
+stops at once and every answer still arriving goes to a journal (storage.journal) that the next run
+replays into the store before planning; the summary says how many answers are pending there.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
+import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 
-from storage import CallRow, Claims, CotRow, EvaluationRow, ExampleRow, Store, queries
+from storage import CallRow, Claims, CotRow, ExampleRow, Store, queries
+from storage.journal import Journal
 from tasks.config import Config, TeacherConfig
-from tasks.generation.plan import ExampleWork, Request, price_usd, request_for, sampling_of
+from tasks.generation.ledger import Budget, BudgetExceeded, Summary
+from tasks.generation.plan import ExampleWork, Request, narrow, price_usd, request_for, sampling_of
 from tasks.generation.progress import GenerationProgress
-from tasks.teacher.client import TeacherClient, TeacherReply, estimate_tokens
+from tasks.generation.replies import call_record, failure_record, reply_rows
+from tasks.teacher.client import Gate, TeacherClient, TeacherReply, estimate_tokens
 from tasks.teacher.errors import FatalError, TeacherError
-from tasks.teacher.parsing import parse_cot, parse_evaluation
-from tasks.teacher.prompts import prompt_version
 from tasks.teacher.ratelimit import RateLimiter
 
-# Waits until `requests` more requests may go out under a limit shared with other processes
-# (the flows pass one backed by a Prefect global rate limit when teacher.shared_rate_limit is set).
-Gate = Callable[[int], Awaitable[None]]
+log = logging.getLogger(__name__)
 
-
-class BudgetExceeded(Exception):
-    """Dispatching the next request could take spending past teacher.max_cost_usd."""
-
-
-
-@dataclass
-class Summary:
-    requests_ok: int = 0
-    requests_failed: int = 0
-    requests_skipped: int = 0  # claimed by another run at the same moment
-    cots: int = 0
-    evaluations: int = 0
-    unparseable: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cost_usd: float = 0.0
-    stopped: str | None = None
-    errors: list[str] = field(default_factory=list)
-
-
-
-class Budget:
-    """Spending so far plus what in-flight requests could cost, checked before each dispatch."""
-
-    def __init__(self, limit: float | None, spent: float):
-        self.limit = limit
-        self.spent = spent
-        self.reserved = 0.0
-
-    def reserve(self, amount: float) -> None:
-        if self.limit is not None and self.spent + self.reserved + amount > self.limit:
-            raise BudgetExceeded(
-                f"budget cap reached: ${self.spent:.4f} spent of teacher.max_cost_usd=${self.limit:.4f} "
-                f"(next request could cost up to ${amount:.4f}); raise the cap and rerun to continue"
-            )
-        self.reserved += amount
-
-    def settle(self, reserved: float, actual: float) -> None:
-        self.reserved -= reserved
-        self.spent += actual
+__all__ = ["Budget", "BudgetExceeded", "Gate", "Session", "Summary", "api_key", "open_session"]
 
 
 class Session:
-    """The live parts of one generation run: store, teacher client, budget, progress."""
+    """The live parts of one generation run: store, teacher client, budget, progress, admission."""
 
     def __init__(self, store: Store, config: Config, answer_type: str, client: TeacherClient,
-                 budget: Budget, progress: GenerationProgress, claims: Claims, gate: Gate | None = None):
+                 budget: Budget, progress: GenerationProgress, claims: Claims):
         self.store = store
         self.teacher = config.teacher
         self.answer_type = answer_type
@@ -83,13 +49,42 @@ class Session:
         self.budget = budget
         self.progress = progress
         self.claims = claims
-        self.gate = gate
         self.summary = Summary()
         self.fatal: FatalError | None = None
+        self.journal = Journal(store)
+        self.window = teacher_window = config.teacher.max_concurrency
+        self._slots = asyncio.Semaphore(teacher_window)
+        self._announced = 0  # requests announced and not yet admitted (or given up)
+        self._room = asyncio.Condition()
+        self._pending: list[list] = []  # row groups not yet in the store, in write order
+        self._write_error: OSError | None = None
+        self._warned_n = False
+
+    # ---- admission ---------------------------------------------------------------------------
+
+    def announce(self, batch: Sequence[ExampleWork]) -> None:
+        """Count a batch's first requests as queued, before its task run starts."""
+        self._announced += sum((work.cot_request is not None) + len(work.eval_requests) for work in batch)
+
+    async def room(self) -> None:
+        """Wait until fewer than a window's worth of requests are queued: time to start another batch."""
+        async with self._room:
+            await self._room.wait_for(lambda: self._announced < self.window or self.summary.stopped)
+
+    async def _admitted(self) -> None:
+        await self._slots.acquire()
+        await self._leave_queue()
+
+    async def _leave_queue(self) -> None:
+        async with self._room:
+            self._announced -= 1
+            self._room.notify_all()
 
     def _stop(self, reason: str) -> None:
         if self.summary.stopped is None:
             self.summary.stopped = reason
+
+    # ---- one example, one request --------------------------------------------------------------
 
     async def run_example(self, work: ExampleWork) -> int:
         """Ask for an example's missing samples; returns how many of its requests failed."""
@@ -104,6 +99,12 @@ class Session:
                         self.teacher, self.answer_type, "evaluation", work.example, row, self.teacher.n_evals
                     )
                     evals.append(request)
+            if self.teacher.n_evals:
+                # The plan counted one evaluation request per CoT asked for; CoTs that did not come
+                # back, or came back unparseable, will have none.
+                new = len(evals) - len(work.eval_requests)
+                self.progress.forgo(len(work.cot_request.keys) - new)
+                self._announced += new
         if evals:
             replies = await asyncio.gather(*(self._ask(request) for request in evals))
             failed += sum(rows is None for rows in replies)
@@ -111,146 +112,173 @@ class Session:
 
     async def _ask(self, request: Request) -> list | None:
         """The rows a request produced; [] when it was not sent, None when it failed."""
+        queued = time.perf_counter()
         if self.summary.stopped:
+            await self._leave_queue()
             return []
-        if not self.claims.claim(request.keys):
-            self.summary.requests_skipped += 1
-            self.progress.advance(skipped=1)
-            return []
+        await self._admitted()
+        try:
+            if self.summary.stopped:
+                return []
+            try:
+                claimed = self.claims.claim(request.keys)
+            except OSError as error:
+                self._write_failed(error)
+                return []
+            if not claimed:
+                self.summary.requests_skipped += 1
+                self.progress.advance(skipped=1)
+                return []
+            rows = await self._buy(request, time.perf_counter() - queued)
+            self._quietly(self.claims.done if rows is not None else self.claims.release, request.keys)
+            return rows
+        finally:
+            self._slots.release()
+
+    async def _buy(self, request: Request, queued_s: float, count: bool = True) -> list | None:
         sampling = sampling_of(self.teacher, request.kind)
         n = len(request.keys)
+        one_by_one = not self.client.use_n
         estimate = price_usd(
-            self.teacher, estimate_tokens(request.messages, 0, 0) * (1 if self.teacher.use_n else n),
-            n * sampling.max_tokens,
+            self.teacher, estimate_tokens(request.messages, 0, 0) * (n if one_by_one else 1), n * sampling.max_tokens
         )
         try:
             self.budget.reserve(estimate)
         except BudgetExceeded as stop:
-            self.claims.release(request.keys)
             self._stop(str(stop))
             return []
         call_id = uuid.uuid4().hex
         try:
-            if self.gate is not None:
-                await self.gate(1 if self.teacher.use_n else n)
             reply = await self.client.complete(
-                request.messages,
-                n=n,
-                temperature=sampling.temperature,
-                top_p=sampling.top_p,
-                max_tokens=sampling.max_tokens,
-                example_id=request.example_id,
+                request.messages, n=n, temperature=sampling.temperature, top_p=sampling.top_p,
+                max_tokens=sampling.max_tokens, example_id=request.example_id,
             )
         except FatalError as error:
             self.budget.settle(estimate, 0.0)
-            self.claims.release(request.keys)
             self.fatal = self.fatal or error
             self._stop(str(error))
             return []
         except TeacherError as error:
             self.budget.settle(estimate, 0.0)
-            self._record_failure(request, call_id, error)
-            self.claims.release(request.keys)
+            self._record_failure(request, call_id, f"{type(error).__name__}: {error}",
+                                 getattr(error, "attempts", 0) or 0, count)
             return None
         cost = price_usd(self.teacher, reply.prompt_tokens, reply.completion_tokens)
         self.budget.settle(estimate, cost)
-        rows = self._rows(request, reply, call_id)
-        # Rows first, then the call record: a crash between the two keeps the paid answer.
-        self.store.append(rows)
-        self.store.append([self._call(request, call_id, reply, cost)])
-        self.claims.done(request.keys)
-        self._count(rows, reply, cost)
+        rows = reply_rows(self.teacher, self.answer_type, request, reply, call_id)
+        got = request.keys[: len(rows)]
+        # Rows first, then the call record: a crash between the two keeps the paid answer. The call
+        # claims only the keys that came back, so no `ok` record hides a missing sample.
+        self._write(rows, [call_record(self.teacher, request, call_id, got, reply, cost, queued_s)])
+        self._count(rows, reply, cost, count)
+        if len(rows) == n:
+            return rows
+        rest = narrow(request, set(request.keys) - set(got))
+        if not reply.refusal and not one_by_one and self.client.use_n:
+            self._switch_to_n1(request, len(rows))
+        if self.client.use_n is False and not one_by_one and not self.summary.stopped:
+            more = await self._buy(rest, 0.0, count=False)
+            return rows + (more or [])
+        self._record_failure(rest, uuid.uuid4().hex, f"TeacherError: {request.example_id}: {len(rows)} of {n} "
+                             "samples came back; the rest are missing (rerun or `mindsmirror resume` asks again)",
+                             0, count=False)
         return rows
 
-    def _rows(self, request: Request, reply: TeacherReply, call_id: str) -> list:
-        sampling = sampling_of(self.teacher, request.kind)
-        version = prompt_version(self.answer_type, request.kind)
-        rows = []
-        for index, key, text, finish in zip(request.indices, request.keys, reply.texts, reply.finish_reasons):
-            common = dict(
-                key=key,
-                example_id=request.example_id,
-                text=text,
-                finish_reason=finish,
-                teacher_model=reply.model or self.teacher.model,
-                prompt_version=version,
-                temperature=sampling.temperature,
-                top_p=sampling.top_p,
-                max_tokens=sampling.max_tokens,
-                source="teacher",
-                call_id=call_id,
+    def _switch_to_n1(self, request: Request, got: int) -> None:
+        self.client.use_n = False
+        if not self._warned_n:
+            self._warned_n = True
+            log.warning(
+                "teacher: %s returned %d of the %d samples asked for with n=%d: the server ignores `n`. "
+                "This run now sends one-sample requests; set teacher.use_n: false in the config to do so "
+                "from the start", self.client.base_url or "the endpoint", got, len(request.keys), len(request.keys)
             )
-            if request.kind == "cot":
-                parsed = parse_cot(text, self.answer_type, finish, question=request.question)
-                rows.append(
-                    CotRow(cot_index=index, answer=parsed.answer, rationale=parsed.rationale,
-                           parse_error=parsed.error, **common)
-                )
-            else:
-                parsed = parse_evaluation(text, finish)
-                rows.append(
-                    EvaluationRow(cot_index=request.cot.cot_index, cot_key=request.cot.key, eval_index=index,
-                                  verdict=parsed.verdict, rationale=parsed.rationale,
-                                  parse_error=parsed.error, **common)
-                )
-        return rows
 
-    def _call(self, request: Request, call_id: str, reply: TeacherReply, cost: float) -> CallRow:
-        return CallRow(
-            call_id=call_id,
-            kind=request.kind,
-            example_id=request.example_id,
-            keys=request.keys,
-            status="ok",
-            attempts=reply.attempts,
-            prompt_tokens=reply.prompt_tokens,
-            completion_tokens=reply.completion_tokens,
-            cost_usd=cost,
-            latency_s=reply.latency_s,
-            error=None,
-            teacher_model=reply.model or self.teacher.model,
-        )
+    # ---- rows and records ----------------------------------------------------------------------
 
-    def _record_failure(self, request: Request, call_id: str, error: TeacherError) -> None:
-        self.store.append([
-            CallRow(
-                call_id=call_id,
-                kind=request.kind,
-                example_id=request.example_id,
-                keys=request.keys,
-                status="failed",
-                attempts=getattr(error, "attempts", 0) or 0,
-                prompt_tokens=0,
-                completion_tokens=0,
-                cost_usd=0.0,
-                latency_s=0.0,
-                error=f"{type(error).__name__}: {error}",
-                teacher_model=self.teacher.model,
-            )
-        ])
-        self.summary.requests_failed += 1
+    def _record_failure(self, request: Request, call_id: str, error: str, attempts: int, count: bool) -> None:
+        self._write([failure_record(self.teacher, request, call_id, error, attempts)])
         if len(self.summary.errors) < 5:
-            self.summary.errors.append(str(error))  # the message starts with the example id
-        self.progress.advance(failed=1)
+            self.summary.errors.append(error.split(": ", 1)[-1])  # the message starts with the example id
+        self.summary.requests_failed += 1
+        self.progress.advance(failed=1, step=count)  # a request's missing rest: it was counted done
 
-    def _count(self, rows: list, reply: TeacherReply, cost: float) -> None:
+    def _count(self, rows: list, reply: TeacherReply, cost: float, count: bool) -> None:
         summary = self.summary
-        summary.requests_ok += 1
         unparseable = sum(row.parse_error is not None for row in rows)
         summary.unparseable += unparseable
+        summary.refused += sum(row.finish_reason == "content_filter" and not row.text for row in rows)
         if rows and isinstance(rows[0], CotRow):
             summary.cots += len(rows)
         else:
             summary.evaluations += len(rows)
         summary.prompt_tokens += reply.prompt_tokens
         summary.completion_tokens += reply.completion_tokens
+        summary.estimated_calls += reply.usage_estimated
         summary.cost_usd += cost
-        self.progress.advance(
-            done=1, tokens=reply.prompt_tokens + reply.completion_tokens, cost=cost, unparseable=unparseable
-        )
+        summary.requests_ok += count
+        self.progress.advance(done=int(count), tokens=reply.prompt_tokens + reply.completion_tokens, cost=cost,
+                              unparseable=unparseable)
+
+    # ---- writing, and what happens when the store cannot take it --------------------------------
+
+    def _write(self, *groups: list) -> None:
+        """Append each group of rows, in order; after a failed write, journal them instead."""
+        for index, rows in enumerate(groups):
+            if self._write_error is None:
+                try:
+                    self.store.append(rows)
+                    continue
+                except OSError as error:
+                    self._write_failed(error)
+            self._keep(list(groups[index:]))
+            return
+
+    def _write_failed(self, error: OSError) -> None:
+        if self._write_error is None:
+            self._write_error = error
+            log.error("store: a write failed (%s); dispatch stopped", error)
+        self._stop(f"a write to the store {self.store.root} failed ({error.strerror or error}): free space "
+                   "(or fix the store) and rerun")
+
+    def _keep(self, groups: list[list]) -> None:
+        for rows in groups:
+            self._pending.append(rows)
+            try:
+                self.journal.record(rows)
+                self.summary.journal = str(self.journal.path)
+            except OSError as error:
+                log.error("journal: could not record %d rows (%s); they are kept in memory", len(rows), error)
+        self.summary.pending = sum(len(rows) for rows in self._pending if not isinstance(rows[0], CallRow))
+
+    def finish(self) -> None:
+        """Once nothing is in flight: retry pending writes, and make the stop message say what was spent."""
+        if self._pending:
+            try:
+                for rows in list(self._pending):
+                    self.store.append(rows)
+                    self._pending.remove(rows)
+                self.journal.discard()
+            except OSError:
+                pass
+            self.summary.pending = sum(len(rows) for rows in self._pending if not isinstance(rows[0], CallRow))
+        if self.summary.pending:
+            where = self.summary.journal or "memory only (the journal could not be written either: they are lost)"
+            self.summary.stopped = (f"{self.summary.stopped}; {self.summary.pending} answers received but not "
+                                    f"stored are pending in {where}; the next run stores them before planning")
+        if self.budget.exceeded and self.summary.stopped and self.summary.stopped.startswith("budget cap"):
+            self.summary.stopped = self.budget.message(note=self.summary.tokens_note())
+
+    @staticmethod
+    def _quietly(action, keys) -> None:
+        try:
+            action(keys)
+        except OSError:  # a marker we could not update; a later run takes over a stale one
+            pass
 
 
-def _api_key(teacher: TeacherConfig) -> str:
+def api_key(teacher: TeacherConfig) -> str:
+    """The API key from teacher.api_key_env (the simulated teacher needs none)."""
     key = os.environ.get(teacher.api_key_env)
     if teacher.simulate:
         return key or "simulated"
@@ -265,7 +293,9 @@ def _api_key(teacher: TeacherConfig) -> str:
 @asynccontextmanager
 async def open_session(store: Store, config: Config, answer_type: str, examples: Sequence[ExampleRow],
                        total_requests: int, show_progress: bool = True, gate: Gate | None = None):
-    """A session with a live teacher client (and the simulated teacher when teacher.simulate is on)."""
+    """A session with a live teacher client (and the simulated teacher when teacher.simulate is on).
+
+    `total_requests` is what the progress bar counts: one per prompt (Plan.progress_total)."""
     teacher = config.teacher
     simulator = None
     base_url = teacher.base_url
@@ -280,24 +310,25 @@ async def open_session(store: Store, config: Config, answer_type: str, examples:
             latency_ms=teacher.simulator.latency_ms,
         )
         base_url = simulator.url
-    limiter = RateLimiter(teacher.max_rpm, teacher.max_tpm)
     client = TeacherClient(
         model=teacher.model,
         base_url=base_url,
-        api_key=_api_key(teacher),
+        api_key=api_key(teacher),
         timeout_s=teacher.timeout_s,
         max_attempts=teacher.max_attempts,
         max_concurrency=teacher.max_concurrency,
-        limiter=limiter,
+        limiter=RateLimiter(teacher.max_rpm, teacher.max_tpm),
         use_n=teacher.use_n,
+        gate=gate,
     )
     progress = GenerationProgress(total_requests, enabled=show_progress)
     session = Session(store, config, answer_type, client, Budget(teacher.max_cost_usd, queries.spent_usd(store)),
-                      progress, Claims(store.root), gate)
+                      progress, Claims(store.root))
     try:
         with progress:
             yield session
     finally:
+        session.finish()
         await client.aclose()
         if simulator is not None:
             simulator.close()

@@ -3,7 +3,9 @@
 A batch answers its JSONL lines through the same chat logic as `/v1/chat/completions` (so sample k
 of a prompt is the same answer online and in a batch) once its completion delay has passed; nothing
 runs in the background: a batch moves on when someone looks at it (retrieve, list, cancel).
-Settings, changed with `POST /_batches` or `configure_batches`:
+The endpoints register in the simulator's route table (tasks.simulator.server.ROUTES) when this
+module is imported, as the tasks.simulator package does. Settings, changed with `POST /_batches` or
+`configure_batches`:
 
 - delay_s: seconds from creation until a batch completes;
 - expire_after_lines: answer only this many lines of a batch, then let it expire (the rest come back
@@ -28,7 +30,9 @@ from email.policy import default as default_policy
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
-BATCH_PATHS = ("/v1/files", "/v1/batches", "/_batches")
+from tasks.simulator.outcomes import Outcome, error
+from tasks.simulator.server import route
+
 _TERMINAL = ("completed", "expired", "failed", "cancelled")
 
 
@@ -39,12 +43,8 @@ class BatchSettings:
     error_every: int | None = None
 
 
-Reply = tuple[int, object, bytes | None]  # status, JSON payload, raw body
-
-
-def _error(status: int, message: str) -> Reply:
-    return status, {"error": {"message": message, "type": "invalid_request_error", "code": None,
-                              "param": None}}, None
+def _invalid(status: int, message: str) -> Outcome:
+    return error(status, message, "invalid_request_error")
 
 
 class BatchService:
@@ -89,40 +89,44 @@ class BatchService:
 
     # ---- HTTP --------------------------------------------------------------------------------
 
-    def respond(self, method: str, target: str, body: bytes, headers) -> Reply:
+    def respond(self, method: str, target: str, body: bytes, headers) -> Outcome:
+        """One request to /v1/files... or /v1/batches... (`target`: the path and query)."""
         url = urlparse(target)
         parts = [part for part in url.path.split("/") if part]
+        parts = parts[1:] if parts[:1] == ["v1"] else parts
         query = {name: values[0] for name, values in parse_qs(url.query).items()}
         with self._lock:
-            if parts != ["_batches"]:
-                self.counts["api_requests"] += 1
-            if parts == ["_batches"]:
-                if method == "POST":
-                    try:
-                        self.settings = dataclasses.replace(self.settings, **json.loads(body or b"{}"))
-                    except (TypeError, ValueError) as error:
-                        return _error(400, f"bad batch settings: {error}")
-                return 200, {"settings": dataclasses.asdict(self.settings), **self.counts}, None
-            if parts[:2] == ["v1", "files"]:
-                return self._files(method, parts[2:], body, headers, query)
-            return self._batches(method, parts[2:], body, query)
+            self.counts["api_requests"] += 1
+            if parts[:1] == ["files"]:
+                return self._files(method, parts[1:], body, headers, query)
+            return self._batches(method, parts[1:], body, query)
 
-    def _files(self, method: str, rest: list[str], body: bytes, headers, query: dict) -> Reply:
+    def control(self, body: bytes | None) -> Outcome:
+        """GET /_batches (body None): settings and counts; POST /_batches: change settings too."""
+        with self._lock:
+            if body is not None:
+                try:
+                    self.settings = dataclasses.replace(self.settings, **json.loads(body or b"{}"))
+                except (TypeError, ValueError) as problem:
+                    return _invalid(400, f"bad batch settings: {problem}")
+            return Outcome(200, {"settings": dataclasses.asdict(self.settings), **self.counts})
+
+    def _files(self, method: str, rest: list[str], body: bytes, headers, query: dict) -> Outcome:
         if method == "POST" and not rest:
             return self._upload(body, headers.get("Content-Type", ""))
         if method == "GET" and not rest:
             items = [f for f in self.files.values() if query.get("purpose") in (None, f["purpose"])]
-            return 200, _page(items, query), None
+            return Outcome(200, _page(items, query))
         meta = self.files.get(rest[0]) if rest else None
         if meta is None:
-            return _error(404, f"no such file: {rest[0] if rest else ''}")
+            return _invalid(404, f"no such file: {rest[0] if rest else ''}")
         if method == "GET" and rest[1:] == ["content"]:
-            return 200, None, self.contents[meta["id"]]
+            return Outcome(200, raw=self.contents[meta["id"]])
         if method == "GET" and len(rest) == 1:
-            return 200, meta, None
-        return _error(404, "no such files endpoint on the simulated teacher")
+            return Outcome(200, meta)
+        return _invalid(404, "no such files endpoint on the simulated teacher")
 
-    def _upload(self, body: bytes, content_type: str) -> Reply:
+    def _upload(self, body: bytes, content_type: str) -> Outcome:
         message = BytesParser(policy=default_policy).parsebytes(
             f"Content-Type: {content_type}\r\n\r\n".encode() + body
         )
@@ -135,10 +139,10 @@ class BatchService:
             elif name:
                 fields[name] = part.get_content().strip()
         if content is None:
-            return _error(400, "the upload has no `file` part")
+            return _invalid(400, "the upload has no `file` part")
         self.counts["files_uploaded"] += 1
         meta = self._new_file(filename, fields.get("purpose", "batch"), content)
-        return 200, meta, None
+        return Outcome(200, meta)
 
     def _new_file(self, filename: str, purpose: str, content: bytes) -> dict:
         meta = {"id": f"file-sim-{uuid.uuid4().hex[:24]}", "object": "file", "bytes": len(content),
@@ -148,36 +152,36 @@ class BatchService:
         self._save("files", meta, content)
         return meta
 
-    def _batches(self, method: str, rest: list[str], body: bytes, query: dict) -> Reply:
+    def _batches(self, method: str, rest: list[str], body: bytes, query: dict) -> Outcome:
         if method == "POST" and not rest:
             return self._create(body)
         if method == "GET" and not rest:
             for batch in self.batches.values():
                 self._advance(batch)
-            return 200, _page(list(self.batches.values()), query), None
+            return Outcome(200, _page(list(self.batches.values()), query))
         batch = self.batches.get(rest[0]) if rest else None
         if batch is None:
-            return _error(404, f"no such batch: {rest[0] if rest else ''}")
+            return _invalid(404, f"no such batch: {rest[0] if rest else ''}")
         if method == "POST" and rest[1:] == ["cancel"]:
             if batch["status"] not in _TERMINAL:
                 self.counts["batches_cancelled"] += 1
                 self._finish(batch, "cancelled", answered=0)
-            return 200, batch, None
+            return Outcome(200, batch)
         if method == "GET" and len(rest) == 1:
             self._advance(batch)
-            return 200, batch, None
-        return _error(404, "no such batches endpoint on the simulated teacher")
+            return Outcome(200, batch)
+        return _invalid(404, "no such batches endpoint on the simulated teacher")
 
-    def _create(self, body: bytes) -> Reply:
+    def _create(self, body: bytes) -> Outcome:
         try:
             request = json.loads(body)
             input_file_id = request["input_file_id"]
         except (ValueError, KeyError, TypeError):
-            return _error(400, "a batch needs input_file_id, endpoint and completion_window")
+            return _invalid(400, "a batch needs input_file_id, endpoint and completion_window")
         if input_file_id not in self.files:
-            return _error(400, f"no such input file: {input_file_id}")
+            return _invalid(400, f"no such input file: {input_file_id}")
         if request.get("endpoint") != "/v1/chat/completions":
-            return _error(400, "the simulated teacher batches only /v1/chat/completions")
+            return _invalid(400, "the simulated teacher batches only /v1/chat/completions")
         lines = self.contents[input_file_id].decode().splitlines()
         now = int(self.clock())
         self.counts["batches_created"] += 1
@@ -190,7 +194,7 @@ class BatchService:
         }
         self.batches[batch["id"]] = batch
         self._save("batches", batch)
-        return 200, batch, None
+        return Outcome(200, batch)
 
     # ---- running a batch ---------------------------------------------------------------------
 
@@ -241,11 +245,11 @@ class BatchService:
         self._save("batches", batch)
 
 
-def _line(custom_id: str, response: dict | None, error: dict | None) -> dict:
+def _line(custom_id: str, response: dict | None, failure: dict | None) -> dict:
     if response is not None:
         response = {"request_id": f"req_sim_{uuid.uuid4().hex[:12]}", **response}
     return {"id": f"batch_req_sim_{uuid.uuid4().hex[:12]}", "custom_id": custom_id, "response": response,
-            "error": error}
+            "error": failure}
 
 
 def _jsonl(items: list[dict]) -> bytes:
@@ -268,6 +272,26 @@ def _write(path: Path, content: bytes) -> None:
     temporary = path.with_name(f".tmp-{uuid.uuid4().hex}")
     temporary.write_bytes(content)
     temporary.replace(path)
+
+
+@route("GET", "/v1/files/*", "/v1/batches/*")
+def _get(teacher, body: bytes, headers, *, target: str) -> Outcome:
+    return batch_service(teacher).respond("GET", target, body, headers)
+
+
+@route("POST", "/v1/files/*", "/v1/batches/*")
+def _post(teacher, body: bytes, headers, *, target: str) -> Outcome:
+    return batch_service(teacher).respond("POST", target, body, headers)
+
+
+@route("GET", "/_batches")
+def _settings(teacher, body: bytes, headers) -> Outcome:
+    return batch_service(teacher).control(None)
+
+
+@route("POST", "/_batches")
+def _configure(teacher, body: bytes, headers) -> Outcome:
+    return batch_service(teacher).control(body)
 
 
 def batch_service(teacher) -> BatchService:

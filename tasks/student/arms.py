@@ -19,6 +19,7 @@ from storage import PredictionRow, ResultRow, Store, queries
 from tasks.config import ArmConfig, Config
 from tasks.data.datasets import answer_type as answer_type_of
 from tasks.data.trainsets import cot_set, label_set, self_eval_set
+from tasks.student import freshness
 from tasks.student.evaluation import (
     EXPLAIN,
     PREDICT,
@@ -57,6 +58,7 @@ class TrainedArm:
     excluded_rows: int  # unparseable teacher outputs left out
     examples_per_s: float
     self_eval_checkpoint: str | None = None  # stage 1's best checkpoint, for arms with self_eval
+    unchanged: bool = False  # skipped: trained before on the same inputs (tasks.student.freshness)
 
 
 def arm_folder(config: Config, arm: str) -> Path:
@@ -81,7 +83,8 @@ def _training_rows(store: Store, arm: ArmConfig):
     return cot_set(store, "train", k, arm.labels)
 
 
-def train_one(config: Config, name: str, resume: bool = False, progress: bool = True) -> TrainedArm:
+def train_one(config: Config, name: str, resume: bool = False, progress: bool = True,
+              force: bool = False) -> TrainedArm:
     arm = _arm(config, name)
     limit_cpu_threads()
     store = Store(config.store.path)
@@ -96,6 +99,10 @@ def train_one(config: Config, name: str, resume: bool = False, progress: bool = 
     self_eval = self_eval_set(store, "train", arm.n_cots) if arm.self_eval else None
     if arm.self_eval and not self_eval.rows:
         raise NothingToTrain(f"arm {name!r} wants self-evaluations but the store has none; generate them first")
+    folder = arm_folder(config, name)
+    inputs = freshness.training_inputs(config, arm, training.rows, validation, self_eval.rows if self_eval else ())
+    if not force and (record := freshness.trained_is_current(folder, inputs)):
+        return _trained_from(record, folder)
     result = train_arm(
         arm,
         train_rows=training.rows,
@@ -119,14 +126,22 @@ def train_one(config: Config, name: str, resume: bool = False, progress: bool = 
         self_eval_checkpoint=str(result.stage1.checkpoint) if result.stage1 else None,
     )
     # The pointer evaluation follows: relative, so the store can move between machines.
-    folder = arm_folder(config, name)
     record = {
+        "inputs": inputs,
         **dataclasses.asdict(trained),
         "checkpoint": str(Path(result.checkpoint).relative_to(folder)),
         "self_eval_checkpoint": result.stage1 and str(Path(result.stage1.checkpoint).relative_to(folder)),
     }
     (folder / "trained.json").write_text(json.dumps(record, indent=2))
     return trained
+
+
+def _trained_from(record: dict, folder: Path) -> TrainedArm:
+    fields = {f.name for f in dataclasses.fields(TrainedArm)} & set(record)
+    arm = TrainedArm(**{key: record[key] for key in fields})
+    self_eval = record.get("self_eval_checkpoint")
+    return dataclasses.replace(arm, checkpoint=str(folder / record["checkpoint"]),
+                               self_eval_checkpoint=self_eval and str(folder / self_eval), unchanged=True)
 
 
 def _checkpoints(config: Config, name: str) -> tuple[Path, Path | None]:
@@ -139,13 +154,22 @@ def _checkpoints(config: Config, name: str) -> tuple[Path, Path | None]:
     return pointer.parent / record["checkpoint"], self_eval and pointer.parent / self_eval
 
 
-def evaluate_one(config: Config, name: str, progress: bool = False) -> dict[str, float]:
+def evaluate_one(config: Config, name: str, progress: bool = False, force: bool = False) -> dict[str, float] | None:
     """Score an arm's best checkpoint on test, and for arms with self_eval the self-evaluation
     agreement of their stage-1 checkpoint (stage 2 trains on CoTs only, and the final student
-    answers a judged input with an answer, not a verdict)."""
+    answers a judged input with an answer, not a verdict). None: skipped, the arm's scores in the
+    store were made from the same inputs (unless `force`)."""
     store = Store(config.store.path)
     kind = answer_type_of(config.dataset)
     checkpoint, self_eval_checkpoint = _checkpoints(config, name)
+    folder = arm_folder(config, name)
+    inputs = freshness.evaluation_inputs(
+        config, freshness.read_record(folder, freshness.TRAINED) or {}, [checkpoint, self_eval_checkpoint],
+        {split: label_set(store, split).rows for split in ("test", "validation")}
+        | {"judged": self_eval_set(store, "validation", None).rows},
+    )
+    if not force and freshness.evaluated_is_current(store, folder, name, inputs):
+        return None
     limit_cpu_threads()
     model, tokenizer = load_student(checkpoint)
     device = resolve_device(config.train.device)
@@ -176,6 +200,7 @@ def evaluate_one(config: Config, name: str, progress: bool = False) -> dict[str,
         results.append(ResultRow(arm=name, split="validation", metric="self_eval_agreement",
                                  value=agreement.accuracy, n=agreement.n, checkpoint=str(self_eval_checkpoint)))
     store.append(results)
+    freshness.record_evaluation(folder, inputs, results)
     return {f"{result.split}:{result.metric}": result.value for result in results}
 
 

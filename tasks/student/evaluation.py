@@ -35,11 +35,12 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 
 def use_bf16(setting: bool | str, device: torch.device) -> bool:
-    """Whether to autocast to bf16: "auto" means on CUDA devices that support it, never on the CPU."""
+    """Whether to autocast to bf16: "auto" means on CUDA devices that support it, never on the CPU;
+    true also works on the CPU (torch autocasts matmuls there; it pays only on CPUs with bf16 units)."""
     supported = device.type == "cuda" and torch.cuda.is_bf16_supported()
     if setting == "auto":
         return supported
-    if setting and not supported:
+    if setting and not (supported or device.type == "cpu"):
         raise ValueError(f"train.bf16 is true but {device} has no bf16 support; set it to auto or false")
     return bool(setting)
 

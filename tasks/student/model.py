@@ -8,6 +8,7 @@ HF_HUB_OFFLINE=1 (as in the tests), where only a cached or local model loads.
 
 from __future__ import annotations
 
+import logging
 import string
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -126,13 +127,27 @@ def save_student(model, tokenizer, path: str | Path) -> None:
         tokenizer.save_pretrained(path)
 
 
+class _UntiedT5Filter(logging.Filter):
+    """Drops transformers' warning on loading any T5 v1.1 checkpoint (google/t5-v1_1-*, flan-t5, and
+    every checkpoint trained from them): since transformers 5 a T5 config always claims tied
+    embeddings, so their separate LM head is reported as a config error whose advice
+    (tie_word_embeddings=False) the config then overrides. The weights load untied, as they should."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "both are present in the checkpoints with different values" not in record.getMessage()
+
+
 @contextmanager
 def quiet_transformers() -> Iterator[None]:
-    """Silence transformers' own tqdm bars (one per shard written or loaded) for the duration."""
+    """Silence transformers' own tqdm bars (one per shard written or loaded) and the untied-T5
+    warning for the duration."""
     was_enabled = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
+    untied, logger = _UntiedT5Filter(), hf_logging.get_logger("transformers.modeling_utils")
+    logger.addFilter(untied)
     try:
         yield
     finally:
+        logger.removeFilter(untied)
         if was_enabled:
             hf_logging.enable_progress_bar()

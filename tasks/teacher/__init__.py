@@ -1,7 +1,7 @@
 """The teacher boundary: one client, one error tree, rate limits, request keys, prompts and parsing."""
 
 from tasks.teacher.client import TeacherClient, TeacherReply, estimate_tokens
-from tasks.teacher.errors import FatalError, OutputError, TeacherError, TransientError
+from tasks.teacher.errors import FatalError, OutputError, RefusedError, TeacherError, TransientError
 from tasks.teacher.keys import Sampling, sample_key
 from tasks.teacher.parsing import answers_match, parse_cot, parse_evaluation
 from tasks.teacher.prompts import cot_messages, eval_messages, prompt_version
@@ -11,6 +11,7 @@ __all__ = [
     "FatalError",
     "OutputError",
     "RateLimiter",
+    "RefusedError",
     "Sampling",
     "TeacherClient",
     "TeacherError",

@@ -5,8 +5,14 @@ Prefect tasks that call this client do not retry either. A transient failure is 
 jittered exponential backoff (tenacity); a 429's Retry-After / retry-after-ms, of any length, pauses
 dispatch for every caller through the shared RateLimiter (the SDK would ignore a long one).
 
+A 429 without Retry-After pauses every caller for an exponential backoff and lowers the pace
+(RateLimiter.backoff, AIMD). Every HTTP attempt, retries included, passes the shared gate (a
+Prefect global rate limit across runs, when configured) as well as the local limiter.
+
 A reply truncated by max_tokens or stopped by a content filter is returned as it is, with its
-finish reason, to be recorded; paying again would usually buy the same truncation.
+finish reason, to be recorded; paying again would usually buy the same truncation. A content-filter
+400 (RefusedError) becomes such a reply too: empty texts with finish reason "content_filter".
+A server that ignores `n` returns fewer texts than asked for; the caller sees that in the reply.
 """
 
 from __future__ import annotations
@@ -15,17 +21,28 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, replace
 
 import openai
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
 from tenacity.wait import wait_random_exponential
 
-from tasks.teacher.errors import FatalError, OutputError, TeacherError, TransientError, translate
+from tasks.teacher.errors import (
+    FatalError,
+    OutputError,
+    RefusedError,
+    TeacherError,
+    TransientError,
+    translate,
+)
 from tasks.teacher.ratelimit import RateLimiter
 
 log = logging.getLogger(__name__)
+
+# Waits until `requests` more requests may go out under a limit shared with other processes
+# (the flows pass one backed by a Prefect global rate limit when teacher.shared_rate_limit is set).
+Gate = Callable[[int], Awaitable[None]]
 
 # Rough tokens per character of English text; rate limits and cost estimates only need an upper-ish
 # bound, corrected by the usage the server reports (RateLimiter.settle).
@@ -51,6 +68,14 @@ class TeacherReply:
     model: str
     latency_s: float  # wall time of the whole call, retries included
     attempts: int  # HTTP requests sent for this reply
+    server_s: float = 0.0  # time on the wire (of the longest of parallel one-sample requests)
+    usage_estimated: bool = False  # the server sent no `usage`: token counts are our estimate
+    refusal: str | None = None  # why the endpoint refused the prompt (content filter), if it did
+
+    @property
+    def queue_s(self) -> float:
+        """The part of latency_s not spent on the wire: connection slots, rate limits, backoff."""
+        return max(0.0, self.latency_s - self.server_s)
 
 
 class _Secret:
@@ -80,6 +105,7 @@ class TeacherClient:
         on_retry: Callable[[TeacherError], None] | None = None,
         backoff_initial_s: float = 1.0,
         backoff_max_s: float = 60.0,
+        gate: Gate | None = None,
     ):
         if not api_key:
             raise FatalError("no API key: export it in the variable named by teacher.api_key_env")
@@ -91,6 +117,7 @@ class TeacherClient:
         self.limiter = limiter or RateLimiter(None, None)
         self.use_n = use_n
         self.on_retry = on_retry
+        self.gate = gate
         self._backoff = wait_random_exponential(multiplier=backoff_initial_s, max=backoff_max_s)
         self._secret = _Secret(api_key)
         self._semaphore: asyncio.Semaphore | None = None
@@ -131,6 +158,9 @@ class TeacherClient:
             model=parts[0].model,
             latency_s=time.perf_counter() - started,
             attempts=sum(part.attempts for part in parts) + failed_attempts,
+            server_s=max(part.server_s for part in parts),
+            usage_estimated=any(part.usage_estimated for part in parts),
+            refusal=next((part.refusal for part in parts if part.refusal), None),
         )
 
     async def _one_by_one(self, messages: list[dict], n: int, params: dict, example_id: str
@@ -152,6 +182,7 @@ class TeacherClient:
 
     async def _with_retries(self, messages: list[dict], n: int, params: dict, example_id: str) -> TeacherReply:
         attempts = 0
+        wire = [0.0]  # seconds on the wire over all attempts
 
         def before_sleep(state: RetryCallState) -> None:
             error = state.outcome.exception()
@@ -170,20 +201,26 @@ class TeacherClient:
             async for attempt in retrying:
                 with attempt:
                     attempts += 1
-                    reply = await self._send(messages, n, params, example_id)
+                    reply = await self._send(messages, n, params, example_id, wire)
+        except RefusedError as refused:
+            log.warning("teacher: %s", refused)
+            return TeacherReply(("",) * n, ("content_filter",) * n, 0, 0, self.model, wire[0], attempts,
+                                server_s=wire[0], refusal=refused.reason)
         except TeacherError as error:
             error.attempts = attempts
             raise
-        return TeacherReply(reply.texts, reply.finish_reasons, reply.prompt_tokens, reply.completion_tokens,
-                            reply.model, reply.latency_s, attempts)
+        return replace(reply, attempts=attempts, server_s=wire[0])
 
-    async def _send(self, messages: list[dict], n: int, params: dict, example_id: str) -> TeacherReply:
-        """One HTTP request. The slot is taken before the limiter's grant so that the request goes out
-        at the granted moment: granting first and queueing for a slot after would release requests
-        granted while all slots were busy in a burst."""
+    async def _send(self, messages: list[dict], n: int, params: dict, example_id: str, wire: list[float]
+                    ) -> TeacherReply:
+        """One HTTP request; adds its time on the wire to wire[0]. The slot is taken before the
+        limiter's grant so that the request goes out at the granted moment: granting first and
+        queueing for a slot after would release requests granted while all slots were busy in a burst."""
         estimated = estimate_tokens(messages, n, params["max_tokens"])
         async with self._slots():
-            await self.limiter.acquire(estimated)
+            if self.gate is not None:
+                await self.gate(1)
+            sent_at = await self.limiter.acquire(estimated)
             started = time.perf_counter()
             try:
                 completion = await self._client.chat.completions.create(
@@ -193,15 +230,22 @@ class TeacherClient:
                 error = self._translate(exc, example_id)
             else:
                 error = None
+            wire[0] += time.perf_counter() - started
         if error is not None:
             if isinstance(error, TransientError) and error.retry_after:
                 level = logging.WARNING if error.retry_after >= 1 else logging.INFO
                 log.log(level, "teacher: %s asked to wait %.3g s; pausing all requests", self._where(),
                         error.retry_after)
                 self.limiter.pause(error.retry_after)
+            elif isinstance(error, TransientError) and error.status == 429:
+                paused = self.limiter.backoff(sent_at)
+                log.warning("teacher: %s answered 429 without Retry-After; pausing all requests %.3g s and "
+                            "lowering the pace to %.0f requests/min", self._where(), paused,
+                            self.limiter.adaptive_rpm or 0)
             raise error
         reply = self._reply(completion, messages, example_id, time.perf_counter() - started)
         self.limiter.settle(estimated, reply.prompt_tokens + reply.completion_tokens)
+        self.limiter.recover()
         return reply
 
     def _where(self) -> str:
@@ -229,7 +273,8 @@ class TeacherClient:
         usage = getattr(completion, "usage", None)
         prompt_tokens = getattr(usage, "prompt_tokens", None)
         completion_tokens = getattr(usage, "completion_tokens", None)
-        if not isinstance(prompt_tokens, int) or not isinstance(completion_tokens, int):
+        estimated = not isinstance(prompt_tokens, int) or not isinstance(completion_tokens, int)
+        if estimated:
             # Some servers report no usage; estimate it so cost caps still count something.
             prompt_tokens = estimate_tokens(messages, 0, 0)
             completion_tokens = sum(math.ceil(len(text) / _CHARS_PER_TOKEN) for text in texts)
@@ -241,6 +286,8 @@ class TeacherClient:
             model=getattr(completion, "model", None) or self.model,
             latency_s=latency_s,
             attempts=1,
+            server_s=latency_s,
+            usage_estimated=estimated,
         )
 
     async def aclose(self) -> None:

@@ -2,9 +2,10 @@
 
 * TransientError: worth retrying (timeouts, 429, 5xx, dropped connections, malformed bodies).
 * OutputError: the teacher answered, but nothing usable came back; retrying would pay again for the
-  same kind of answer, so it is recorded instead.
-* FatalError: retrying cannot help (bad key, unknown model, a prompt too long); the run stops with
-  one line that says what to fix.
+  same kind of answer, so it is recorded instead. A content-filter refusal of one prompt
+  (RefusedError) is one of these: it is that request's output, and other examples carry on.
+* FatalError: retrying cannot help (bad key, unknown model, a malformed request such as a prompt
+  too long); the run stops with one line that says what to fix.
 
 Messages are built from status codes and our own words, never from the request, so the API key
 cannot leak through them; server-supplied text is redacted of any secret before it is quoted.
@@ -52,6 +53,15 @@ class TransientError(TeacherError):
 
 class OutputError(TeacherError):
     """The teacher replied, but with nothing usable (e.g. no choices at all). Not retried."""
+
+
+class RefusedError(OutputError):
+    """The endpoint refused this prompt (a content-filter 400); `reason` says why, for the record."""
+
+    def __init__(self, message: str, *, example_id: str | None = None, status: int | None = None,
+                 reason: str = "refused by the content filter"):
+        super().__init__(message, example_id=example_id, status=status)
+        self.reason = reason
 
 
 class FatalError(TeacherError):
@@ -163,6 +173,11 @@ def _translate_status(
     if status == 429 or status in (408, 409) or status >= 500:
         return TransientError(f"{where}HTTP {status} from {endpoint}{quoted}", example_id=example_id,
                               status=status, retry_after=retry_after_seconds(exc.response.headers))
+    if status == 400 and (code == "content_filter" or "content management policy" in said.lower()):
+        # Azure OpenAI's refusal of one prompt: an output of that request, not a broken run.
+        return RefusedError(f"{where}HTTP 400: {endpoint} refused this prompt (content filter){quoted}",
+                            example_id=example_id, status=status,
+                            reason=f"refused by the content filter{quoted}")
     if status in (401, 403):
         # The server's text is not quoted: some servers echo the key they were sent.
         return FatalError(f"{where}HTTP {status}: {endpoint} rejected the API key (or its permissions); export a "

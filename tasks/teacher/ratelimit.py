@@ -6,15 +6,24 @@ Limits are respected before a call is made, not discovered by 429s. Requests are
 limits with a token bucket or a sliding window sees a smooth stream, never a burst.
 
 A 429's Retry-After, of any length, becomes `pause(seconds)`: nothing is dispatched, by any
-caller, until it has passed. All callers share one FIFO lock, so waiting callers go out in
-arrival order. asyncio only: one limiter serves the coroutines of one event loop at a time.
+caller, until it has passed. A 429 without one (`backoff()`) pauses every caller for an exponential
+backoff that doubles with each such 429 in a row, and halves the pace (multiplicative decrease);
+each success then raises it by a twentieth of the pace before the cut (additive increase), back up
+to max_rpm, so a server whose limit is unknown is met near its limit instead of by a storm of 429s.
+All callers share one FIFO lock, so waiting callers go out in arrival order. asyncio only: one
+limiter serves the coroutines of one event loop at a time.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
+
+# Requests per minute never drop below this, however many 429s come back.
+_MIN_RPM = 1.0
+_AIMD_STEPS = 20  # successes to climb back from a halving
 
 
 class RateLimiter:
@@ -26,6 +35,9 @@ class RateLimiter:
         max_tpm: float | None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        *,
+        backoff_initial_s: float = 1.0,
+        backoff_max_s: float = 60.0,
     ):
         if max_rpm is not None and max_rpm <= 0 or max_tpm is not None and max_tpm <= 0:
             raise ValueError("max_rpm and max_tpm must be positive (or None for no limit)")
@@ -43,6 +55,12 @@ class RateLimiter:
         self._lock_loop: asyncio.AbstractEventLoop | None = None
         self.waited_s = 0.0  # total time callers spent waiting here
         self.pauses = 0  # pauses requested by 429s
+        self.backoff_initial_s, self.backoff_max_s = backoff_initial_s, backoff_max_s
+        self._streak = 0  # 429s without Retry-After since the last success
+        self.adaptive_rpm: float | None = None  # the lowered pace while AIMD is below max_rpm
+        self._step = 0.0
+        self._sent: deque[float] = deque(maxlen=20)  # recent dispatch times, to measure the pace
+        self._backed_off_at = float("-inf")
 
     @property
     def paused_until(self) -> float:
@@ -54,8 +72,9 @@ class RateLimiter:
             self._lock, self._lock_loop = asyncio.Lock(), loop
         return self._lock
 
-    async def acquire(self, tokens: int = 0) -> None:
-        """Wait until one request of about `tokens` tokens may be sent, then count it as sent."""
+    async def acquire(self, tokens: int = 0) -> float:
+        """Wait until one request of about `tokens` tokens may be sent, then count it as sent;
+        returns the moment it was sent, on this limiter's clock."""
         async with self._loop_lock():
             scheduled = None
             while True:
@@ -72,8 +91,10 @@ class RateLimiter:
             # loop that was blocked for long does not release a burst afterwards.
             sent_at = now if scheduled is None else max(scheduled, now - self._interval / 2)
             self._request_at = sent_at + self._interval
+            self._sent.append(sent_at)
             if self._token_rate:
                 self._tokens_at = max(self._tokens_at, sent_at) + tokens / self._token_rate
+            return sent_at
 
     def settle(self, estimated: int, actual: int) -> None:
         """Correct the tokens charged for a request once its reply reports the real count."""
@@ -85,3 +106,39 @@ class RateLimiter:
         if seconds > 0:
             self.pauses += 1
             self._paused_until = max(self._paused_until, self._clock() + seconds)
+
+    def backoff(self, sent_at: float | None = None) -> float:
+        """A 429 without Retry-After for a request sent at `sent_at`: pause every caller and halve the
+        pace; returns the pause. A 429 for a request sent before the last backoff began was already
+        answered by it: the requests in flight together all come back 429, and count as one."""
+        if sent_at is not None and sent_at <= self._backed_off_at:
+            return max(0.0, self._paused_until - self._clock())
+        self._backed_off_at = self._clock()
+        self._streak += 1
+        seconds = min(self.backoff_max_s, self.backoff_initial_s * 2 ** (self._streak - 1))
+        self.pause(seconds)
+        pace = self.adaptive_rpm or self._measured_rpm() or self.max_rpm
+        if pace is not None:
+            lowered = max(_MIN_RPM, pace / 2)
+            self._step = pace / _AIMD_STEPS
+            self._set_pace(lowered)
+        return seconds
+
+    def recover(self) -> None:
+        """A request succeeded: end the backoff streak and raise a lowered pace a step."""
+        self._streak = 0
+        if self.adaptive_rpm is not None:
+            raised = self.adaptive_rpm + self._step
+            self._set_pace(None if self.max_rpm is not None and raised >= self.max_rpm else raised)
+
+    def _set_pace(self, rpm: float | None) -> None:
+        self.adaptive_rpm = rpm
+        limit = rpm or self.max_rpm
+        self._interval = 60.0 / limit if limit else 0.0
+
+    def _measured_rpm(self) -> float | None:
+        """The pace of the last dispatches, capped at max_rpm; None before there are two of them."""
+        if len(self._sent) < 2 or self._sent[-1] <= self._sent[0]:
+            return None
+        measured = 60.0 * (len(self._sent) - 1) / (self._sent[-1] - self._sent[0])
+        return min(measured, self.max_rpm) if self.max_rpm else measured

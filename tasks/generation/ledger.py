@@ -1,0 +1,64 @@
+"""What a generation run has spent and done: the budget checked before each dispatch, the summary."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+class BudgetExceeded(Exception):
+    """Dispatching the next request could take spending past teacher.max_cost_usd."""
+
+
+@dataclass
+class Summary:
+    requests_ok: int = 0
+    requests_failed: int = 0
+    requests_skipped: int = 0  # claimed by another run at the same moment
+    cots: int = 0
+    evaluations: int = 0
+    unparseable: int = 0
+    refused: int = 0  # samples refused by the endpoint's content filter (stored with the reason)
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    estimated_calls: int = 0  # calls whose token counts are estimates (the server sent no usage)
+    cost_usd: float = 0.0
+    pending: int = 0  # answers received but not in the store (journalled after a failed write)
+    journal: str | None = None  # where those pending answers are
+    stopped: str | None = None
+    errors: list[str] = field(default_factory=list)
+
+    def tokens_note(self) -> str:
+        if not self.estimated_calls:
+            return ""
+        calls = f"{self.estimated_calls} call" + ("s" if self.estimated_calls != 1 else "")
+        return f"; the token counts of {calls} are estimates (the server sent no usage), and so is the cost"
+
+
+class Budget:
+    """Spending so far plus what in-flight requests could cost, checked before each dispatch."""
+
+    def __init__(self, limit: float | None, spent: float):
+        self.limit = limit
+        self.spent_before = spent
+        self.spent = spent
+        self.reserved = 0.0
+        self.exceeded = False
+
+    def reserve(self, amount: float) -> None:
+        if self.limit is not None and self.spent + self.reserved + amount > self.limit:
+            self.exceeded = True
+            raise BudgetExceeded(self.message(amount))
+        self.reserved += amount
+
+    def settle(self, reserved: float, actual: float) -> None:
+        self.reserved -= reserved
+        self.spent += actual
+
+    def message(self, next_cost: float | None = None, note: str = "") -> str:
+        """What was really spent: read when the run ends, after in-flight requests have settled."""
+        upcoming = f"; the next request could cost up to ${next_cost:.4f}" if next_cost is not None else ""
+        return (
+            f"budget cap reached: ${self.spent:.4f} spent of teacher.max_cost_usd=${self.limit:.4f} "
+            f"(${self.spent - self.spent_before:.4f} by this run{upcoming}){note}; raise the cap and rerun "
+            "to continue"
+        )

@@ -1,0 +1,115 @@
+"""Whether an arm's training or evaluation is still up to date, so a rerun can skip it.
+
+An arm's training inputs are its resolved config (the arm, the training and validation settings,
+the student), the snapshot ids of the rows it trains and validates on, and the student model it
+starts from; its evaluation inputs are those plus the checkpoints scored, the evaluation settings
+and the rows scored. Each is hashed into one id, recorded beside the arm's checkpoints when the work
+finishes (trained.json, evaluated.json). A rerun whose id matches the record, and whose outputs are
+still there, does nothing; any change gives another id, and the work is done again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+from storage import Store, queries
+from tasks.config import ArmConfig, Config
+from tasks.data.datasets import answer_type
+from tasks.student.training import data_snapshot
+
+TRAINED = "trained.json"
+EVALUATED = "evaluated.json"
+
+
+def _digest(parts: dict) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _snapshot(rows: Sequence) -> str | None:
+    return data_snapshot(rows) if rows else None
+
+
+def student_identity(model: str) -> object:
+    """A model by its name, and for a local folder by its files' names, sizes and times, so that a
+    model saved again under the same path counts as a different one."""
+    folder = Path(model)
+    if model == "tiny" or not folder.is_dir():
+        return model
+    files = sorted(path for path in folder.rglob("*") if path.is_file())
+    return [model, [(str(p.relative_to(folder)), p.stat().st_size, p.stat().st_mtime_ns) for p in files]]
+
+
+def training_inputs(config: Config, arm: ArmConfig, train_rows: Sequence, validation_rows: Sequence,
+                    self_eval_rows: Sequence = ()) -> str:
+    """The id of everything an arm's checkpoints depend on. Other arms of the config are left out,
+    so adding or changing one arm retrains only that arm."""
+    return _digest({
+        "arm": arm.model_dump(),
+        "train": config.train.model_dump(exclude={"arms"}),
+        "student": config.student.model_dump(),
+        "student_files": student_identity(config.student.model),
+        "evaluate": config.evaluate.model_dump(),  # validation decoding picks the checkpoint
+        "answer_type": answer_type(config.dataset),
+        "train_rows": _snapshot(train_rows),
+        "validation_rows": _snapshot(validation_rows),
+        "self_eval_rows": _snapshot(self_eval_rows),
+    })
+
+
+def evaluation_inputs(config: Config, trained: dict, checkpoints: Sequence[Path | None],
+                      scored: dict[str, Sequence]) -> str:
+    """The id of everything an arm's scores depend on: its training inputs, the checkpoints scored,
+    the evaluation settings and the rows of each scored set."""
+    return _digest({
+        "trained": trained.get("inputs"),
+        # by their files too: retraining with --force rewrites a checkpoint under the same name
+        "checkpoints": [student_identity(str(path)) if path else None for path in checkpoints],
+        "evaluate": config.evaluate.model_dump(),
+        "device": config.train.device,
+        "bf16": config.train.bf16,
+        "student": config.student.model_dump(),
+        "scored": {name: _snapshot(rows) for name, rows in scored.items()},
+    })
+
+
+def read_record(folder: Path, name: str) -> dict | None:
+    path = folder / name
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def trained_is_current(folder: Path, inputs: str) -> dict | None:
+    """trained.json when it records these inputs and its checkpoints are still on disk."""
+    record = read_record(folder, TRAINED)
+    if not record or record.get("inputs") != inputs:
+        return None
+    wanted = [record.get("checkpoint"), record.get("self_eval_checkpoint")]
+    if not all((folder / path).is_dir() for path in wanted if path):
+        return None
+    return record
+
+
+def evaluated_is_current(store: Store, folder: Path, arm: str, inputs: str) -> bool:
+    """Whether evaluated.json records these inputs and the store still holds the arm's scores."""
+    record = read_record(folder, EVALUATED)
+    if not record or record.get("inputs") != inputs:
+        return False
+    stored = {(r.split, r.metric, r.checkpoint) for r in queries.latest_results(store) if r.arm == arm}
+    return all(tuple(key) in stored for key in record.get("results", []))
+
+
+def record_evaluation(folder: Path, inputs: str, results: Sequence) -> None:
+    """Mark an arm's evaluation done for these inputs (written after its scores are in the store)."""
+    keys = [[r.split, r.metric, r.checkpoint] for r in results]
+    (folder / EVALUATED).write_text(json.dumps({"inputs": inputs, "results": keys}, indent=2))
+
+
+def unchanged_message(arm: str, stage: str) -> str:
+    verb = {"training": "retrained", "evaluation": "re-evaluated"}[stage]
+    return (f"{arm}: unchanged since its last {stage} (same arm config, data snapshot and student), "
+            f"not {verb}; --force to redo it")
