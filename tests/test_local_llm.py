@@ -98,7 +98,7 @@ def _config(tmp_path: Path, server: LlamaServer) -> Path:
     """examples/local-llm.yaml on 5 problems (4 train after the validation carve: at most 16 requests)."""
     config = yaml.safe_load((REPO / "examples" / "local-llm.yaml").read_text())
     config["dataset"].update(path=str(SHARED_DATA / "svamp"), limit=5)
-    config["teacher"].update(base_url=server.base_url, max_tokens=96, eval_max_tokens=96)
+    config["teacher"].update(base_url=server.base_url, max_tokens=80, eval_max_tokens=64)
     config["store"]["path"] = str(tmp_path / "store")
     config["train"].update(stage1_steps=4, stage2_steps=8, eval_every=4)
     path = tmp_path / "local-llm.yaml"
@@ -159,7 +159,20 @@ def test_a_real_llama_cpp_teacher_from_generate_to_evaluate(tmp_path, prefect_se
     served = llama_server.completions()
 
     # 2. The store is complete: nothing wanted is missing, nothing failed, nothing stored was lost.
+    # Completeness after the kill depends on the session recording a failure per sample of a
+    # `use_n: false` request (issue 12, fixed on another branch); without that fix a sample whose
+    # n=1 request died with the server is neither stored nor recorded as failed. That check is
+    # collected here and asserted last, so that everything after it is still checked.
+    pending_fixes = []
     status = _status(config)
+    missing = {name: status["missing"][name] for name in ("cot_requests", "evaluation_requests")}
+    missing["failed requests"] = status["calls"]["failed requests still missing"]
+    if any(missing.values()):
+        pending_fixes.append(f"issue 12 (per-sample failure accounting): after the kill and resume, missing {missing}")
+        completed = _cli("generate", str(config), "--no-progress")
+        assert completed.returncode == 0, completed.stdout + completed.stderr
+        status = _status(config)
+        served = llama_server.completions()
     assert status["missing"]["cot_requests"] == 0, status
     assert status["missing"]["evaluation_requests"] == 0, status
     assert status["calls"]["failed requests still missing"] == 0, status
@@ -199,7 +212,9 @@ def test_a_real_llama_cpp_teacher_from_generate_to_evaluate(tmp_path, prefect_se
           f"CoTs parsed {parsing['cots parsed']}/{cots}, self-evaluations parsed "
           f"{parsing['evaluations parsed']}/{evaluations}; rejects: {[reason for *_, reason in rejects]}")
 
-    # 6. The run that completed generation ends its bar at total/total. This depends on the progress
-    # total fix of issue 12, made on another branch: on a branch without it, only this check fails.
+    # 6. The run that completed generation ends its bar at total/total (issue 12's progress total,
+    # fixed on another branch), then the fixes this test found missing, if any.
     bar = _final_bar(stderr)
-    assert bar is not None and bar[0] == bar[1], f"the progress bar ended at {bar}:\n{stderr[-1500:]}"
+    if bar is None or bar[0] != bar[1]:
+        pending_fixes.append(f"issue 12 (progress total): the bar ended at {bar}: {stderr[-600:]}")
+    assert not pending_fixes, "\n".join(pending_fixes)
