@@ -21,8 +21,4 @@ def train(config: Config | str, arms: list[str] | None = None, resume: bool = Fa
     config = resolve_config(config)
     names = arms or [arm.name for arm in config.train.arms]
     trained = [train_arm_task(config, name, resume, show_progress) for name in names]
-    return Completed(message="\n".join(
-        f"{arm.arm}: validation accuracy {arm.validation_accuracy:.4f} on {arm.train_rows} rows "
-        f"({arm.excluded_rows} unparseable left out), {arm.examples_per_s:.1f} examples/s -> {arm.checkpoint}"
-        for arm in trained
-    ))
+    return Completed(message="\n".join(arm.describe() for arm in trained))

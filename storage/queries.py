@@ -7,7 +7,7 @@ mid-read) or an open DuckDB connection from Store.connect() (used as is).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -287,26 +287,72 @@ def run_sql(store: Source, sql: str) -> tuple[list[str], list[tuple]]:
 
 # ---- training sets -------------------------------------------------------------------------
 
-_SELF_EVAL_SQL = """
+
+@dataclass(frozen=True)
+class Provenance:
+    """Stored teacher outputs a training set may use; None matches any value.
+
+    A CoT matches on source, teacher_model and its prompt_version (cot_prompt_version); an
+    evaluation additionally on its own prompt_version (eval_prompt_version)."""
+
+    source: str  # teacher | dss | tot
+    teacher_model: str | None = None
+    cot_prompt_version: str | None = None
+    eval_prompt_version: str | None = None
+
+
+def _provenance_table(sources: Sequence[Provenance] | None) -> pa.Table:
+    """The allowed provenances as a table to join against; None allows every stored row."""
+    names = [f.name for f in dataclasses.fields(Provenance)]
+    rows = [Provenance(None)] if sources is None else list(sources)  # type: ignore[arg-type]
+    if not rows:
+        raise ValueError("a training set needs at least one provenance to select from")
+    return pa.table({name: pa.array([getattr(r, name) for r in rows], pa.string()) for name in names})
+
+
+# One CoT per (example, cot_index, source, teacher model, prompt version): the newest, should the
+# same teacher and prompt have been asked twice (other sampling parameters give other keys but the
+# same indices), and once however many allowed provenances match it.
+_CHOSEN_COTS = """
+WITH chosen AS (
+    SELECT c.*, p.eval_prompt_version AS _eval_version
+    FROM cots c JOIN _sources p
+      ON (p.source IS NULL OR p.source = c.source)
+     AND (p.teacher_model IS NULL OR p.teacher_model = c.teacher_model)
+     AND (p.cot_prompt_version IS NULL OR p.cot_prompt_version = c.prompt_version)
+    WHERE c.cot_index < $n_cots
+    QUALIFY row_number() OVER (
+        PARTITION BY c.example_id, c.cot_index, c.source, c.teacher_model, c.prompt_version
+        ORDER BY c.created_at DESC, c.key, p.eval_prompt_version NULLS LAST
+    ) = 1
+)
+"""
+
+_SELF_EVAL_SQL = _CHOSEN_COTS + """
 SELECT x.example_id, x.input AS question, c.rationale AS cot_text, v.verdict, v.rationale AS eval_rationale,
        c.parse_error IS NOT NULL OR v.parse_error IS NOT NULL AS excluded
 FROM evaluations v
-JOIN cots c ON c.key = v.cot_key
+JOIN chosen c ON c.key = v.cot_key
 JOIN examples x ON x.example_id = c.example_id
-WHERE x.split = $split AND c.cot_index < $n_cots
+WHERE x.split = $split AND (c._eval_version IS NULL OR c._eval_version = v.prompt_version)
+  AND v.teacher_model = c.teacher_model
+QUALIFY row_number() OVER (PARTITION BY c.key, v.key) = 1
 ORDER BY x.example_id, c.cot_index, c.key, v.eval_index, v.key
 """
 
 
 def self_eval_rows(
-    store: Source, split: str = "train", n_cots: int | None = None
+    store: Source, split: str = "train", n_cots: int | None = None,
+    sources: Sequence[Provenance] | None = None,
 ) -> tuple[list[SelfEvalPair], int]:
-    """Every stored CoT (cot_index < n_cots if given) paired with every evaluation of it.
+    """Every stored CoT (cot_index < n_cots if given) of the allowed `sources` paired with every
+    evaluation of it from the same teacher; `sources=None` allows every stored row.
 
     Pairs where the CoT or the evaluation did not parse are left out; the second value counts them.
     """
     limit = n_cots if n_cots is not None else 2**31 - 1  # cot_index is an int32
-    rows = _rows(_run(store, _SELF_EVAL_SQL, {"split": split, "n_cots": limit}))
+    rows = _rows(_run(store, _SELF_EVAL_SQL, {"split": split, "n_cots": limit},
+                      tables={"_sources": _provenance_table(sources)}))
     kept = [
         SelfEvalPair(r["example_id"], r["question"], r["cot_text"], r["verdict"], r["eval_rationale"])
         for r in rows
@@ -315,25 +361,28 @@ def self_eval_rows(
     return kept, len(rows) - len(kept)
 
 
-_COT_SQL = """
+_COT_SQL = _CHOSEN_COTS + """
 SELECT x.example_id, x.input, x.label AS gold, c.answer, c.rationale, c.parse_error IS NOT NULL AS excluded
-FROM cots c JOIN examples x ON x.example_id = c.example_id
-WHERE x.split = $split AND c.cot_index < $n_cots
-ORDER BY x.example_id, c.cot_index, c.key
+FROM chosen c JOIN examples x ON x.example_id = c.example_id
+WHERE x.split = $split
+ORDER BY x.example_id, c.cot_index, c.source, c.teacher_model, c.prompt_version, c.key
 """
 
 
 def cot_rows(
-    store: Source, split: str = "train", n_cots: int = 1, labels: Literal["gold", "teacher"] = "gold"
+    store: Source, split: str = "train", n_cots: int = 1, labels: Literal["gold", "teacher"] = "gold",
+    sources: Sequence[Provenance] | None = None,
 ) -> tuple[list[TrainingRow], int]:
-    """One row per stored CoT with cot_index < n_cots: input = question, rationale = the CoT's
-    rationale, label = the gold label or the teacher's parsed answer. Unparseable CoTs are left
-    out; the second value counts them."""
+    """One row per stored CoT with cot_index < n_cots from each allowed provenance (so one source
+    gives at most n_cots rows per example): input = question, rationale = the CoT's rationale,
+    label = the gold label or the teacher's parsed answer. `sources=None` allows every stored row.
+    Unparseable CoTs are left out; the second value counts them."""
     if labels not in ("gold", "teacher"):
         raise ValueError(f"labels must be 'gold' or 'teacher', not {labels!r}")
     if n_cots < 1:
         raise ValueError(f"n_cots must be >= 1, not {n_cots}")
-    rows = _rows(_run(store, _COT_SQL, {"split": split, "n_cots": n_cots}))
+    rows = _rows(_run(store, _COT_SQL, {"split": split, "n_cots": n_cots},
+                      tables={"_sources": _provenance_table(sources)}))
     kept = [
         TrainingRow(
             r["example_id"], r["input"], r["gold"] if labels == "gold" else r["answer"], r["rationale"]

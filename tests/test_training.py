@@ -15,19 +15,11 @@ import torch
 from tasks.config import ArmConfig, EvalConfig, StudentConfig, TinyStudentConfig, TrainConfig
 from tasks.data.arithmetic import generate_problems
 from tasks.data.equations import evaluate_equation
+from tasks.student.batching import IGNORE, epoch_batches
 from tasks.student.evaluation import evaluate_student, label_accuracy
 from tasks.student.model import build_student, load_student
-from tasks.student.training import (
-    IGNORE,
-    RECORD,
-    Row,
-    data_snapshot,
-    epoch_batches,
-    learning_rate,
-    multitask_loss,
-    train_arm,
-    train_student,
-)
+from tasks.student.stages import Row, replay_rows, train_arm
+from tasks.student.training import RECORD, data_snapshot, learning_rate, multitask_loss, train_student
 
 SMALL = StudentConfig(
     tiny=TinyStudentConfig(d_model=32, d_ff=64, num_layers=1, num_heads=2, vocab_size=300),
