@@ -292,39 +292,69 @@ def run_sql(store: Source, sql: str) -> tuple[list[str], list[tuple]]:
 class Provenance:
     """Stored teacher outputs a training set may use; None matches any value.
 
-    A CoT matches on source, teacher_model and its prompt_version (cot_prompt_version); an
-    evaluation additionally on its own prompt_version (eval_prompt_version)."""
+    A CoT matches on source, teacher model (any of `teacher_models`) and its prompt_version
+    (cot_prompt_version); an evaluation also on its own prompt_version (eval_prompt_version)."""
 
-    source: str  # teacher | dss | tot
-    teacher_model: str | None = None
+    source: str | None  # teacher | dss | tot
+    teacher_models: tuple[str, ...] | None = None
     cot_prompt_version: str | None = None
     eval_prompt_version: str | None = None
 
 
+@dataclass(frozen=True)
+class StoredSource:
+    """One provenance of the stored CoTs of a split, and how many CoTs it has there."""
+
+    source: str
+    teacher_model: str
+    prompt_version: str
+    cots: int
+
+
+def stored_sources(store: Source, split: str = "train") -> list[StoredSource]:
+    """Which sources, teacher models and prompt versions the split's stored CoTs come from."""
+    sql = """
+        SELECT c.source, c.teacher_model, c.prompt_version, count(*) AS cots
+        FROM cots c JOIN examples x ON x.example_id = c.example_id WHERE x.split = ?
+        GROUP BY ALL ORDER BY c.source, c.teacher_model, c.prompt_version
+    """
+    return _records(StoredSource, _run(store, sql, [split]))
+
+
 def _provenance_table(sources: Sequence[Provenance] | None) -> pa.Table:
-    """The allowed provenances as a table to join against; None allows every stored row."""
-    names = [f.name for f in dataclasses.fields(Provenance)]
-    rows = [Provenance(None)] if sources is None else list(sources)  # type: ignore[arg-type]
+    """The allowed provenances as a table to join against, numbered; None allows every stored row."""
+    rows = [Provenance(None)] if sources is None else list(sources)
     if not rows:
         raise ValueError("a training set needs at least one provenance to select from")
-    return pa.table({name: pa.array([getattr(r, name) for r in rows], pa.string()) for name in names})
+    return pa.table({
+        "entry": pa.array([None if sources is None else i for i in range(len(rows))], pa.int32()),
+        "source": pa.array([r.source for r in rows], pa.string()),
+        "teacher_models": pa.array([None if r.teacher_models is None else list(r.teacher_models) for r in rows],
+                                   pa.list_(pa.string())),
+        "cot_prompt_version": pa.array([r.cot_prompt_version for r in rows], pa.string()),
+        "eval_prompt_version": pa.array([r.eval_prompt_version for r in rows], pa.string()),
+    })
 
 
-# One CoT per (example, cot_index, source, teacher model, prompt version): the newest, should the
-# same teacher and prompt have been asked twice (other sampling parameters give other keys but the
-# same indices), and once however many allowed provenances match it.
+# Each allowed provenance gives one CoT per (example, cot_index): the newest, should it match CoTs
+# of several teachers or prompt runs (other sampling parameters give other keys but the same
+# indices), and a CoT matched by two provenances counts once. Without provenances (entry NULL)
+# every stored (source, teacher model, prompt version) counts as one.
 _CHOSEN_COTS = """
-WITH chosen AS (
-    SELECT c.*, p.eval_prompt_version AS _eval_version
+WITH matched AS (
+    SELECT c.*, p.entry AS _entry, p.eval_prompt_version AS _eval_version
     FROM cots c JOIN _sources p
       ON (p.source IS NULL OR p.source = c.source)
-     AND (p.teacher_model IS NULL OR p.teacher_model = c.teacher_model)
+     AND (p.teacher_models IS NULL OR list_contains(p.teacher_models, c.teacher_model))
      AND (p.cot_prompt_version IS NULL OR p.cot_prompt_version = c.prompt_version)
     WHERE c.cot_index < $n_cots
     QUALIFY row_number() OVER (
-        PARTITION BY c.example_id, c.cot_index, c.source, c.teacher_model, c.prompt_version
-        ORDER BY c.created_at DESC, c.key, p.eval_prompt_version NULLS LAST
+        PARTITION BY c.example_id, c.cot_index, p.entry,
+                     CASE WHEN p.entry IS NULL THEN [c.source, c.teacher_model, c.prompt_version] END
+        ORDER BY c.created_at DESC, c.key
     ) = 1
+), chosen AS (
+    SELECT * FROM matched QUALIFY row_number() OVER (PARTITION BY key ORDER BY _entry) = 1
 )
 """
 

@@ -13,8 +13,8 @@ from conftest import cot_row, evaluation_row
 
 from storage import ExampleRow, Store
 from tasks.config import parse_config
-from tasks.data.trainsets import cot_set, provenances, self_eval_set
-from tasks.student.arms import train_one
+from tasks.data.trainsets import answered_by, cot_set, provenances, self_eval_set
+from tasks.student.arms import NothingToTrain, train_one
 from tasks.student.checkpoints import RECORD
 from tasks.student.training import data_snapshot
 from tasks.teacher.prompts import prompt_version
@@ -81,7 +81,7 @@ def store(tmp_path) -> Store:
 
 def test_cot_1_trains_on_exactly_one_cot_per_example_from_this_runs_teacher_and_prompt(tmp_path, store):
     config = _config(tmp_path)
-    rows = cot_set(store, "train", 1, "gold", provenances(config)).rows
+    rows = cot_set(store, "train", 1, "gold", provenances(config, store)).rows
     assert sorted(row.example_id for row in rows) == [i for i, *_ in TRAIN]
     assert {origin(row) for row in rows} == {"this run"}
 
@@ -93,7 +93,7 @@ def test_cot_1_trains_on_exactly_one_cot_per_example_from_this_runs_teacher_and_
 
 def test_imports_and_other_teachers_are_chosen_by_name_and_mixing_is_explicit(tmp_path, store):
     def origins(n_cots: int, **train) -> list[str]:
-        rows = cot_set(store, "train", n_cots, "gold", provenances(_config(tmp_path, **train))).rows
+        rows = cot_set(store, "train", n_cots, "gold", provenances(_config(tmp_path, **train), store)).rows
         return sorted(origin(row) for row in rows)
 
     assert origins(1, sources=[{"source": "dss"}]) == ["dss"] * len(TRAIN)
@@ -103,8 +103,8 @@ def test_imports_and_other_teachers_are_chosen_by_name_and_mixing_is_explicit(tm
     assert origins(1, sources=[{"source": "teacher"}, {"source": "dss"}]) == sorted(["dss", "this run"] * len(TRAIN))
     dss = _config(tmp_path, sources=[{"source": "dss"}])
     # Self-evaluations follow the same choice: the DSS import has none, this run's teacher two per CoT.
-    assert self_eval_set(store, "train", 1, provenances(dss)).rows == []
-    assert len(self_eval_set(store, "train", 1, provenances(_config(tmp_path))).rows) == 2 * len(TRAIN)
+    assert self_eval_set(store, "train", 1, provenances(dss, store)).rows == []
+    assert len(self_eval_set(store, "train", 1, provenances(_config(tmp_path), store)).rows) == 2 * len(TRAIN)
 
 
 def test_stage_1_is_picked_on_validation_self_evaluation_agreement(tmp_path, store):
@@ -126,3 +126,17 @@ def test_train_says_how_many_validation_rows_it_scored_not_the_training_rows(tmp
     assert f"on {len(VALIDATION)} validation rows" in line
     assert f"trained on {len(TRAIN)} rows" in line
     assert f"self-eval agreement {trained.self_eval_agreement:.4f} on {2 * len(VALIDATION)} validation rows" in line
+
+
+def test_the_default_teacher_is_the_model_asked_for_or_a_dated_snapshot_of_it():
+    assert answered_by("gpt-4o-mini", "gpt-4o-mini-2024-07-18")
+    assert answered_by("gpt-3.5-turbo", "gpt-3.5-turbo-0125")
+    assert not answered_by("gpt-4o", "gpt-4o-mini-2024-07-18")
+    assert answered_by("simulated-teacher", "simulated", simulate=True)
+    assert not answered_by("simulated-teacher", "simulated")
+
+
+def test_a_teacher_that_answered_under_another_name_is_named_in_the_error(tmp_path, store):
+    config = _config(tmp_path, sources=[{"teacher_model": "llama-local"}])
+    with pytest.raises(NothingToTrain, match="teacher_model gpt-4o-mini, prompt version equation-cot-1"):
+        train_one(config, "cot-1", progress=False)

@@ -18,7 +18,7 @@ from tasks.data.equations import evaluate_equation
 from tasks.student.batching import IGNORE, epoch_batches
 from tasks.student.evaluation import evaluate_student, label_accuracy
 from tasks.student.model import build_student, load_student
-from tasks.student.stages import Row, replay_rows, train_arm
+from tasks.student.stages import Row, train_arm
 from tasks.student.training import RECORD, data_snapshot, learning_rate, multitask_loss, train_student
 
 SMALL = StudentConfig(

@@ -8,6 +8,7 @@ trained on as blank rows.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -16,6 +17,7 @@ from storage import Store, queries
 from storage.queries import Provenance, TrainingRow
 from tasks.config import Config
 from tasks.data.datasets import answer_type
+from tasks.simulator.server import SIMULATED
 from tasks.teacher.prompts import format_judged_input, prompt_version
 
 
@@ -25,23 +27,54 @@ class TrainingSet:
     excluded: int  # rows left out because the teacher's output did not parse
 
 
-def provenances(config: Config) -> list[Provenance]:
-    """train.sources resolved: a `teacher` source without a model or versions means this run's
-    teacher.model and the current prompt versions of the dataset's answer type."""
+# A server names the model that answered: OpenAI a dated snapshot of the one asked for
+# ("gpt-4o-mini" -> "gpt-4o-mini-2024-07-18", "gpt-3.5-turbo" -> "gpt-3.5-turbo-0125").
+_SNAPSHOT = r"-(\d{4}-\d{2}-\d{2}|\d{4})"
+
+
+def answered_by(asked: str, stored: str, simulate: bool = False) -> bool:
+    """Whether `stored` (the model a reply named) is the model `asked` for: itself, a dated
+    snapshot of it, or the built-in simulated teacher when the run simulates its teacher."""
+    return stored == asked or re.fullmatch(re.escape(asked) + _SNAPSHOT, stored) is not None or (
+        simulate and stored == SIMULATED
+    )
+
+
+def provenances(config: Config, store: Store) -> list[Provenance]:
+    """train.sources resolved: a `teacher` source without a model or versions means the models that
+    answered this run's teacher.model (see answered_by) and the current prompt versions of the
+    dataset's answer type."""
     kind = answer_type(config.dataset)
+    stored = {row.teacher_model for row in queries.stored_sources(store, "train") if row.source == "teacher"}
     resolved = []
     for source in config.train.sources:
-        if source.source == "teacher":
-            resolved.append(Provenance(
-                "teacher",
-                source.teacher_model or config.teacher.model,
-                source.cot_prompt_version or prompt_version(kind, "cot"),
-                source.eval_prompt_version or prompt_version(kind, "evaluation"),
-            ))
-        else:
-            resolved.append(Provenance(source.source, source.teacher_model, source.cot_prompt_version,
+        if source.source != "teacher":
+            models = None if source.teacher_model is None else (source.teacher_model,)
+            resolved.append(Provenance(source.source, models, source.cot_prompt_version,
                                        source.eval_prompt_version))
+            continue
+        if source.teacher_model is not None:
+            models = (source.teacher_model,)
+        else:
+            asked, simulate = config.teacher.model, config.teacher.simulate
+            models = tuple(sorted(m for m in stored if answered_by(asked, m, simulate))) or (asked,)
+        resolved.append(Provenance(
+            "teacher", models,
+            source.cot_prompt_version or prompt_version(kind, "cot"),
+            source.eval_prompt_version or prompt_version(kind, "evaluation"),
+        ))
     return resolved
+
+
+def describe_stored(store: Store, split: str = "train") -> str:
+    """What the split's stored CoTs come from, for a message that says which train.sources to name."""
+    found = queries.stored_sources(store, split)
+    if not found:
+        return f"the store has no {split} CoTs"
+    return "the store's train CoTs come from " + "; ".join(
+        f"source {row.source}, teacher_model {row.teacher_model}, prompt version {row.prompt_version} "
+        f"({row.cots} CoTs)" for row in found
+    )
 
 
 def self_eval_set(store: Store, split: str = "train", n_cots: int | None = None,

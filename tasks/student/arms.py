@@ -18,7 +18,7 @@ import torch
 from storage import PredictionRow, ResultRow, Store, queries
 from tasks.config import ArmConfig, Config, EvalConfig
 from tasks.data.datasets import answer_type as answer_type_of
-from tasks.data.trainsets import cot_set, label_set, provenances, self_eval_set
+from tasks.data.trainsets import cot_set, describe_stored, label_set, provenances, self_eval_set
 from tasks.student.decoding import (
     SAMPLING_MODES,
     Candidate,
@@ -112,18 +112,19 @@ def train_one(config: Config, name: str, resume: bool = False, progress: bool = 
     limit_cpu_threads()
     store = Store(config.store.path)
     kind = answer_type_of(config.dataset)
-    sources = provenances(config)
+    sources = provenances(config, store)
     training = _training_rows(store, arm, sources)
     validation = label_set(store, "validation").rows
     if not training.rows:
         raise NothingToTrain(
-            f"arm {name!r}: the store has no usable training rows from train.sources {sources}; run "
-            "`mindsmirror generate CONFIG`, `mindsmirror import dss CONFIG`, or name the stored source in train.sources"
+            f"arm {name!r}: no usable training rows from train.sources ({describe_stored(store)}); run "
+            "`mindsmirror generate CONFIG` or `mindsmirror import dss CONFIG`, or name a stored source, teacher_model "
+            "or prompt version in train.sources"
         )
     self_eval = self_eval_set(store, "train", arm.n_cots, sources) if arm.self_eval else None
     if arm.self_eval and not self_eval.rows:
-        raise NothingToTrain(f"arm {name!r} wants self-evaluations but the store has none from train.sources "
-                             f"{sources}; generate them first")
+        raise NothingToTrain(f"arm {name!r} wants self-evaluations but none are stored for the CoTs of "
+                             f"train.sources ({describe_stored(store)}); generate them first")
     # Stage 1 is picked on verdict agreement with the teacher on validation examples' judged CoTs.
     judged = self_eval_set(store, "validation", arm.n_cots, sources).rows if arm.self_eval else []
     result = train_arm(
@@ -206,7 +207,7 @@ def evaluate_one(config: Config, name: str, progress: bool = False) -> dict[str,
         results.append(ResultRow(arm=name, split="validation", metric="accuracy", value=checked.accuracy,
                                  n=checked.n, checkpoint=str(checkpoint)))
     # Agreement with the teacher's verdicts, on judged CoTs of examples the student never trained on.
-    judged = self_eval_set(store, "validation", None, provenances(config)).rows
+    judged = self_eval_set(store, "validation", None, provenances(config, store)).rows
     judges = [("self_eval_agreement", self_eval_checkpoint)]
     if arm.self_eval and config.train.self_eval_replay > 0:
         judges.append(("self_eval_agreement_final", checkpoint))
