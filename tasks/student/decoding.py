@@ -7,8 +7,8 @@ score the same candidates (same seed), so they differ only in judging:
 - self_consistency: the answer most candidates agree on (ties: the one seen first);
 - self_verify: the student judges every candidate on the stage-1 input format
   (`predict: Q: ... Proposed answer: <rationale> Evaluation:`); a candidate's score is the
-  probability the student gives "correct" among the three verdict words at its first output
-  token; the best-scoring candidate answers, ties broken by majority vote, then by order.
+  probability the student gives the label "correct" among the three verdict labels; the
+  best-scoring candidate answers, ties broken by majority vote, then by order.
 
 Inference cost per question, counted as sequences run through the student (a sampled rationale, a
 sampled answer or a judgement each count one): greedy 1, self_consistency 2k, self_verify 3k.
@@ -69,26 +69,18 @@ def sample_candidates(
     return candidates
 
 
-def verdict_token_ids(tokenizer) -> list[int]:
-    """The first token of each verdict word (the student's first output token when it judges)."""
-    ids = [tokenizer(word, add_special_tokens=False)["input_ids"][0] for word in VERDICTS]
-    if len(set(ids)) != len(ids):
-        raise ValueError(f"the student's tokenizer starts the verdicts {VERDICTS} with the same token; "
-                         "self_verify cannot tell them apart")
-    return ids
-
-
 def judge(
     model, tokenizer, judged_inputs: Sequence[str], batch_size: int = 64, *,
     device=None, max_input_length: int = 512, bf16: bool = False,
 ) -> list[tuple[str, float]]:
     """(most likely verdict, probability of "correct" among the verdicts) per judged input.
 
-    One decoder step per input: the verdict is the first word of the stage-1 label.
+    Each verdict word is scored by the likelihood of the whole label ("correct" and its end token),
+    teacher-forced: one encoder pass per input and one decoder pass per verdict, whatever the
+    tokenizer makes of the words (a student that never saw them still gets a defined score).
     """
     device = torch.device(device) if device is not None else next(model.parameters()).device
-    verdict_ids = torch.tensor(verdict_token_ids(tokenizer), device=device)
-    start_id = model.config.decoder_start_token_id
+    verdict_ids = [torch.tensor(tokenizer(word)["input_ids"], device=device) for word in VERDICTS]
     results: list[tuple[str, float]] = []
     was_training = model.training
     model.eval()
@@ -97,11 +89,15 @@ def judge(
             chunk = [PREDICT + text for text in judged_inputs[start : start + batch_size]]
             encoded = tokenizer(chunk, max_length=max_input_length, truncation=True, padding=True,
                                 return_tensors="pt").to(device)
-            first = torch.full((len(chunk), 1), start_id, dtype=torch.long, device=device)
+            scores = []
             with autocast(device, bf16):
-                logits = model(input_ids=encoded["input_ids"], attention_mask=encoded["attention_mask"],
-                               decoder_input_ids=first).logits[:, 0, :]
-            probabilities = logits.float()[:, verdict_ids].softmax(-1).cpu()
+                hidden = model.get_encoder()(input_ids=encoded["input_ids"], attention_mask=encoded["attention_mask"])
+                for labels in verdict_ids:
+                    labels = labels.expand(len(chunk), -1)
+                    logits = model(encoder_outputs=hidden, attention_mask=encoded["attention_mask"],
+                                   decoder_input_ids=model.prepare_decoder_input_ids_from_labels(labels)).logits
+                    scores.append(logits.float().log_softmax(-1).gather(-1, labels[..., None]).sum((1, 2)))
+            probabilities = torch.stack(scores, -1).softmax(-1).cpu()
             for row in probabilities:
                 results.append((VERDICTS[int(row.argmax())], float(row[VERDICTS.index("correct")])))
     model.train(was_training)
