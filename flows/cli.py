@@ -181,6 +181,12 @@ def cmd_deploy(args) -> None:
     deploy(args)
 
 
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a whole number of at least 1")
+    return int(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mindsmirror",
@@ -226,8 +232,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--decode", choices=["greedy", "self_consistency", "self_verify"], default="greedy",
                      help="greedy; or sample --samples candidates and vote (self_consistency) or let the "
                      "student judge them (self_verify), showing candidates and verdicts")
-    sub.add_argument("--samples", type=int, default=5, help="candidates for the sampling modes")
-    sub.add_argument("--temperature", type=float, default=1.0)
+    sub.add_argument("--samples", type=_positive, default=5, help="candidates for the sampling modes")
+    sub.add_argument("--temperature", type=float, default=1.0, help="sampling temperature of the candidates")
     sub.add_argument("--seed", type=int, default=0)
     sub.add_argument("--answer-type", default="text",
                      choices=["equation", "choice", "nli", "number", "text"],
