@@ -9,7 +9,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import pytest
 
 from flows.cli import main
-from tasks.config import EvalConfig, StudentConfig, TinyStudentConfig, TrainConfig
+from tasks.config import ConfigError, EvalConfig, StudentConfig, TinyStudentConfig, TrainConfig, parse_config
 from tasks.student.decoding import (
     Candidate,
     choose,
@@ -118,3 +118,9 @@ def test_predict_command_shows_candidates_and_verdicts(student, capsys):
     assert code == 0
     assert out.count("candidate ") == 3 and out.count("verdict ") == 3 and out.count("* candidate") == 1
     assert "answer: (2 + 3)" in out
+
+
+def test_decode_takes_one_mode_or_a_list_and_refuses_a_repeat():
+    assert parse_config({"evaluate": {"decode": "self_verify"}}).evaluate.decode == ["self_verify"]
+    with pytest.raises(ConfigError, match="lists a mode twice"):
+        parse_config({"evaluate": {"decode": ["greedy", "greedy"]}})
