@@ -32,9 +32,11 @@ from transformers import DataCollatorForSeq2Seq, Seq2SeqTrainer, Seq2SeqTraining
 
 from tasks.config import EvalConfig, StudentConfig, TrainConfig
 from tasks.data.arithmetic import generate_problems
+from tasks.student.batching import encode
 from tasks.student.evaluation import EXPLAIN, PREDICT, evaluate_student, resolve_device, use_bf16
 from tasks.student.model import build_student
-from tasks.student.training import WARMUP, Row, _batch_loss, _encode, train_student
+from tasks.student.stages import Row
+from tasks.student.training import WARMUP, _batch_loss, train_student
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "svamp"
 
@@ -162,7 +164,7 @@ def train_reference(model, tokenizer, rows, cfg: TrainConfig, student: StudentCo
 def held_out_loss(model, tokenizer, rows: list[Row], student: StudentConfig, alpha: float) -> float:
     """The multi-task loss on rows the students never trained on, without dropout, in batches of 50."""
     device = next(model.parameters()).device
-    data = _encode(rows, tokenizer, student, explain=True)
+    data = encode(rows, tokenizer, student, explain=True)
     model.eval()
     with torch.no_grad():
         losses = [

@@ -175,7 +175,12 @@ def cmd_report(args) -> None:
 def cmd_predict(args) -> None:
     from tasks.student.arms import answer_question
 
-    answer = answer_question(args.model_dir, args.question)
+    answer = answer_question(args.model_dir, args.question, decode=args.decode, samples=args.samples,
+                             temperature=args.temperature, seed=args.seed, answer_type=args.answer_type)
+    for i, candidate in enumerate(answer.candidates):
+        verdict = "" if candidate.verdict is None else f"  verdict {candidate.verdict} (p correct {candidate.score:.3f})"
+        mark = "*" if i == answer.chosen else " "
+        print(f"{mark} candidate {i + 1}: answer {candidate.answer}{verdict}\n    rationale: {candidate.rationale}")
     print(f"answer: {answer.label}\nrationale: {answer.rationale}")
 
 
@@ -195,6 +200,12 @@ def cmd_deploy(args) -> None:
 
 
 _FORCE = "redo arms whose inputs are unchanged since they were last trained or evaluated (skipped otherwise)"
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a whole number of at least 1")
+    return int(text)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -251,6 +262,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub = command("predict", cmd_predict, "answer one question with a trained student", config=False)
     sub.add_argument("model_dir")
     sub.add_argument("question")
+    sub.add_argument("--decode", choices=["greedy", "self_consistency", "self_verify"], default="greedy",
+                     help="greedy; or sample --samples candidates and vote (self_consistency) or let the "
+                     "student judge them (self_verify), showing candidates and verdicts")
+    sub.add_argument("--samples", type=_positive, default=5, help="candidates for the sampling modes")
+    sub.add_argument("--temperature", type=float, default=1.0, help="sampling temperature of the candidates")
+    sub.add_argument("--seed", type=int, default=0)
+    sub.add_argument("--answer-type", default="text",
+                     choices=["equation", "choice", "nli", "number", "text"],
+                     help="how candidate answers are read and compared (the dataset's answer type)")
 
     teacher = commands.add_parser("teacher", help="the simulated teacher")
     teacher_commands = teacher.add_subparsers(dest="teacher_command", required=True, metavar="COMMAND")

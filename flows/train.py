@@ -25,8 +25,5 @@ def train(config: Config | str, arms: list[str] | None = None, resume: bool = Fa
     names = arms or [arm.name for arm in config.train.arms]
     trained = [train_arm_task(config, name, resume, show_progress, force) for name in names]
     return Completed(message="\n".join(
-        unchanged_message(arm.arm, "training") if arm.unchanged else
-        f"{arm.arm}: validation accuracy {arm.validation_accuracy:.4f} on {arm.train_rows} rows "
-        f"({arm.excluded_rows} unparseable left out), {arm.examples_per_s:.1f} examples/s -> {arm.checkpoint}"
-        for arm in trained
+        unchanged_message(arm.arm, "training") if arm.unchanged else arm.describe() for arm in trained
     ))

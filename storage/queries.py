@@ -7,7 +7,7 @@ mid-read) or an open DuckDB connection from Store.connect() (used as is).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -381,26 +381,102 @@ def stored_sample_keys(store: Source, keys: Iterable[str]) -> set[str]:
 
 # ---- training sets -------------------------------------------------------------------------
 
-_SELF_EVAL_SQL = """
+
+@dataclass(frozen=True)
+class Provenance:
+    """Stored teacher outputs a training set may use; None matches any value.
+
+    A CoT matches on source, teacher model (any of `teacher_models`) and its prompt_version
+    (cot_prompt_version); an evaluation also on its own prompt_version (eval_prompt_version)."""
+
+    source: str | None  # teacher | dss | tot
+    teacher_models: tuple[str, ...] | None = None
+    cot_prompt_version: str | None = None
+    eval_prompt_version: str | None = None
+
+
+@dataclass(frozen=True)
+class StoredSource:
+    """One provenance of the stored CoTs of a split, and how many CoTs it has there."""
+
+    source: str
+    teacher_model: str
+    prompt_version: str
+    cots: int
+
+
+def stored_sources(store: Source, split: str = "train") -> list[StoredSource]:
+    """Which sources, teacher models and prompt versions the split's stored CoTs come from."""
+    sql = """
+        SELECT c.source, c.teacher_model, c.prompt_version, count(*) AS cots
+        FROM cots c JOIN examples x ON x.example_id = c.example_id WHERE x.split = ?
+        GROUP BY ALL ORDER BY c.source, c.teacher_model, c.prompt_version
+    """
+    return _records(StoredSource, _run(store, sql, [split]))
+
+
+def _provenance_table(sources: Sequence[Provenance] | None) -> pa.Table:
+    """The allowed provenances as a table to join against, numbered; None allows every stored row."""
+    rows = [Provenance(None)] if sources is None else list(sources)
+    if not rows:
+        raise ValueError("a training set needs at least one provenance to select from")
+    return pa.table({
+        "entry": pa.array([None if sources is None else i for i in range(len(rows))], pa.int32()),
+        "source": pa.array([r.source for r in rows], pa.string()),
+        "teacher_models": pa.array([None if r.teacher_models is None else list(r.teacher_models) for r in rows],
+                                   pa.list_(pa.string())),
+        "cot_prompt_version": pa.array([r.cot_prompt_version for r in rows], pa.string()),
+        "eval_prompt_version": pa.array([r.eval_prompt_version for r in rows], pa.string()),
+    })
+
+
+# Each allowed provenance gives one CoT per (example, cot_index): the newest, should it match CoTs
+# of several teachers or prompt runs (other sampling parameters give other keys but the same
+# indices), and a CoT matched by two provenances counts once. Without provenances (entry NULL)
+# every stored (source, teacher model, prompt version) counts as one.
+_CHOSEN_COTS = """
+WITH matched AS (
+    SELECT c.*, p.entry AS _entry, p.eval_prompt_version AS _eval_version
+    FROM cots c JOIN _sources p
+      ON (p.source IS NULL OR p.source = c.source)
+     AND (p.teacher_models IS NULL OR list_contains(p.teacher_models, c.teacher_model))
+     AND (p.cot_prompt_version IS NULL OR p.cot_prompt_version = c.prompt_version)
+    WHERE c.cot_index < $n_cots
+    QUALIFY row_number() OVER (
+        PARTITION BY c.example_id, c.cot_index, p.entry,
+                     CASE WHEN p.entry IS NULL THEN [c.source, c.teacher_model, c.prompt_version] END
+        ORDER BY c.created_at DESC, c.key
+    ) = 1
+), chosen AS (
+    SELECT * FROM matched QUALIFY row_number() OVER (PARTITION BY key ORDER BY _entry) = 1
+)
+"""
+
+_SELF_EVAL_SQL = _CHOSEN_COTS + """
 SELECT x.example_id, x.input AS question, c.rationale AS cot_text, v.verdict, v.rationale AS eval_rationale,
        c.parse_error IS NOT NULL OR v.parse_error IS NOT NULL AS excluded
 FROM evaluations v
-JOIN cots c ON c.key = v.cot_key
+JOIN chosen c ON c.key = v.cot_key
 JOIN examples x ON x.example_id = c.example_id
-WHERE x.split = $split AND c.cot_index < $n_cots
+WHERE x.split = $split AND (c._eval_version IS NULL OR c._eval_version = v.prompt_version)
+  AND v.teacher_model = c.teacher_model
+QUALIFY row_number() OVER (PARTITION BY c.key, v.key) = 1
 ORDER BY x.example_id, c.cot_index, c.key, v.eval_index, v.key
 """
 
 
 def self_eval_rows(
-    store: Source, split: str = "train", n_cots: int | None = None
+    store: Source, split: str = "train", n_cots: int | None = None,
+    sources: Sequence[Provenance] | None = None,
 ) -> tuple[list[SelfEvalPair], int]:
-    """Every stored CoT (cot_index < n_cots if given) paired with every evaluation of it.
+    """Every stored CoT (cot_index < n_cots if given) of the allowed `sources` paired with every
+    evaluation of it from the same teacher; `sources=None` allows every stored row.
 
     Pairs where the CoT or the evaluation did not parse are left out; the second value counts them.
     """
     limit = n_cots if n_cots is not None else 2**31 - 1  # cot_index is an int32
-    rows = _rows(_run(store, _SELF_EVAL_SQL, {"split": split, "n_cots": limit}))
+    rows = _rows(_run(store, _SELF_EVAL_SQL, {"split": split, "n_cots": limit},
+                      tables={"_sources": _provenance_table(sources)}))
     kept = [
         SelfEvalPair(r["example_id"], r["question"], r["cot_text"], r["verdict"], r["eval_rationale"])
         for r in rows
@@ -409,25 +485,28 @@ def self_eval_rows(
     return kept, len(rows) - len(kept)
 
 
-_COT_SQL = """
+_COT_SQL = _CHOSEN_COTS + """
 SELECT x.example_id, x.input, x.label AS gold, c.answer, c.rationale, c.parse_error IS NOT NULL AS excluded
-FROM cots c JOIN examples x ON x.example_id = c.example_id
-WHERE x.split = $split AND c.cot_index < $n_cots
-ORDER BY x.example_id, c.cot_index, c.key
+FROM chosen c JOIN examples x ON x.example_id = c.example_id
+WHERE x.split = $split
+ORDER BY x.example_id, c.cot_index, c.source, c.teacher_model, c.prompt_version, c.key
 """
 
 
 def cot_rows(
-    store: Source, split: str = "train", n_cots: int = 1, labels: Literal["gold", "teacher"] = "gold"
+    store: Source, split: str = "train", n_cots: int = 1, labels: Literal["gold", "teacher"] = "gold",
+    sources: Sequence[Provenance] | None = None,
 ) -> tuple[list[TrainingRow], int]:
-    """One row per stored CoT with cot_index < n_cots: input = question, rationale = the CoT's
-    rationale, label = the gold label or the teacher's parsed answer. Unparseable CoTs are left
-    out; the second value counts them."""
+    """One row per stored CoT with cot_index < n_cots from each allowed provenance (so one source
+    gives at most n_cots rows per example): input = question, rationale = the CoT's rationale,
+    label = the gold label or the teacher's parsed answer. `sources=None` allows every stored row.
+    Unparseable CoTs are left out; the second value counts them."""
     if labels not in ("gold", "teacher"):
         raise ValueError(f"labels must be 'gold' or 'teacher', not {labels!r}")
     if n_cots < 1:
         raise ValueError(f"n_cots must be >= 1, not {n_cots}")
-    rows = _rows(_run(store, _COT_SQL, {"split": split, "n_cots": n_cots}))
+    rows = _rows(_run(store, _COT_SQL, {"split": split, "n_cots": n_cots},
+                      tables={"_sources": _provenance_table(sources)}))
     kept = [
         TrainingRow(
             r["example_id"], r["input"], r["gold"] if labels == "gold" else r["answer"], r["rationale"]

@@ -21,7 +21,8 @@ from tasks.student.evaluation import (
     verdict_accuracy,
 )
 from tasks.student.model import build_student, load_student
-from tasks.student.training import Row, train_student
+from tasks.student.stages import Row
+from tasks.student.training import train_student
 
 ROWS = [
     Row("a", "Premise: Anna has 3 apples.\nHypothesis: Anna has apples.", "entailment", "It says so."),

@@ -245,3 +245,18 @@ def test_a_full_disk_stops_dispatch_and_keeps_every_paid_answer(tmp_path, api_ke
             time.sleep(0.5)
         else:
             subprocess.run(["umount", "-l", str(disk)], capture_output=True)  # detach it once nothing uses it
+
+
+def test_answers_and_verdicts_with_junk_glued_on_are_read_not_rejected(tmp_path, api_key):
+    with _simulator(deviations=Deviations(junk_rate=1.0), wrong_rate=0.0) as server:
+        config = _config(tmp_path, server.url, max_tokens=512)
+        state = _run(config)
+        assert state.is_completed(), state.message
+        store = Store(config["store"]["path"])
+        _, cots = store.fetch("SELECT text, answer, parse_error FROM cots")
+        _, evaluations = store.fetch("SELECT text, verdict, parse_error FROM evaluations")
+    assert len(cots) == TRAIN * 3 and len(evaluations) == TRAIN * 3 * 2
+    assert all(error is None and answer for _, answer, error in cots), [c for c in cots if c[2]][:2]
+    assert all(error is None and verdict for _, verdict, error in evaluations), [e for e in evaluations if e[2]][:2]
+    # the junk really is there, after the answer sentence and the verdict
+    assert sum(not text.rstrip().endswith(answer) for text, answer, _ in cots) == len(cots)

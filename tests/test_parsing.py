@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 
 import pytest
 
+from tasks.simulator.answers import GLUED_JUNK, simulate_cot, simulate_evaluation
 from tasks.teacher.parsing import answers_match, parse_cot, parse_evaluation
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -58,6 +60,20 @@ COT_CASES = [
     pytest.param("number", "45 + 27 = 72. The answer is 72.", "stop", "72", None, id="number"),
     pytest.param("number", "The answer is 5 + 3 = 8 apples.", "stop", "8", None, id="number-after-equals"),
     pytest.param("text", "France's capital is Paris. The answer is Paris.", "stop", "Paris", None, id="text"),
+    # Recorded from Gemma 3 270M behind llama.cpp: junk of another script glued onto the answer.
+    pytest.param("equation", "He buys 8 boxes of 35. The answer is (8 * 35).で購入", "length", "(8 * 35)",
+                 "He buys 8 boxes of 35. The answer is (8 * 35).", id="gemma-junk-after-period"),
+    pytest.param("equation", "The answer is (8 * 35)で購入する。", "stop", "(8 * 35)", "The answer is (8 * 35)",
+                 id="junk-without-period"),
+    pytest.param("equation", "The answer is (120 / 4) 😀😀😀", "length", "(120 / 4)", None, id="emoji-junk"),
+    pytest.param("number", "The answer is 280元です", "stop", "280", None, id="number-then-junk"),
+    pytest.param("choice", "So the answer is (a) closetです。", "stop", "closet", None, id="choice-then-junk"),
+    pytest.param("nli", "So the answer is neutralです", "length", "neutral", None, id="label-then-junk"),
+    pytest.param("text", "The answer is Café au lait.", "stop", "Café au lait", None, id="latin-accents-not-junk"),
+    pytest.param("equation", "The answer is 購入", "stop", None, "the answer sentence is empty", id="only-junk"),
+    pytest.param("equation", "Tom has 12 marbles.\n\nQ: There are 15 trees. How many?\nA: 15 trees", "length", None,
+                 "no 'The answer is' sentence before the output went on with a new question",
+                 id="continued-without-answer-is-not-truncation"),
 ]
 
 
@@ -135,6 +151,19 @@ EVAL_CASES = [
                  "truncated at max_tokens before", id="truncated"),
     pytest.param("The steps look fine to me.", "stop", None, "no 'Evaluation result' verdict", id="no-verdict"),
     pytest.param("", "content_filter", None, "refused by the content filter", id="refused"),
+    # Recorded from Gemma 3 270M behind llama.cpp (16 of 25 rejects were this one).
+    pytest.param("The answer is right.\nEvaluation result: the given answer is correctにある", "length", "correct",
+                 "The answer is right.", id="gemma-junk-after-verdict"),
+    pytest.param("It adds.\nEvaluation result: the given answer is wrong。次の問題", "stop", "wrong", "It adds.",
+                 id="wrong-then-junk"),
+    pytest.param("So the given answer is correctにある", "stop", "correct", "", id="phrase-then-junk"),
+    pytest.param("It checks out.\nEvaluation result: the given answer is correctly computed", "stop", None,
+                 "gives no verdict", id="correctly-is-not-a-verdict"),
+    pytest.param("It is 280.\nEvaluation result: the given answer is 280.\nThe problem says", "length", None,
+                 "the 'Evaluation result' line 'the given answer is 280.' gives no verdict",
+                 id="unreadable-verdict-is-not-truncation"),
+    pytest.param("Fine.\n\nQ: Next one\nEvaluation result: the given answer is correct", "length", None,
+                 "before the output went on with a new question", id="verdict-only-in-own-new-question"),
 ]
 
 
@@ -169,3 +198,28 @@ def test_parse_evaluation_table(text, finish, verdict, detail):
 )
 def test_answers_match(answer_type, predicted, gold, expected):
     assert answers_match(answer_type, predicted, gold) is expected
+
+
+@pytest.mark.parametrize("answer_type", ["equation", "choice", "nli", "number", "text"])
+def test_junk_glued_on_by_the_simulator_keeps_every_answer_and_verdict(answer_type):
+    """The simulator's "junk glued after the answer/verdict" deviation, read back like clean output."""
+    question, gold = {
+        "equation": ("Tom has 12 marbles and finds 5 more. How many does he have?", "( 12.0 + 5.0 )"),
+        "choice": (CQA_QUESTION, "closet"),
+        "nli": ("Premise: The bridge opened in 1932.\nHypothesis: The bridge is old.", "entailment"),
+        "number": ("How many legs do 3 cats have?", "12"),
+        "text": ("What is the capital of France?", "Paris"),
+    }[answer_type]
+    rng = random.Random(0)
+    glued = 0
+    for wrong in (False, True) * 10:
+        cot = simulate_cot(question, gold, answer_type, wrong, rng, junk_rate=0.5)
+        parsed = parse_cot(cot, answer_type, "length", question=question)
+        assert parsed.error is None, cot
+        assert answers_match(answer_type, parsed.answer, gold) is not wrong, cot
+        evaluation = simulate_evaluation(question, gold, cot, answer_type, rng, 0.0, 0.0, junk_rate=0.5)
+        judged = parse_evaluation(evaluation, "length")
+        assert judged.verdict == ("wrong" if wrong else "correct"), evaluation
+        glued += any(junk in cot for junk in GLUED_JUNK)
+        glued += any(junk in evaluation for junk in GLUED_JUNK)
+    assert glued >= 10, "about half the outputs should carry junk"

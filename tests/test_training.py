@@ -15,19 +15,11 @@ import torch
 from tasks.config import ArmConfig, EvalConfig, StudentConfig, TinyStudentConfig, TrainConfig
 from tasks.data.arithmetic import generate_problems
 from tasks.data.equations import evaluate_equation
+from tasks.student.batching import IGNORE, epoch_batches
 from tasks.student.evaluation import evaluate_student, label_accuracy
 from tasks.student.model import build_student, load_student
-from tasks.student.training import (
-    IGNORE,
-    RECORD,
-    Row,
-    data_snapshot,
-    epoch_batches,
-    learning_rate,
-    multitask_loss,
-    train_arm,
-    train_student,
-)
+from tasks.student.stages import Row, replay_rows, train_arm
+from tasks.student.training import RECORD, data_snapshot, learning_rate, multitask_loss, train_student
 
 SMALL = StudentConfig(
     tiny=TinyStudentConfig(d_model=32, d_ff=64, num_layers=1, num_heads=2, vocab_size=300),
@@ -204,6 +196,20 @@ def test_two_stage_training_reduces_both_losses_and_records_provenance(tmp_path)
     assert [step for step, _ in result.stage2.validation] == [25]
     model, tokenizer = load_student(result.checkpoint)
     assert model.config.d_model == 32 and tokenizer.pad_token_id == 0
+
+
+def test_self_eval_replay_mixes_stage_1_rows_into_stage_2(tmp_path):
+    rows = arithmetic_rows(16)
+    judged = self_eval_rows(rows)
+    result = train_arm(
+        ArmConfig(name="cot-selfeval", mode="cot", n_cots=1, self_eval=True),
+        train_rows=rows, validation_rows=[], self_eval_rows=judged,
+        train_cfg=small_train(stage1_steps=2, stage2_steps=2, eval_every=2, self_eval_replay=0.2),
+        student_cfg=SMALL, eval_cfg=QUICK_EVAL, out_dir=tmp_path, accuracy_fn=equation_accuracy, progress=False,
+    )
+    stage2 = json.loads((result.checkpoint / RECORD).read_text())
+    assert result.replayed == stage2["self_eval_replayed"] == 4  # 4 / (16 + 4) = 0.2
+    assert stage2["rows"] == 20 and stage2["data_snapshot"] == data_snapshot([*rows, *replay_rows(judged, 16, 0.2, 0)])
 
 
 def test_standard_mode_trains_on_labels_only(tmp_path):

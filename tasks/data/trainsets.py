@@ -1,16 +1,24 @@
 """The student's training sets, built from what the store holds.
 
-Unparseable teacher outputs are left out and counted, never trained on as blank rows.
+Rows are chosen by provenance (train.sources: where a CoT came from, which teacher, which prompt
+version), so a prompt change, a second teacher or an import never adds CoTs to an arm's set unless
+the config mixes them on purpose. Unparseable teacher outputs are left out and counted, never
+trained on as blank rows.
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 from storage import Store, queries
-from storage.queries import TrainingRow
-from tasks.teacher.prompts import format_judged_input
+from storage.queries import Provenance, TrainingRow
+from tasks.config import Config
+from tasks.data.datasets import answer_type
+from tasks.simulator.server import SIMULATED
+from tasks.teacher.prompts import format_judged_input, prompt_version
 
 
 @dataclass(frozen=True)
@@ -19,10 +27,61 @@ class TrainingSet:
     excluded: int  # rows left out because the teacher's output did not parse
 
 
-def self_eval_set(store: Store, split: str = "train", n_cots: int | None = None) -> TrainingSet:
+# A server names the model that answered: OpenAI a dated snapshot of the one asked for
+# ("gpt-4o-mini" -> "gpt-4o-mini-2024-07-18", "gpt-3.5-turbo" -> "gpt-3.5-turbo-0125").
+_SNAPSHOT = r"-(\d{4}-\d{2}-\d{2}|\d{4})"
+
+
+def answered_by(asked: str, stored: str, simulate: bool = False) -> bool:
+    """Whether `stored` (the model a reply named) is the model `asked` for: itself, a dated
+    snapshot of it, or the built-in simulated teacher when the run simulates its teacher."""
+    return stored == asked or re.fullmatch(re.escape(asked) + _SNAPSHOT, stored) is not None or (
+        simulate and stored == SIMULATED
+    )
+
+
+def provenances(config: Config, store: Store) -> list[Provenance]:
+    """train.sources resolved: a `teacher` source without a model or versions means the models that
+    answered this run's teacher.model (see answered_by) and the current prompt versions of the
+    dataset's answer type."""
+    kind = answer_type(config.dataset)
+    stored = {row.teacher_model for row in queries.stored_sources(store, "train") if row.source == "teacher"}
+    resolved = []
+    for source in config.train.sources:
+        if source.source != "teacher":
+            models = None if source.teacher_model is None else (source.teacher_model,)
+            resolved.append(Provenance(source.source, models, source.cot_prompt_version,
+                                       source.eval_prompt_version))
+            continue
+        if source.teacher_model is not None:
+            models = (source.teacher_model,)
+        else:
+            asked, simulate = config.teacher.model, config.teacher.simulate
+            models = tuple(sorted(m for m in stored if answered_by(asked, m, simulate))) or (asked,)
+        resolved.append(Provenance(
+            "teacher", models,
+            source.cot_prompt_version or prompt_version(kind, "cot"),
+            source.eval_prompt_version or prompt_version(kind, "evaluation"),
+        ))
+    return resolved
+
+
+def describe_stored(store: Store, split: str = "train") -> str:
+    """What the split's stored CoTs come from, for a message that says which train.sources to name."""
+    found = queries.stored_sources(store, split)
+    if not found:
+        return f"the store has no {split} CoTs"
+    return "the store's train CoTs come from " + "; ".join(
+        f"source {row.source}, teacher_model {row.teacher_model}, prompt version {row.prompt_version} "
+        f"({row.cots} CoTs)" for row in found
+    )
+
+
+def self_eval_set(store: Store, split: str = "train", n_cots: int | None = None,
+                  sources: Sequence[Provenance] | None = None) -> TrainingSet:
     """Input = the question with a chain of thought, label = the teacher's verdict on it,
-    rationale = the evaluation text; every CoT (index < n_cots) x every evaluation of it."""
-    pairs, excluded = queries.self_eval_rows(store, split, n_cots)
+    rationale = the evaluation text; every CoT (index < n_cots) of `sources` x every evaluation of it."""
+    pairs, excluded = queries.self_eval_rows(store, split, n_cots, sources)
     rows = [
         TrainingRow(pair.example_id, format_judged_input(pair.question, pair.cot_text), pair.verdict,
                     pair.eval_rationale)
@@ -32,10 +91,11 @@ def self_eval_set(store: Store, split: str = "train", n_cots: int | None = None)
 
 
 def cot_set(store: Store, split: str = "train", n_cots: int = 1,
-            labels: Literal["gold", "teacher"] = "gold") -> TrainingSet:
+            labels: Literal["gold", "teacher"] = "gold",
+            sources: Sequence[Provenance] | None = None) -> TrainingSet:
     """Input = the question, label = the gold label or the teacher's answer, rationale = the CoT;
-    one row per chain of thought with index < n_cots."""
-    rows, excluded = queries.cot_rows(store, split, n_cots, labels)
+    one row per chain of thought of each of `sources` with index < n_cots."""
+    rows, excluded = queries.cot_rows(store, split, n_cots, labels, sources)
     return TrainingSet(list(rows), excluded)
 
 

@@ -11,8 +11,22 @@ from pathlib import Path
 from storage import Store, queries
 from tasks.config import Config
 
-COLUMNS = ("arm", "test accuracy", "validation accuracy", "self-eval agreement (stage 1)", "train accuracy", "n test",
-           "checkpoint")
+# (column, metric key); the sampling decode modes and the final student's agreement get columns
+# only when some arm has them, so a greedy-only run shows the paper's table.
+BASE = (
+    ("test accuracy", "test:accuracy"),
+    ("validation accuracy", "validation:accuracy"),
+    ("self-eval agreement (stage 1)", "validation:self_eval_agreement"),
+)
+OPTIONAL = (
+    ("self-eval agreement (final)", "validation:self_eval_agreement_final"),
+    ("test accuracy (self-consistency)", "test:accuracy:self_consistency"),
+    ("passes/question (self-consistency)", "test:passes:self_consistency"),
+    ("test accuracy (self-verify)", "test:accuracy:self_verify"),
+    ("passes/question (self-verify)", "test:passes:self_verify"),
+)
+TAIL = (("train accuracy", "train:accuracy"), ("n test", "n"), ("checkpoint", "checkpoint"))
+COLUMNS = ("arm", *(name for name, _ in BASE + TAIL))  # the columns of a greedy-only report
 
 
 @dataclass(frozen=True)
@@ -38,9 +52,10 @@ def markdown_table(columns: Sequence[str], rows: Sequence[Sequence]) -> str:
     return "\n".join(lines)
 
 
-def results_rows(store: Store) -> list[tuple]:
-    """One row per arm (baselines first): the latest value of each metric. Train accuracy is the
-    teacher's, on its own stored chains of thought; checkpoints are shown relative to the store."""
+def results_table(store: Store) -> tuple[tuple[str, ...], list[tuple]]:
+    """The columns and one row per arm (baselines first): the latest value of each metric. Train
+    accuracy is the teacher's, on its own stored chains of thought; checkpoints are shown relative
+    to the store; passes/question is the inference cost of a decode mode (greedy: 1)."""
     folder = store.local_folder()
     table: dict[str, dict[str, object]] = {}
     for result in queries.latest_results(store):
@@ -48,23 +63,16 @@ def results_rows(store: Store) -> list[tuple]:
         if folder is not None and checkpoint.startswith(str(folder)):
             checkpoint = str(Path(checkpoint).relative_to(folder))
         row = table.setdefault(result.arm, {})
-        row[f"{result.split}:{result.metric}"] = result.value
+        value = int(result.value) if result.metric.startswith("passes:") else result.value
+        row[f"{result.split}:{result.metric}"] = value
         # The arm's checkpoint is the one scored on test (self-evaluation agreement has its own).
         if result.split == "test" and result.metric == "accuracy":
             row["n"], row["checkpoint"] = result.n, checkpoint
+    present = {key for row in table.values() for key in row}
+    shown = [*BASE, *(column for column in OPTIONAL if column[1] in present), *TAIL]
     ordered = sorted(table, key=lambda arm: (not arm.startswith(("baseline", "teacher")), arm))
-    return [
-        (
-            arm,
-            table[arm].get("test:accuracy"),
-            table[arm].get("validation:accuracy"),
-            table[arm].get("validation:self_eval_agreement"),
-            table[arm].get("train:accuracy"),
-            table[arm].get("n"),
-            table[arm].get("checkpoint"),
-        )
-        for arm in ordered
-    ]
+    columns = ("arm", *(name for name, _ in shown))
+    return columns, [(arm, *(table[arm].get(key) for _, key in shown)) for arm in ordered]
 
 
 def _write_png(rows: list[tuple], path: Path) -> None:
@@ -87,17 +95,17 @@ def _write_png(rows: list[tuple], path: Path) -> None:
 
 def write_report(config: Config) -> Report:
     store = Store(config.store.path)
-    rows = results_rows(store)
-    markdown = markdown_table(COLUMNS, rows)
+    columns, rows = results_table(store)
+    markdown = markdown_table(columns, rows)
     if not rows:
-        return Report(COLUMNS, rows, "no results yet: run `mindsmirror evaluate CONFIG` first", None, None)
+        return Report(columns, rows, "no results yet: run `mindsmirror evaluate CONFIG` first", None, None)
     folder = store.local_folder()
     if folder is None:
-        return Report(COLUMNS, rows, markdown, None, None)
+        return Report(columns, rows, markdown, None, None)
     csv_path, png_path = folder / "report.csv", folder / "report.png"
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow(COLUMNS)
+    writer.writerow(columns)
     writer.writerows(rows)
     csv_path.write_text(buffer.getvalue(), encoding="utf-8")
     _write_png(rows, png_path)

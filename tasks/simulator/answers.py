@@ -152,9 +152,24 @@ def guess_gold(question: str, answer_type: str) -> str:
     return {"nli": "neutral", "number": "0"}.get(answer_type, "unknown")
 
 
-def simulate_cot(question: str, gold: str, answer_type: str, wrong: bool, rng: random.Random) -> str:
-    """One template chain of thought reaching `gold` (or a wrong answer when `wrong`)."""
-    return _COT_WRITERS[answer_type](question, gold, wrong, rng)
+# What Gemma 3 270M behind llama.cpp glued onto its answers and verdicts, recorded.
+GLUED_JUNK = ("で購入", "にある", "です。", "元", "的な答え", "😀")
+
+
+def glue_junk(text: str, rng: random.Random, rate: float) -> str:
+    """With probability `rate`, junk of another script glued straight onto the answer or verdict that
+    ends `text`, then the start of a rambling sentence, as a small model writes until max_tokens."""
+    if rate <= 0 or rng.random() >= rate:
+        return text
+    return text + rng.choice(GLUED_JUNK) + rng.choice(["", "ので、次の問題", " the next step is"])
+
+
+def simulate_cot(
+    question: str, gold: str, answer_type: str, wrong: bool, rng: random.Random, junk_rate: float = 0.0
+) -> str:
+    """One template chain of thought reaching `gold` (or a wrong answer when `wrong`); `junk_rate` of
+    them with junk glued after the answer."""
+    return glue_junk(_COT_WRITERS[answer_type](question, gold, wrong, rng), rng, junk_rate)
 
 
 def simulate_evaluation(
@@ -165,8 +180,18 @@ def simulate_evaluation(
     rng: random.Random,
     uncertain_rate: float,
     misjudge_rate: float,
+    junk_rate: float = 0.0,
 ) -> str:
-    """A self-evaluation of `cot`: mostly the true verdict, sometimes uncertain, sometimes mistaken."""
+    """A self-evaluation of `cot`: mostly the true verdict, sometimes uncertain, sometimes mistaken;
+    `junk_rate` of them with junk glued after the verdict."""
+    return glue_junk(_evaluation(question, gold, cot, answer_type, rng, uncertain_rate, misjudge_rate),
+                     rng, junk_rate)
+
+
+def _evaluation(
+    question: str, gold: str | None, cot: str, answer_type: str, rng: random.Random, uncertain_rate: float,
+    misjudge_rate: float,
+) -> str:
     parsed = parse_cot(cot, answer_type, question=question)
     if parsed.answer is None:
         return "The proposed answer never states a final answer.\nEvaluation result: the given answer is wrong"

@@ -55,6 +55,9 @@ class Deviations:
     no_retry_after: bool = False  # 429s carry neither Retry-After nor retry-after-ms
     # A prompt containing any of these strings is refused with a content-filter 400 (Azure OpenAI).
     content_filter: tuple[str, ...] = ()
+    # This share of outputs has another script's text glued straight after the answer or verdict,
+    # then rambles on (Gemma 3 270M behind llama.cpp: "The answer is (8 * 35).で購入").
+    junk_rate: float = 0.0
 
     def __post_init__(self):
         object.__setattr__(self, "content_filter", tuple(self.content_filter))

@@ -278,13 +278,13 @@ class SimulatedTeacher:
             if request.kind == "cot":
                 wrong = rng.random() < self.wrong_rate
                 text = simulate_cot(request.question, gold or guess_gold(request.question, answer_type),
-                                    answer_type, wrong, rng)
+                                    answer_type, wrong, rng, self.deviations.junk_rate)
                 if rng.random() < self.ramble_rate:
                     # Like a few-shot model that carries on with a question of its own.
                     text += f"\n\nQ: {request.question}\nA: {text}"
             else:
                 text = simulate_evaluation(request.question, gold, request.cot or "", answer_type, rng,
-                                           self.uncertain_rate, self.misjudge_rate)
+                                           self.uncertain_rate, self.misjudge_rate, self.deviations.junk_rate)
         if _completion_tokens(text) > max_tokens:
             return text[: max_tokens * 4], "length"
         return text, "stop"

@@ -16,10 +16,18 @@ from pathlib import Path
 import torch
 
 from storage import PredictionRow, ResultRow, Store, queries
-from tasks.config import ArmConfig, Config
+from tasks.config import ArmConfig, Config, EvalConfig
 from tasks.data.datasets import answer_type as answer_type_of
-from tasks.data.trainsets import cot_set, label_set, self_eval_set
+from tasks.data.trainsets import cot_set, describe_stored, label_set, provenances, self_eval_set
 from tasks.student import freshness
+from tasks.student.decoding import (
+    SAMPLING_MODES,
+    Candidate,
+    choose,
+    judge_candidates,
+    passes_per_question,
+    sample_candidates,
+)
 from tasks.student.evaluation import (
     EXPLAIN,
     PREDICT,
@@ -30,7 +38,7 @@ from tasks.student.evaluation import (
     use_bf16,
 )
 from tasks.student.model import load_student
-from tasks.student.training import train_arm
+from tasks.student.stages import train_arm
 from tasks.teacher.parsing import answers_match
 
 
@@ -53,12 +61,30 @@ class NothingToTrain(ValueError):
 class TrainedArm:
     arm: str
     checkpoint: str
-    validation_accuracy: float
+    validation_accuracy: float | None  # None without validation rows (the last step is kept)
     train_rows: int
     excluded_rows: int  # unparseable teacher outputs left out
     examples_per_s: float
     self_eval_checkpoint: str | None = None  # stage 1's best checkpoint, for arms with self_eval
     unchanged: bool = False  # skipped: trained before on the same inputs (tasks.student.freshness)
+    validation_rows: int = 0  # the rows validation_accuracy is measured on
+    self_eval_agreement: float | None = None  # stage 1's best, on validation self-evaluations
+    self_eval_validation_rows: int = 0
+    replayed_rows: int = 0  # stage-1 rows mixed into stage 2 (train.self_eval_replay)
+
+    def describe(self) -> str:
+        """One line for the terminal: what was trained on, what it scored on which rows."""
+        if self.validation_accuracy is None:
+            scored = "no validation rows (kept the last step)"
+        else:
+            scored = f"validation accuracy {self.validation_accuracy:.4f} on {self.validation_rows} validation rows"
+        line = f"{self.arm}: {scored}; trained on {self.train_rows} rows ({self.excluded_rows} unparseable left out"
+        line += f", {self.replayed_rows} self-evaluations replayed)" if self.replayed_rows else ")"
+        if self.self_eval_checkpoint is not None:
+            line += (f"; stage 1 self-eval agreement {self.self_eval_agreement:.4f} on "
+                     f"{self.self_eval_validation_rows} validation rows" if self.self_eval_agreement is not None
+                     else "; stage 1 kept its last step (no validation self-evaluations)")
+        return f"{line}; {self.examples_per_s:.1f} examples/s -> {self.checkpoint}"
 
 
 def arm_folder(config: Config, arm: str) -> Path:
@@ -75,12 +101,12 @@ def _arm(config: Config, name: str) -> ArmConfig:
     raise NothingToTrain(f"no arm named {name!r}; the config has {[arm.name for arm in config.train.arms]}")
 
 
-def _training_rows(store: Store, arm: ArmConfig):
+def _training_rows(store: Store, arm: ArmConfig, sources):
     if arm.mode == "standard" and arm.labels == "gold":
         return label_set(store, "train")
     # Standard distillation trains on the teacher's label of its first chain of thought, without rationale.
     k = arm.n_cots if arm.mode == "cot" else 1
-    return cot_set(store, "train", k, arm.labels)
+    return cot_set(store, "train", k, arm.labels, sources)
 
 
 def train_one(config: Config, name: str, resume: bool = False, progress: bool = True,
@@ -89,18 +115,24 @@ def train_one(config: Config, name: str, resume: bool = False, progress: bool = 
     limit_cpu_threads()
     store = Store(config.store.path)
     kind = answer_type_of(config.dataset)
-    training = _training_rows(store, arm)
+    sources = provenances(config, store)
+    training = _training_rows(store, arm, sources)
     validation = label_set(store, "validation").rows
     if not training.rows:
         raise NothingToTrain(
-            f"arm {name!r}: the store has no usable training rows; run `mindsmirror generate CONFIG` "
-            "or `mindsmirror import dss CONFIG` first"
+            f"arm {name!r}: no usable training rows from train.sources ({describe_stored(store)}); run "
+            "`mindsmirror generate CONFIG` or `mindsmirror import dss CONFIG`, or name a stored source, teacher_model "
+            "or prompt version in train.sources"
         )
-    self_eval = self_eval_set(store, "train", arm.n_cots) if arm.self_eval else None
+    self_eval = self_eval_set(store, "train", arm.n_cots, sources) if arm.self_eval else None
     if arm.self_eval and not self_eval.rows:
-        raise NothingToTrain(f"arm {name!r} wants self-evaluations but the store has none; generate them first")
+        raise NothingToTrain(f"arm {name!r} wants self-evaluations but none are stored for the CoTs of "
+                             f"train.sources ({describe_stored(store)}); generate them first")
+    # Stage 1 is picked on verdict agreement with the teacher on validation examples' judged CoTs.
+    judged = self_eval_set(store, "validation", arm.n_cots, sources).rows if arm.self_eval else []
     folder = arm_folder(config, name)
-    inputs = freshness.training_inputs(config, arm, training.rows, validation, self_eval.rows if self_eval else ())
+    inputs = freshness.training_inputs(config, arm, training.rows, validation,
+                                       self_eval.rows if self_eval else (), judged)
     if not force and (record := freshness.trained_is_current(folder, inputs)):
         return _trained_from(record, folder)
     result = train_arm(
@@ -108,6 +140,7 @@ def train_one(config: Config, name: str, resume: bool = False, progress: bool = 
         train_rows=training.rows,
         validation_rows=validation,
         self_eval_rows=self_eval.rows if self_eval else (),
+        self_eval_validation=judged,
         train_cfg=config.train,
         student_cfg=config.student,
         eval_cfg=config.evaluate,
@@ -124,6 +157,10 @@ def train_one(config: Config, name: str, resume: bool = False, progress: bool = 
         excluded_rows=training.excluded + (self_eval.excluded if self_eval else 0),
         examples_per_s=result.stage2.examples_per_s,
         self_eval_checkpoint=str(result.stage1.checkpoint) if result.stage1 else None,
+        validation_rows=len(validation),
+        self_eval_agreement=result.stage1.best_accuracy if result.stage1 else None,
+        self_eval_validation_rows=len(judged),
+        replayed_rows=result.replayed,
     )
     # The pointer evaluation follows: relative, so the store can move between machines.
     record = {
@@ -155,18 +192,20 @@ def _checkpoints(config: Config, name: str) -> tuple[Path, Path | None]:
 
 
 def evaluate_one(config: Config, name: str, progress: bool = False, force: bool = False) -> dict[str, float] | None:
-    """Score an arm's best checkpoint on test, and for arms with self_eval the self-evaluation
-    agreement of their stage-1 checkpoint (stage 2 trains on CoTs only, and the final student
-    answers a judged input with an answer, not a verdict). None: skipped, the arm's scores in the
-    store were made from the same inputs (unless `force`)."""
+    """Score an arm's best checkpoint on test (greedy, and each sampling mode of evaluate.decode),
+    and for arms with self_eval the self-evaluation agreement of their stage-1 checkpoint (and of
+    the final student when stage 2 replayed self-evaluations: without replay it answers a judged
+    input with an answer, not a verdict). None: skipped, the arm's scores in the store were made
+    from the same inputs (unless `force`)."""
     store = Store(config.store.path)
     kind = answer_type_of(config.dataset)
+    arm = _arm(config, name)
     checkpoint, self_eval_checkpoint = _checkpoints(config, name)
     folder = arm_folder(config, name)
     inputs = freshness.evaluation_inputs(
         config, freshness.read_record(folder, freshness.TRAINED) or {}, [checkpoint, self_eval_checkpoint],
         {split: label_set(store, split).rows for split in ("test", "validation")}
-        | {"judged": self_eval_set(store, "validation", None).rows},
+        | {"judged": self_eval_set(store, "validation", None, provenances(config, store)).rows},
     )
     if not force and freshness.evaluated_is_current(store, folder, name, inputs):
         return None
@@ -186,22 +225,51 @@ def evaluate_one(config: Config, name: str, progress: bool = False, force: bool 
     ])
     results = [ResultRow(arm=name, split="test", metric="accuracy", value=scored.accuracy, n=scored.n,
                          checkpoint=str(checkpoint))]
+    results += _sampled_results(model, tokenizer, name, test, kind, config, str(checkpoint), options)
     validation = label_set(store, "validation").rows
     if validation:
         checked = evaluate_student(model, tokenizer, validation, kind, config.evaluate, **options)
         results.append(ResultRow(arm=name, split="validation", metric="accuracy", value=checked.accuracy,
                                  n=checked.n, checkpoint=str(checkpoint)))
     # Agreement with the teacher's verdicts, on judged CoTs of examples the student never trained on.
-    judged = self_eval_set(store, "validation", None).rows
-    if judged and self_eval_checkpoint is not None:
-        judge, judge_tokenizer = load_student(self_eval_checkpoint)
+    judged = self_eval_set(store, "validation", None, provenances(config, store)).rows
+    judges = [("self_eval_agreement", self_eval_checkpoint)]
+    if arm.self_eval and config.train.self_eval_replay > 0:
+        judges.append(("self_eval_agreement_final", checkpoint))
+    for metric, judge_checkpoint in judges:
+        if not judged or judge_checkpoint is None:
+            continue
+        judge, judge_tokenizer = load_student(judge_checkpoint)
         judge.to(device)
         agreement = evaluate_student(judge, judge_tokenizer, judged, "verdict", config.evaluate, **options)
-        results.append(ResultRow(arm=name, split="validation", metric="self_eval_agreement",
-                                 value=agreement.accuracy, n=agreement.n, checkpoint=str(self_eval_checkpoint)))
+        results.append(ResultRow(arm=name, split="validation", metric=metric, value=agreement.accuracy,
+                                 n=agreement.n, checkpoint=str(judge_checkpoint)))
     store.append(results)
     freshness.record_evaluation(folder, inputs, results)
     return {f"{result.split}:{result.metric}": result.value for result in results}
+
+
+def _sampled_results(model, tokenizer, name, rows, kind, config: Config, checkpoint: str, options) -> list[ResultRow]:
+    """Test accuracy and passes per question of each sampling mode in evaluate.decode (greedy is
+    always scored); the modes share one set of seeded candidates."""
+    modes = [mode for mode in config.evaluate.decode if mode in SAMPLING_MODES]
+    if not modes or not rows:
+        return []
+    questions = [row.input for row in rows]
+    candidates = sample_candidates(model, tokenizer, questions, kind, config.evaluate, **options)
+    if "self_verify" in modes:
+        judging = {key: options[key] for key in ("device", "max_input_length", "bf16")}
+        candidates = judge_candidates(model, tokenizer, questions, candidates, config.evaluate.batch_size, **judging)
+    results = []
+    for mode in modes:
+        hits = sum(answers_match(kind, choose(row, mode, kind).answer, gold.label)
+                   for row, gold in zip(candidates, rows))
+        results.append(ResultRow(arm=name, split="test", metric=f"accuracy:{mode}", value=hits / len(rows),
+                                 n=len(rows), checkpoint=checkpoint))
+        results.append(ResultRow(arm=name, split="test", metric=f"passes:{mode}", n=len(rows),
+                                 value=float(passes_per_question(mode, config.evaluate.samples)),
+                                 checkpoint=checkpoint))
+    return results
 
 
 def score_baselines(config: Config) -> dict[str, float]:
@@ -229,17 +297,29 @@ def score_baselines(config: Config) -> dict[str, float]:
 class Answer:
     label: str
     rationale: str
+    candidates: tuple[Candidate, ...] = ()  # the sampling modes' candidates, with verdicts for self_verify
+    chosen: int | None = None  # the candidate that answered
 
 
-def answer_question(model_dir: str, question: str, max_new_tokens: int = 128) -> Answer:
-    """A trained student's label (`predict:`) and rationale (`explain:`) for one question."""
+def answer_question(model_dir: str, question: str, max_new_tokens: int = 128, *, decode: str = "greedy",
+                    samples: int = 5, temperature: float = 1.0, seed: int = 0,
+                    answer_type: str = "text") -> Answer:
+    """A trained student's answer to one question: greedy (`predict:` label, `explain:` rationale),
+    or the candidate a sampling mode chooses (see tasks.student.decoding)."""
     if not Path(model_dir, "config.json").is_file():
         raise NothingToTrain(f"{model_dir}: not a student checkpoint (no config.json); see `trained.json` "
                              "in the arm's folder for its best checkpoint")
     limit_cpu_threads()
     model, tokenizer = load_student(model_dir)
-    label, rationale = (
-        predict(model, tokenizer, [question], max_new_tokens=max_new_tokens, prefix=prefix, device="cpu")[0]
-        for prefix in (PREDICT, EXPLAIN)
-    )
-    return Answer(label, rationale)
+    if decode == "greedy":
+        label, rationale = (
+            predict(model, tokenizer, [question], max_new_tokens=max_new_tokens, prefix=prefix, device="cpu")[0]
+            for prefix in (PREDICT, EXPLAIN)
+        )
+        return Answer(label, rationale)
+    cfg = EvalConfig(max_new_tokens=max_new_tokens, samples=samples, temperature=temperature, seed=seed)
+    candidates = sample_candidates(model, tokenizer, [question], answer_type, cfg, device="cpu")
+    if decode == "self_verify":
+        candidates = judge_candidates(model, tokenizer, [question], candidates, device="cpu")
+    decoded = choose(candidates[0], decode, answer_type)
+    return Answer(decoded.answer, decoded.candidates[decoded.chosen].rationale, decoded.candidates, decoded.chosen)

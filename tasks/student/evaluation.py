@@ -66,15 +66,44 @@ def predict(
 
     Inputs are batched by length, so a batch pads to a similar length instead of the longest input.
     """
+    options = dict(max_input_length=max_input_length, bf16=bf16, progress=progress)
+    outputs = generate(model, tokenizer, inputs, batch_size, max_new_tokens, device, prefix=prefix, **options)
+    return [texts[0] for texts in outputs]
+
+
+def generate(
+    model,
+    tokenizer,
+    inputs: Sequence[str],
+    batch_size: int = 64,
+    max_new_tokens: int = 64,
+    device: torch.device | str | None = None,
+    *,
+    prefix: str = PREDICT,
+    samples: int | None = None,
+    temperature: float = 1.0,
+    seed: int = 0,
+    max_input_length: int = 512,
+    bf16: bool = False,
+    progress: bool = False,
+) -> list[list[str]]:
+    """Outputs for `inputs` in their order: one greedy output each, or `samples` sampled ones.
+
+    Sampling is seeded per batch from `seed` and the batch's position, inside a forked RNG, so the
+    same call gives the same samples and leaves the caller's random state alone.
+    """
     device = torch.device(device) if device is not None else next(model.parameters()).device
     order = sorted(range(len(inputs)), key=lambda i: len(inputs[i]))
-    outputs: list[str] = [""] * len(inputs)
+    per_input = samples or 1
+    # A batch holds batch_size sequences being decoded, whatever the number of samples per input.
+    step = max(1, batch_size // per_input)
+    outputs: list[list[str]] = [[] for _ in inputs]
     was_training = model.training
     model.eval()
     with Progress(disable=not progress, transient=True) as bar, torch.inference_mode():
         task = bar.add_task(f"generating {prefix.strip()}", total=len(inputs))
-        for start in range(0, len(order), batch_size):
-            chunk = order[start : start + batch_size]
+        for start in range(0, len(order), step):
+            chunk = order[start : start + step]
             encoded = tokenizer(
                 [prefix + inputs[i] for i in chunk],
                 max_length=max_input_length,
@@ -82,17 +111,22 @@ def predict(
                 padding=True,
                 return_tensors="pt",
             ).to(device)
-            with autocast(device, bf16):
+            sampling = {"do_sample": False} if samples is None else {
+                "do_sample": True, "temperature": temperature, "top_k": 0, "num_return_sequences": samples,
+            }
+            devices = [device] if device.type == "cuda" else []
+            with torch.random.fork_rng(devices=devices), autocast(device, bf16):
+                torch.manual_seed(seed * 1_000_003 + start)
                 generated = model.generate(
                     input_ids=encoded["input_ids"],
                     attention_mask=encoded["attention_mask"],
                     max_new_tokens=max_new_tokens,
-                    do_sample=False,
                     num_beams=1,
+                    **sampling,
                 )
             texts = tokenizer.batch_decode(generated, skip_special_tokens=True)
-            for i, text in zip(chunk, texts):
-                outputs[i] = text.strip()
+            for n, i in enumerate(chunk):
+                outputs[i] = [text.strip() for text in texts[n * per_input : (n + 1) * per_input]]
             bar.advance(task, len(chunk))
     model.train(was_training)
     return outputs

@@ -43,7 +43,7 @@ def student_identity(model: str) -> object:
 
 
 def training_inputs(config: Config, arm: ArmConfig, train_rows: Sequence, validation_rows: Sequence,
-                    self_eval_rows: Sequence = ()) -> str:
+                    self_eval_rows: Sequence = (), judged_rows: Sequence = ()) -> str:
     """The id of everything an arm's checkpoints depend on. Other arms of the config are left out,
     so adding or changing one arm retrains only that arm."""
     return _digest({
@@ -56,6 +56,7 @@ def training_inputs(config: Config, arm: ArmConfig, train_rows: Sequence, valida
         "train_rows": _snapshot(train_rows),
         "validation_rows": _snapshot(validation_rows),
         "self_eval_rows": _snapshot(self_eval_rows),
+        "judged_rows": _snapshot(judged_rows),  # stage 1 is picked on them
     })
 
 

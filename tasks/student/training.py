@@ -4,8 +4,7 @@ Each training row is two tasks for the same input (distilling step-by-step): "pr
 label and "explain: <input>" -> rationale, and the loss is alpha * label CE + (1 - alpha) * rationale CE.
 
 Speed (bench/training.py measures it against a Seq2SeqTrainer subclass doing the same two forwards):
-batches are cut from length-sorted windows so a batch pads to similar lengths, and every row is
-tokenised once up front. Packing predict and explain rows into ONE forward was measured slower: the
+rows are tokenised once and batched by length (tasks.student.batching). Packing predict and explain rows into ONE forward was measured slower: the
 short label rows then pad to rationale length in the decoder.
 """
 
@@ -13,10 +12,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import random
 import shutil
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -24,26 +22,14 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-from torch.nn.utils.rnn import pad_sequence
 from transformers import T5ForConditionalGeneration
 
-from tasks.config import ArmConfig, EvalConfig, StudentConfig, TrainConfig
+from tasks.config import EvalConfig, StudentConfig, TrainConfig
+from tasks.student.batching import IGNORE, Encoded, batches_from, encode, task_batch
 from tasks.student.checkpoints import RECORD, STATE, latest_checkpoint, prune_checkpoints, save_checkpoint
-from tasks.student.evaluation import (
-    EXPLAIN,
-    PREDICT,
-    autocast,
-    predict,
-    resolve_device,
-    use_bf16,
-    verdict_accuracy,
-)
-from tasks.student.model import build_student, load_student
+from tasks.student.evaluation import autocast, predict, resolve_device, use_bf16
+from tasks.student.model import load_student
 
-IGNORE = -100  # target id that the loss skips (padding)
-# Batches are sorted by length within windows of this many batches: long enough to group similar
-# lengths, short enough that consecutive steps still see a mix of lengths over an epoch.
-SORT_WINDOW = 50
 MAX_GRAD_NORM = 1.0  # the Hugging Face Trainer default, so runs compare with the reference code
 WARMUP = 0.05  # share of a stage's steps with a linearly rising learning rate (Adam from scratch needs it)
 
@@ -126,68 +112,6 @@ def data_snapshot(rows: Sequence) -> str:
     return digest.hexdigest()[:16]
 
 
-class _Encoded(NamedTuple):
-    predict_inputs: list[torch.Tensor]
-    labels: list[torch.Tensor]
-    explain_inputs: list[torch.Tensor | None]
-    rationales: list[torch.Tensor | None]
-    lengths: list[int]  # tokens a row costs; batches group rows of similar cost
-
-
-def _encode(rows: Sequence, tokenizer, student: StudentConfig, explain: bool) -> _Encoded:
-    def ids(texts: list[str], limit: int) -> list[torch.Tensor]:
-        encoded = tokenizer(texts, max_length=limit, truncation=True)["input_ids"]
-        return [torch.tensor(seq) for seq in encoded]
-
-    inputs = [row.input for row in rows]
-    predict_inputs = ids([PREDICT + text for text in inputs], student.max_input_length)
-    labels = ids([row.label for row in rows], student.max_target_length)
-    explain_inputs: list[torch.Tensor | None] = [None] * len(rows)
-    rationales: list[torch.Tensor | None] = [None] * len(rows)
-    have = [i for i, row in enumerate(rows) if explain and row.rationale]
-    if have:
-        for i, e, r in zip(
-            have,
-            ids([EXPLAIN + inputs[i] for i in have], student.max_input_length),
-            ids([rows[i].rationale for i in have], student.max_target_length),
-        ):
-            explain_inputs[i], rationales[i] = e, r
-    lengths = [
-        len(p) + len(lab) + (len(r) if r is not None else 0)
-        for p, lab, r in zip(predict_inputs, labels, rationales)
-    ]
-    return _Encoded(predict_inputs, labels, explain_inputs, rationales, lengths)
-
-
-def epoch_batches(lengths: Sequence[int], batch_size: int, seed: int, epoch: int) -> list[list[int]]:
-    """One epoch of row indices in batches: shuffled, sorted by length within windows, batch order shuffled."""
-    rng = random.Random(f"{seed}:{epoch}")
-    order = list(range(len(lengths)))
-    rng.shuffle(order)
-    batches = []
-    for start in range(0, len(order), batch_size * SORT_WINDOW):
-        window = sorted(order[start : start + batch_size * SORT_WINDOW], key=lengths.__getitem__)
-        batches += [window[i : i + batch_size] for i in range(0, len(window), batch_size)]
-    rng.shuffle(batches)
-    return batches
-
-
-def _batches_from(lengths: Sequence[int], batch_size: int, seed: int, skip: int) -> Iterator[list[int]]:
-    """Endless batches, epoch after epoch, starting after the first `skip` (for resuming)."""
-    for epoch in range(10**9):
-        for batch in epoch_batches(lengths, batch_size, seed, epoch):
-            if skip:
-                skip -= 1
-            else:
-                yield batch
-
-
-def _task_batch(inputs, targets, index, pad_id, device):
-    input_ids = pad_sequence([inputs[i] for i in index], batch_first=True, padding_value=pad_id).to(device)
-    target_ids = pad_sequence([targets[i] for i in index], batch_first=True, padding_value=IGNORE).to(device)
-    return input_ids, target_ids
-
-
 def _target_logits(model, inputs, targets, pad_id) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits at the real target positions only ([tokens, vocab]) and those targets.
 
@@ -209,14 +133,14 @@ def _target_logits(model, inputs, targets, pad_id) -> tuple[torch.Tensor, torch.
     return model.lm_head(hidden), targets[keep]
 
 
-def _batch_loss(model, data: _Encoded, index: list[int], alpha: float, pad_id: int, device) -> Loss:
+def _batch_loss(model, data: Encoded, index: list[int], alpha: float, pad_id: int, device) -> Loss:
     label_logits, labels = _target_logits(
-        model, *_task_batch(data.predict_inputs, data.labels, index, pad_id, device), pad_id
+        model, *task_batch(data.predict_inputs, data.labels, index, pad_id, device), pad_id
     )
     explain = [i for i in index if data.rationales[i] is not None]
     if not explain or alpha == 1:
         return multitask_loss(label_logits, labels)
-    batch = _task_batch(data.explain_inputs, data.rationales, explain, pad_id, device)
+    batch = task_batch(data.explain_inputs, data.rationales, explain, pad_id, device)
     return multitask_loss(label_logits, labels, *_target_logits(model, *batch, pad_id), alpha)
 
 
@@ -288,10 +212,10 @@ def train_student(
         torch.set_rng_state(saved["rng"]["cpu"])
         if saved["rng"]["cuda"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(saved["rng"]["cuda"])
-    data = _encode(rows, tokenizer, student_cfg, explain=train_cfg.alpha < 1)
+    data = encode(rows, tokenizer, student_cfg, explain=train_cfg.alpha < 1)
     pad_id = tokenizer.pad_token_id
     accum = train_cfg.grad_accum
-    batches = _batches_from(data.lengths, train_cfg.batch_size, train_cfg.seed, skip=state["step"] * accum)
+    batches = batches_from(data.lengths, train_cfg.batch_size, train_cfg.seed, skip=state["step"] * accum)
 
     trained_rows, train_seconds = 0, 0.0
     with _progress(progress) as bar:
@@ -374,86 +298,3 @@ def _result(out_dir: Path, state: dict, snapshot: str, steps: int, speed: float)
         data_snapshot=snapshot,
         examples_per_s=speed,
     )
-
-
-class Row(NamedTuple):
-    """A training row as train_student reads it (storage.queries.TrainingRow has the same fields)."""
-
-    example_id: str
-    input: str
-    label: str
-    rationale: str | None
-
-
-@dataclass(frozen=True)
-class ArmResult:
-    arm: str
-    checkpoint: Path  # the student to evaluate: stage 2's best checkpoint
-    stage1: TrainResult | None  # on self-evaluations; None when the arm has no self-evaluation stage
-    stage2: TrainResult
-
-
-def train_arm(
-    arm: ArmConfig,
-    *,
-    train_rows: Sequence,
-    validation_rows: Sequence,
-    self_eval_rows: Sequence = (),
-    self_eval_validation: Sequence = (),
-    train_cfg: TrainConfig,
-    student_cfg: StudentConfig,
-    out_dir: str | Path,
-    accuracy_fn: Callable[[list[str], list[str]], float],
-    eval_cfg: EvalConfig | None = None,
-    resume: bool = False,
-    progress: bool = True,
-) -> ArmResult:
-    """Train one arm: stage 1 on self-evaluations (if arm.self_eval), then stage 2 continuing from it.
-
-    `train_rows` are CoT rows (mode "cot") or label rows (mode "standard", whose rationales are
-    ignored); `validation_rows` carry gold labels and pick stage 2's checkpoint. Stage 1 picks its
-    checkpoint on `self_eval_validation` by verdict agreement, or takes its last one without them.
-    """
-    out_dir = Path(out_dir)
-    if arm.mode == "standard":
-        train_rows = [Row(getattr(r, "example_id", ""), r.input, r.label, None) for r in train_rows]
-    stage1_wanted = arm.self_eval and train_cfg.stage1_steps > 0
-    if stage1_wanted and not self_eval_rows:
-        raise ValueError(
-            f"arm {arm.name!r} has self_eval: true but there are no self-evaluation rows to train on"
-        )
-    vocab = [text for r in [*self_eval_rows, *train_rows] for text in (r.input, r.label, r.rationale or "")]
-    model, tokenizer = build_student(student_cfg, vocab, seed=train_cfg.seed)
-    common = {"train_cfg": train_cfg, "student_cfg": student_cfg, "eval_cfg": eval_cfg, "resume": resume}
-    stage1 = None
-    if stage1_wanted:
-        stage1 = train_student(
-            self_eval_rows,
-            self_eval_validation,
-            model=model,
-            tokenizer=tokenizer,
-            steps=train_cfg.stage1_steps,
-            out_dir=out_dir / "stage1",
-            accuracy_fn=verdict_accuracy,
-            provenance={"arm": arm.model_dump(), "stage": "self_eval", "init_from": student_cfg.model},
-            progress=progress,
-            **common,
-        )
-        model, tokenizer = load_student(stage1.checkpoint)
-    stage2 = train_student(
-        train_rows,
-        validation_rows,
-        model=model,
-        tokenizer=tokenizer,
-        steps=train_cfg.stage2_steps,
-        out_dir=out_dir / "stage2",
-        accuracy_fn=accuracy_fn,
-        provenance={
-            "arm": arm.model_dump(),
-            "stage": arm.mode,
-            "init_from": str(stage1.checkpoint) if stage1 else student_cfg.model,
-        },
-        progress=progress,
-        **common,
-    )
-    return ArmResult(arm=arm.name, checkpoint=stage2.checkpoint, stage1=stage1, stage2=stage2)

@@ -4,12 +4,16 @@ Teachers ramble: a few-shot prompted model often finishes its answer and carries
 "Q:" (or "Premise:") block of its own, until max_tokens cuts it off. Only the text before such a
 continuation is the teacher's answer to our question, and the first "The answer is ..." sentence
 in it is the answer. The rationale kept for training is the text up to and including that sentence.
+Small models also glue junk of another script straight onto the answer ("The answer is
+(8 * 35).で購入", "the given answer is correctにある"): an answer or verdict ends at the first
+character no answer is written in.
 """
 
 from __future__ import annotations
 
 import math
 import re
+import unicodedata
 from dataclasses import dataclass
 
 from tasks.data.equations import EquationError, equations_match, evaluate_equation
@@ -45,12 +49,32 @@ _LETTER = re.compile(r"^\(?([a-e])\)\s*(.*)$", re.IGNORECASE | re.DOTALL)
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 
 
+def _is_junk(char: str) -> bool:
+    """A character no answer or verdict is written in: a letter of a script other than Latin or
+    Greek (CJK, kana, Cyrillic, ...), an emoji or other pictograph, or an unassigned code point."""
+    category = unicodedata.category(char)
+    if category[0] == "L":
+        return not unicodedata.name(char, "").startswith(("LATIN", "GREEK"))
+    return category in ("So", "Co", "Cn", "Cs")
+
+
+def _junk_at(text: str, start: int = 0, stop: int | None = None) -> int | None:
+    """Where the first junk character in text[start:stop] is, or None."""
+    for at in range(start, len(text) if stop is None else stop):
+        if _is_junk(text[at]):
+            return at
+    return None
+
+
 def _cut_continuation(text: str) -> tuple[str, bool]:
     match = _CONTINUATION.search(text)
     return (text[: match.start()], True) if match else (text, False)
 
 
-def _no_answer(finish_reason: str | None, what: str) -> str:
+def _no_answer(finish_reason: str | None, what: str, continued: bool = False) -> str:
+    if continued:
+        # Cut off, if at all, in a block of its own: max_tokens is not why the answer is missing.
+        return f"no {what} before the output went on with a new question of its own"
     if finish_reason == "length":
         return f"truncated at max_tokens before the {what}"
     if finish_reason == "content_filter":
@@ -77,16 +101,21 @@ def parse_cot(
         # The first answer sentence that reads as an answer of this type counts ("The answer is 71.
         # So the answer is entailment." is entailment); otherwise the first one's problem is reported.
         end = _SENTENCE_END.search(own, found.end())
-        if end is None and not continued and finish_reason in ("length", "content_filter"):
+        junk = _junk_at(own, found.end(), end.start() if end else None)
+        if junk is not None:
+            # Junk glued on ends the answer as a period would; a period just before it belongs to it.
+            span_end = rationale_end = junk
+        elif end is None and not continued and finish_reason in ("length", "content_filter"):
             return ParsedCot(None, None, first_error or f"truncated ({finish_reason}) inside the answer sentence")
-        span_end = end.start() if end else len(own.rstrip())
-        rationale_end = end.end() if end and end.group() == "." else span_end
-        span = own[found.end() : span_end].strip().strip("*").strip()
+        else:
+            span_end = end.start() if end else len(own.rstrip())
+            rationale_end = end.end() if end and end.group() == "." else span_end
+        span = own[found.end() : span_end].strip().rstrip(".").strip().strip("*").strip()
         answer, error = _READERS[answer_type](span, question) if span else (None, "the answer sentence is empty")
         if error is None:
             return ParsedCot(answer, own[:rationale_end].strip(), None)
         first_error = first_error or error
-    return ParsedCot(None, None, first_error or _no_answer(finish_reason, "'The answer is' sentence"))
+    return ParsedCot(None, None, first_error or _no_answer(finish_reason, "'The answer is' sentence", continued))
 
 
 def _quote(span: str) -> str:
@@ -162,14 +191,14 @@ _READERS = {
     "text": _read_text,
 }
 
+# A verdict word ends where no Latin letter follows ("correctにある" is correct, "correctly" is not).
+_VERDICT_WORD = r"(correct|incorrect|not\s+correct|wrong|uncertain)(?![a-z\u00c0-\u024f])"
 _VERDICT_LINE = re.compile(
-    r"evaluation result\s*:?\s*(?:the\s+)?(?:given\s+|proposed\s+)?answer\s+is\s*[:'\"*]*\s*"
-    r"(correct|incorrect|not\s+correct|wrong|uncertain)\b",
+    r"evaluation result\s*:?\s*(?:the\s+)?(?:given\s+|proposed\s+)?answer\s+is\s*[:'\"*]*\s*" + _VERDICT_WORD,
     re.IGNORECASE,
 )
-_VERDICT_PHRASE = re.compile(
-    r"\bgiven answer is\s*['\"*]*\s*(correct|incorrect|not\s+correct|wrong|uncertain)\b", re.IGNORECASE
-)
+_VERDICT_PHRASE = re.compile(r"\bgiven answer is\s*['\"*]*\s*" + _VERDICT_WORD, re.IGNORECASE)
+_RESULT_LINE = re.compile(r"evaluation result\s*:?[ \t]*([^\n]*)", re.IGNORECASE)
 
 
 def _verdict_word(word: str) -> str:
@@ -177,12 +206,23 @@ def _verdict_word(word: str) -> str:
     return "wrong" if word in ("incorrect", "not correct") else word
 
 
+def _no_verdict(own: str, finish_reason: str | None, continued: bool) -> str:
+    """Why an evaluation has no verdict: an unreadable result line says what it said instead."""
+    line = _RESULT_LINE.search(own)
+    if line is None:
+        return _no_answer(finish_reason, "'Evaluation result' verdict", continued)
+    said = line.group(1).strip()
+    if finish_reason == "length" and not continued and not own[line.end() :].strip():
+        return f"truncated at max_tokens before the 'Evaluation result' verdict (it ends {_quote(said)})"
+    return f"the 'Evaluation result' line {_quote(said)} gives no verdict (correct, wrong or uncertain)"
+
+
 def parse_evaluation(text: str | None, finish_reason: str | None = None) -> ParsedEvaluation:
     """The verdict of one self-evaluation and the reasoning before it."""
     if not text or not text.strip():
         reason = "refused by the content filter" if finish_reason == "content_filter" else "empty output"
         return ParsedEvaluation(None, None, reason)
-    own, _ = _cut_continuation(text)
+    own, continued = _cut_continuation(text)
     match = _VERDICT_LINE.search(own)
     if match is not None:
         start = match.start()
@@ -190,7 +230,7 @@ def parse_evaluation(text: str | None, finish_reason: str | None = None) -> Pars
         # No "Evaluation result:" line; a concluding "the given answer is X" sentence still counts.
         phrases = list(_VERDICT_PHRASE.finditer(own))
         if not phrases:
-            return ParsedEvaluation(None, None, _no_answer(finish_reason, "'Evaluation result' verdict"))
+            return ParsedEvaluation(None, None, _no_verdict(own, finish_reason, continued))
         match = phrases[-1]
         before = own[: match.start()]
         start = max(before.rfind("\n"), before.rfind(". ") + 1, 0)

@@ -1,0 +1,90 @@
+"""Training rows as token ids, and the order they are batched in.
+
+Every row is tokenised once up front; batches are cut from length-sorted windows so a batch pads
+to similar lengths, and the order is a function of (seed, epoch), so a resumed run sees the same
+batches as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator, Sequence
+from typing import NamedTuple
+
+import torch
+from torch.nn.utils.rnn import pad_sequence
+
+from tasks.config import StudentConfig
+from tasks.student.evaluation import EXPLAIN, PREDICT
+
+IGNORE = -100  # target id that the loss skips (padding)
+# Batches are sorted by length within windows of this many batches: long enough to group similar
+# lengths, short enough that consecutive steps still see a mix of lengths over an epoch.
+SORT_WINDOW = 50
+
+
+class Encoded(NamedTuple):
+    """Training rows tokenised once, as per-row id tensors."""
+
+    predict_inputs: list[torch.Tensor]
+    labels: list[torch.Tensor]
+    explain_inputs: list[torch.Tensor | None]
+    rationales: list[torch.Tensor | None]
+    lengths: list[int]  # tokens a row costs; batches group rows of similar cost
+
+
+def encode(rows: Sequence, tokenizer, student: StudentConfig, explain: bool) -> Encoded:
+    """Every row's predict input and label, and (if `explain`) explain input and rationale."""
+
+    def ids(texts: list[str], limit: int) -> list[torch.Tensor]:
+        encoded = tokenizer(texts, max_length=limit, truncation=True)["input_ids"]
+        return [torch.tensor(seq) for seq in encoded]
+
+    inputs = [row.input for row in rows]
+    predict_inputs = ids([PREDICT + text for text in inputs], student.max_input_length)
+    labels = ids([row.label for row in rows], student.max_target_length)
+    explain_inputs: list[torch.Tensor | None] = [None] * len(rows)
+    rationales: list[torch.Tensor | None] = [None] * len(rows)
+    have = [i for i, row in enumerate(rows) if explain and row.rationale]
+    if have:
+        for i, e, r in zip(
+            have,
+            ids([EXPLAIN + inputs[i] for i in have], student.max_input_length),
+            ids([rows[i].rationale for i in have], student.max_target_length),
+        ):
+            explain_inputs[i], rationales[i] = e, r
+    lengths = [
+        len(p) + len(lab) + (len(r) if r is not None else 0)
+        for p, lab, r in zip(predict_inputs, labels, rationales)
+    ]
+    return Encoded(predict_inputs, labels, explain_inputs, rationales, lengths)
+
+
+def epoch_batches(lengths: Sequence[int], batch_size: int, seed: int, epoch: int) -> list[list[int]]:
+    """One epoch of row indices in batches: shuffled, sorted by length within windows, batch order shuffled."""
+    rng = random.Random(f"{seed}:{epoch}")
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    batches = []
+    for start in range(0, len(order), batch_size * SORT_WINDOW):
+        window = sorted(order[start : start + batch_size * SORT_WINDOW], key=lengths.__getitem__)
+        batches += [window[i : i + batch_size] for i in range(0, len(window), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
+def batches_from(lengths: Sequence[int], batch_size: int, seed: int, skip: int) -> Iterator[list[int]]:
+    """Endless batches, epoch after epoch, starting after the first `skip` (for resuming)."""
+    for epoch in range(10**9):
+        for batch in epoch_batches(lengths, batch_size, seed, epoch):
+            if skip:
+                skip -= 1
+            else:
+                yield batch
+
+
+def task_batch(inputs, targets, index, pad_id, device):
+    """The rows `index` of one task, padded: inputs with pad_id, targets with IGNORE."""
+    input_ids = pad_sequence([inputs[i] for i in index], batch_first=True, padding_value=pad_id).to(device)
+    target_ids = pad_sequence([targets[i] for i in index], batch_first=True, padding_value=IGNORE).to(device)
+    return input_ids, target_ids
