@@ -176,6 +176,18 @@ def test_self_eval_rows_honour_n_cots_and_split(store):
     assert queries.self_eval_rows(store, "test") == ([], 0)
 
 
+def test_self_evaluations_older_than_the_cot_they_judge_are_left_out(tmp_path):
+    """A CoT lost to a corrupt part and bought again is a new row; what judged the lost text is stale."""
+    store = Store(str(tmp_path / "store"))
+    store.append([example(1)])
+    rebought = cot("e1", 0)
+    stale = replace(evaluation(rebought, 0), created_at=rebought.created_at - timedelta(hours=1))
+    store.append([rebought])
+    store.append([stale, evaluation(rebought, 1, "wrong")])
+    pairs, _ = queries.self_eval_rows(store, "train")
+    assert [p.verdict for p in pairs] == ["wrong"]
+
+
 def test_cot_rows_with_gold_or_teacher_labels(store):
     rows, excluded = queries.cot_rows(store, "train", n_cots=5, labels="gold")
     assert rows == [

@@ -1,0 +1,80 @@
+"""Named queries over the store, one module per concern. Every value goes in as a parameter or a
+registered Arrow table, never as SQL text.
+
+Each function takes a Store (a fresh connection per call, run again if compaction removes a file
+mid-read) or an open DuckDB connection from Store.connect() (used as is).
+"""
+
+from storage.queries.batches import (
+    closed_attempts,
+    committed_usd,
+    latest_batches,
+    open_batch_keys,
+    planned_batches,
+)
+from storage.queries.common import Source
+from storage.queries.generation import (
+    MissingRequest,
+    answered_but_missing,
+    cots_by_keys,
+    cots_for_examples,
+    examples,
+    failed_keys,
+    missing_keys,
+    new_examples,
+    spent_usd,
+    stored_sample_keys,
+)
+from storage.queries.sql import (
+    QueryError,
+    run_sql,
+)
+from storage.queries.status import (
+    StatusReport,
+    latest_results,
+    status,
+)
+from storage.queries.trainsets import (
+    Provenance,
+    SelfEvalPair,
+    StoredSource,
+    TrainingRow,
+    cot_rows,
+    label_rows,
+    self_eval_rows,
+    stored_sources,
+    teacher_answers,
+)
+
+__all__ = [
+    "MissingRequest",
+    "Provenance",
+    "QueryError",
+    "SelfEvalPair",
+    "Source",
+    "StatusReport",
+    "StoredSource",
+    "TrainingRow",
+    "answered_but_missing",
+    "closed_attempts",
+    "committed_usd",
+    "cot_rows",
+    "cots_by_keys",
+    "cots_for_examples",
+    "examples",
+    "failed_keys",
+    "label_rows",
+    "latest_batches",
+    "latest_results",
+    "missing_keys",
+    "new_examples",
+    "open_batch_keys",
+    "planned_batches",
+    "run_sql",
+    "self_eval_rows",
+    "spent_usd",
+    "status",
+    "stored_sample_keys",
+    "stored_sources",
+    "teacher_answers",
+]
