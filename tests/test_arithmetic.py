@@ -2,8 +2,8 @@ import re
 
 import pytest
 
+from tasks.answers import evaluate_equation
 from tasks.data.arithmetic import TEMPLATES, generate_problems
-from tasks.data.equations import evaluate_equation
 
 NUMBER = re.compile(r"\d+(?:\.\d+)?")
 

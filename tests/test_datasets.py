@@ -6,9 +6,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from tasks.answers import evaluate_equation
 from tasks.config import CustomConfig, DatasetConfig
 from tasks.data.datasets import DatasetError, answer_type, load_dataset, load_sources
-from tasks.data.equations import evaluate_equation
 
 
 def _splits(rows):

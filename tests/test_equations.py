@@ -3,7 +3,7 @@ import re
 
 import pytest
 
-from tasks.data.equations import MAX_DEPTH, EquationError, equations_match, evaluate_equation
+from tasks.answers import MAX_DEPTH, EquationError, equations_match, evaluate_equation
 
 
 @pytest.mark.parametrize(

@@ -5,11 +5,10 @@ from pathlib import Path
 import pytest
 
 from storage import Store, queries
+from tasks.answers import answers_match, equations_match
 from tasks.config import CustomConfig, DatasetConfig
 from tasks.data.datasets import DatasetError
-from tasks.data.equations import equations_match
 from tasks.data.importers import import_dss, import_tot, tot_question
-from tasks.teacher.parsing import answers_match
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 TOT_SAMPLE = FIXTURES / "data_tot_sample.json"

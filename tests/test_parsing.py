@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from tasks.answers import answers_match
 from tasks.simulator.answers import GLUED_JUNK, simulate_cot, simulate_evaluation
-from tasks.teacher.parsing import answers_match, parse_cot, parse_evaluation
+from tasks.teacher.parsing import parse_cot, parse_evaluation
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"

@@ -13,10 +13,11 @@ from pathlib import Path
 
 import pytest
 
+from tasks.answers import answers_match
 from tasks.data.arithmetic import generate_problems
 from tasks.simulator.answers import simulate_cot, simulate_evaluation
 from tasks.simulator.server import Deviations, SimulatedTeacher, start_simulator
-from tasks.teacher.parsing import answers_match, parse_cot, parse_evaluation
+from tasks.teacher.parsing import parse_cot, parse_evaluation
 from tasks.teacher.prompts import cot_messages, eval_messages
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"

@@ -12,9 +12,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import pytest
 import torch
 
+from tasks.answers import evaluate_equation
 from tasks.config import ArmConfig, EvalConfig, StudentConfig, TinyStudentConfig, TrainConfig
 from tasks.data.arithmetic import generate_problems
-from tasks.data.equations import evaluate_equation
 from tasks.student.batching import IGNORE, epoch_batches
 from tasks.student.evaluation import evaluate_student, label_accuracy
 from tasks.student.model import build_student, load_student

@@ -5,8 +5,8 @@ sets) build on the teacher's parsing and prompts, so they are imported by module
 the teacher's parsing itself uses `tasks.data.equations`.
 """
 
+from tasks.answers import EquationError, evaluate_equation
 from tasks.data.arithmetic import generate_problems
 from tasks.data.datasets import DatasetError, answer_type, load_dataset
-from tasks.data.equations import EquationError, evaluate_equation
 
 __all__ = ["DatasetError", "EquationError", "answer_type", "evaluate_equation", "generate_problems", "load_dataset"]

@@ -24,9 +24,9 @@ from pathlib import Path
 import numpy as np
 
 from storage.records import ExampleRow
+from tasks.answers import EquationError, evaluate_equation
 from tasks.config import DatasetConfig
 from tasks.data.arithmetic import generate_problems
-from tasks.data.equations import EquationError, evaluate_equation
 from tasks.data.files import DatasetError, read_records
 
 NLI_LABELS = ("entailment", "neutral", "contradiction")  # ANLI's label ids 0, 1, 2

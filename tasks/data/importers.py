@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from storage import CotRow, EvaluationRow, ExampleRow, Store, queries
+from tasks.answers import answers_match
 from tasks.config import DatasetConfig
 from tasks.data.datasets import (
     DSS_DATASETS,
@@ -30,7 +31,7 @@ from tasks.data.datasets import (
     load_sources,
     wanted_splits,
 )
-from tasks.teacher.parsing import answers_match, parse_cot, parse_evaluation
+from tasks.teacher.parsing import parse_cot, parse_evaluation
 
 DSS_TEACHER = "palm-540b"
 TOT_TEACHER = "gpt-3.5-turbo"  # the teacher of Mind's Mirror's released files

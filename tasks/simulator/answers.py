@@ -10,8 +10,8 @@ import math
 import random
 import re
 
-from tasks.data.equations import EquationError, evaluate_equation
-from tasks.teacher.parsing import answers_match, choices_of, parse_cot
+from tasks.answers import EquationError, answers_match, evaluate_equation
+from tasks.teacher.parsing import choices_of, parse_cot
 
 
 def _fmt(value: float) -> str:

@@ -18,7 +18,7 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Mapping
 
-from tasks.data.equations import EquationError
+from tasks.answers import EquationError
 from tasks.simulator.answers import builtin_examples, guess_gold, simulate_cot, simulate_evaluation
 from tasks.simulator.limits import Bucket
 from tasks.simulator.outcomes import CONTENT_FILTER_MESSAGE, FAULTS, Deviations, Faults, Outcome, error

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from storage import PredictionRow, ResultRow, Store, queries
+from tasks.answers import answers_match
 from tasks.config import ArmConfig, Config, EvalConfig
 from tasks.data.datasets import answer_type as answer_type_of
 from tasks.data.trainsets import cot_set, describe_stored, label_set, provenances, self_eval_set
@@ -39,7 +40,6 @@ from tasks.student.evaluation import (
 )
 from tasks.student.model import load_student
 from tasks.student.stages import train_arm
-from tasks.teacher.parsing import answers_match
 
 
 def limit_cpu_threads() -> None:

@@ -21,9 +21,10 @@ from dataclasses import dataclass
 
 import torch
 
+from tasks.answers import answers_match
 from tasks.config import EvalConfig
 from tasks.student.evaluation import EXPLAIN, PREDICT, VERDICTS, autocast, generate
-from tasks.teacher.parsing import answers_match, parse_cot
+from tasks.teacher.parsing import parse_cot
 from tasks.teacher.prompts import format_judged_input
 
 SAMPLING_MODES = ("self_consistency", "self_verify")

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import torch
 from rich.progress import Progress
 
+from tasks.answers import answers_match
 from tasks.config import EvalConfig
-from tasks.teacher.parsing import answers_match
 
 PREDICT = "predict: "
 EXPLAIN = "explain: "

@@ -3,7 +3,7 @@
 from tasks.teacher.client import TeacherClient, TeacherReply, estimate_tokens
 from tasks.teacher.errors import FatalError, OutputError, RefusedError, TeacherError, TransientError
 from tasks.teacher.keys import Sampling, sample_key
-from tasks.teacher.parsing import answers_match, parse_cot, parse_evaluation
+from tasks.teacher.parsing import parse_cot, parse_evaluation
 from tasks.teacher.prompts import cot_messages, eval_messages, prompt_version
 from tasks.teacher.ratelimit import RateLimiter
 
@@ -17,7 +17,6 @@ __all__ = [
     "TeacherError",
     "TeacherReply",
     "TransientError",
-    "answers_match",
     "cot_messages",
     "estimate_tokens",
     "eval_messages",

@@ -11,12 +11,13 @@ character no answer is written in.
 
 from __future__ import annotations
 
-import math
 import re
 import unicodedata
 from dataclasses import dataclass
 
-from tasks.data.equations import EquationError, equations_match, evaluate_equation
+from tasks.answers import LETTER as LETTER
+from tasks.answers import THOUSANDS as THOUSANDS
+from tasks.answers import EquationError, evaluate_equation, normalize
 
 VERDICTS = ("correct", "wrong", "uncertain")
 NLI_LABELS = ("entailment", "neutral", "contradiction")
@@ -41,11 +42,9 @@ _CONTINUATION = re.compile(r"\n[ \t]*(?:Q|Question|Premise)\s*:")
 _ANSWER = re.compile(r"\banswer is\b\s*:?\s*", re.IGNORECASE)
 # A sentence ends at a newline or at a period followed by whitespace or the end (not "3.5").
 _SENTENCE_END = re.compile(r"\n|\.(?=\s|$)")
-_THOUSANDS = re.compile(r"(?<=\d),(?=\d{3}(?!\d))")
 _ARITHMETIC_PREFIX = re.compile(r"[\d\s.+\-*/×÷−()]*")
 _OPERATORISH = re.compile(r"[\d+\-*/×÷−()]")
 _CHOICE_LINE = re.compile(r"^\(([a-z])\)\s*(.+?)\s*$", re.MULTILINE)
-_LETTER = re.compile(r"^\(?([a-e])\)\s*(.*)$", re.IGNORECASE | re.DOTALL)
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 
 
@@ -123,7 +122,7 @@ def _quote(span: str) -> str:
 
 
 def _read_equation(span: str, question: str | None) -> tuple[str | None, str | None]:
-    cleaned = _THOUSANDS.sub("", span.replace("$", ""))
+    cleaned = THOUSANDS.sub("", span.replace("$", ""))
     for piece in cleaned.split("="):
         prefix = _ARITHMETIC_PREFIX.match(piece)
         expression, rest = prefix.group().strip(), piece[prefix.end() :]
@@ -146,7 +145,7 @@ def choices_of(question: str) -> dict[str, str]:
 def _read_choice(span: str, question: str | None) -> tuple[str | None, str | None]:
     if len(re.findall(r"\([a-e]\)", span, re.IGNORECASE)) > 1:
         return None, f"answer {_quote(span)} names more than one choice"
-    lettered = _LETTER.match(span)
+    lettered = LETTER.match(span)
     letter, text = (lettered.group(1).lower(), lettered.group(2)) if lettered else (None, span)
     text = text.strip().strip("\"'").strip()
     choices = choices_of(question) if question else {}
@@ -171,7 +170,7 @@ def _read_nli(span: str, question: str | None) -> tuple[str | None, str | None]:
 
 
 def _read_number(span: str, question: str | None) -> tuple[str | None, str | None]:
-    cleaned = _THOUSANDS.sub("", span.replace("$", "")).split("=")[-1]
+    cleaned = THOUSANDS.sub("", span.replace("$", "")).split("=")[-1]
     number = _NUMBER.search(cleaned)
     if number is None:
         return None, f"answer {_quote(span)} has no number"
@@ -236,37 +235,3 @@ def parse_evaluation(text: str | None, finish_reason: str | None = None) -> Pars
         start = max(before.rfind("\n"), before.rfind(". ") + 1, 0)
     rationale = re.sub(r"^\s*Evaluation\s*:", "", own[:start]).strip()
     return ParsedEvaluation(_verdict_word(match.group(1)), rationale, None)
-
-
-_ARTICLES = re.compile(r"\b(?:a|an|the)\b")
-
-
-def normalize(text: str) -> str:
-    """Lowercase, punctuation to spaces, no articles, single spaces: for exact-match scoring."""
-    text = re.sub(r"[^\w\s]", " ", text.lower())
-    return " ".join(_ARTICLES.sub(" ", text).split())
-
-
-def _as_number(text: str) -> float | None:
-    cleaned = _THOUSANDS.sub("", text.replace("$", "")).strip().rstrip(".")
-    try:
-        value = float(cleaned)
-    except ValueError:
-        return None
-    return value if math.isfinite(value) else None
-
-
-def answers_match(answer_type: str, predicted: str | None, gold: str | None) -> bool:
-    """Whether a predicted answer is the gold one: numerically for equations and numbers,
-    by normalised text otherwise (a choice's "(d) " letter prefix is ignored)."""
-    if predicted is None or gold is None:
-        return False
-    if answer_type == "equation":
-        return equations_match(predicted, gold)
-    if answer_type == "number":
-        left, right = _as_number(predicted), _as_number(gold)
-        if left is not None and right is not None:
-            return math.isclose(left, right, rel_tol=1e-4, abs_tol=1e-9)
-    if answer_type == "choice":
-        predicted, gold = (_LETTER.sub(r"\2", value.strip()) for value in (predicted, gold))
-    return normalize(predicted) == normalize(gold) and bool(normalize(gold))

@@ -1,6 +1,8 @@
-"""Safe arithmetic: evaluate "( 84.0 / 2.0 )"-style equations without Python's eval.
+"""Reading and scoring answers: safe arithmetic for equations, and whether two answers match.
 
-A small recursive-descent parser over numbers, + - * / (and the unicode × ÷ −) and parentheses.
+Teacher-output parsing, dataset importers and student evaluation all score answers here.
+
+Equations: a small recursive-descent parser over numbers, + - * / (and the unicode × ÷ −) and parentheses.
 Anything else is refused with an EquationError, and so are inputs big enough to make the parser
 itself a risk (very long text, deep nesting, numbers with hundreds of digits).
 """
@@ -14,6 +16,8 @@ MAX_LENGTH = 1000  # SVAMP's longest equation is under 100 characters
 MAX_DEPTH = 50  # nested parentheses and unary signs; recursion stays far below Python's limit
 MAX_DIGITS = 30  # per number; a float holds ~17 significant digits anyway
 
+THOUSANDS = re.compile(r"(?<=\d),(?=\d{3}(?!\d))")  # "1,000": a thousands separator
+LETTER = re.compile(r"^\(?([a-e])\)\s*(.*)$", re.IGNORECASE | re.DOTALL)  # a choice's "(d) " prefix
 _TOKEN = re.compile(r"\s*(?:(\d+(?:\.\d*)?|\.\d+)|([-+*/×÷−()]))")
 _OPERATOR = {"×": "*", "÷": "/", "−": "-"}
 
@@ -123,3 +127,37 @@ def equations_match(a: str, b: str, rel_tol: float = 1e-4) -> bool:
     except EquationError:
         return False
     return math.isclose(left, right, rel_tol=rel_tol, abs_tol=1e-9)
+
+
+_ARTICLES = re.compile(r"\b(?:a|an|the)\b")
+
+
+def normalize(text: str) -> str:
+    """Lowercase, punctuation to spaces, no articles, single spaces: for exact-match scoring."""
+    text = re.sub(r"[^\w\s]", " ", text.lower())
+    return " ".join(_ARTICLES.sub(" ", text).split())
+
+
+def _as_number(text: str) -> float | None:
+    cleaned = THOUSANDS.sub("", text.replace("$", "")).strip().rstrip(".")
+    try:
+        value = float(cleaned)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None
+
+
+def answers_match(answer_type: str, predicted: str | None, gold: str | None) -> bool:
+    """Whether a predicted answer is the gold one: numerically for equations and numbers,
+    by normalised text otherwise (a choice's "(d) " letter prefix is ignored)."""
+    if predicted is None or gold is None:
+        return False
+    if answer_type == "equation":
+        return equations_match(predicted, gold)
+    if answer_type == "number":
+        left, right = _as_number(predicted), _as_number(gold)
+        if left is not None and right is not None:
+            return math.isclose(left, right, rel_tol=1e-4, abs_tol=1e-9)
+    if answer_type == "choice":
+        predicted, gold = (LETTER.sub(r"\2", value.strip()) for value in (predicted, gold))
+    return normalize(predicted) == normalize(gold) and bool(normalize(gold))
