@@ -17,13 +17,14 @@ import os
 import tempfile
 import time
 
+from simulator.batches import configure_batches
+from simulator.server import start_simulator
 from storage import Store, queries
 from tasks.config import parse_config
 from tasks.data.datasets import load_dataset
 from tasks.generation import open_session, plan_generation, sync_examples
 from tasks.generation.batch import run_batch_pass
-from tasks.simulator.batches import configure_batches
-from tasks.simulator.server import start_simulator
+from tasks.teacher.endpoint import open_endpoint
 
 
 def _config(url: str, store: str, args, mode: str):
@@ -42,8 +43,9 @@ async def _online(config) -> None:
     store = Store(config.store.path)
     examples, kind = sync_examples(store, config)
     plan = plan_generation(store, config, kind, examples)
-    async with open_session(store, config, kind, examples, plan.progress_total, show_progress=False) as session:
-        await asyncio.gather(*(session.run_example(work) for work in plan.work))
+    with open_endpoint(config.teacher) as endpoint:
+        async with open_session(store, config, kind, endpoint, plan.progress_total, show_progress=False) as session:
+            await asyncio.gather(*(session.run_example(work) for work in plan.work))
 
 
 def _batch(config) -> int:
@@ -51,7 +53,8 @@ def _batch(config) -> int:
     passes = 0
     while True:
         examples, kind = sync_examples(store, config)
-        summary = run_batch_pass(store, config, kind, examples)
+        with open_endpoint(config.teacher) as endpoint:
+            summary = run_batch_pass(store, config, kind, examples, endpoint)
         passes += 1
         if not summary.open and not summary.submitted:
             return passes

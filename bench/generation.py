@@ -22,10 +22,11 @@ import time
 from prefect import flow
 
 from flows.generate import generate
+from simulator.server import start_simulator
 from storage import Store
 from tasks.config import parse_config
 from tasks.generation import open_session, plan_generation, sync_examples
-from tasks.simulator.server import start_simulator
+from tasks.teacher.endpoint import open_endpoint
 
 
 def _config(url: str, store: str, examples: int, rpm: int) -> dict:
@@ -43,13 +44,10 @@ async def _without_prefect(config) -> None:
     store = Store(config.store.path)
     examples, answer_type = sync_examples(store, config)
     plan = plan_generation(store, config, answer_type, examples)
-    async with open_session(store, config, answer_type, examples, plan.progress_total, False) as session:
-        runs = []
-        for batch in plan.batches(config.generate.batch_size):
-            await session.room()  # as the flow does: the next batch once the request window runs short
-            session.announce(batch)
-            runs.append(asyncio.ensure_future(asyncio.gather(*(session.run_example(work) for work in batch))))
-        await asyncio.gather(*runs)
+    with open_endpoint(config.teacher) as endpoint:
+        async with open_session(store, config, answer_type, endpoint, plan.progress_total, False) as session:
+            await session.dispatch(plan.batches(config.generate.batch_size), lambda batch: asyncio.gather(
+                *(session.run_example(work) for work in batch)))
     store.compact()
 
 

@@ -85,13 +85,17 @@ def cmd_status(args) -> None:
 
 
 def cmd_batch_cancel(args) -> None:
+    from simulator import simulated_teacher
     from tasks.data.datasets import answer_type, load_dataset
-    from tasks.generation.batch_api import cancel_batches, open_batch_api
+    from tasks.generation.batch import cancel_batches
+    from tasks.teacher.endpoint import open_endpoint
 
     config = _config(args.config)
     store = _store(config)
-    with open_batch_api(store, config, load_dataset(config.dataset), answer_type(config.dataset)) as api:
-        cancelled = cancel_batches(store, api)
+    simulated = simulated_teacher(config.teacher, load_dataset(config.dataset), answer_type(config.dataset),
+                                  store.local_folder())
+    with open_endpoint(config.teacher, simulated) as endpoint:
+        cancelled = cancel_batches(store, endpoint)
     print(f"asked to cancel {len(cancelled)} batches; `mindsmirror generate` stores what they returned and "
           "submits the rest" if cancelled else "no open batch to cancel")
 
@@ -119,7 +123,7 @@ def cmd_repair(args) -> None:
 
 
 def cmd_teacher_serve(args) -> None:
-    from tasks.simulator.server import serve_forever
+    from simulator.server import serve_forever
 
     examples, kind = None, "equation"  # None: the built-in arithmetic problems
     if args.config:

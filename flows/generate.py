@@ -6,13 +6,14 @@ import asyncio
 
 from prefect import flow, task
 from prefect.cache_policies import NONE
-from prefect.concurrency.asyncio import ConcurrencySlotAcquisitionError, rate_limit
 from prefect.states import Completed, Failed
 
+from simulator import simulated_teacher
 from storage import Store, journal
 from tasks.config import Config, resolve_config
 from tasks.generation import ExampleWork, Plan, Session, open_session, plan_generation, sync_examples
-from tasks.generation.batch import BatchSummary, at_batch_prices, run_batch_pass
+from tasks.generation.batch import at_batch_prices, run_batch_pass
+from tasks.teacher.endpoint import open_endpoint
 from tasks.teacher.errors import FatalError
 
 
@@ -33,9 +34,11 @@ async def ask_teacher(session: Session, batch: tuple[ExampleWork, ...], first: s
 
 
 @task(name="batch-pass", cache_policy=NONE)
-def batch_pass(store: Store, config: Config, examples, answer_type: str, only_failed: bool) -> BatchSummary:
+def batch_pass(store: Store, config: Config, examples, answer_type: str, only_failed: bool):
     """Collect finished batches, then submit what is still missing (teacher.mode: batch)."""
-    return run_batch_pass(store, config, answer_type, examples, only_failed)
+    simulated = simulated_teacher(config.teacher, examples, answer_type, store.local_folder())
+    with open_endpoint(config.teacher, simulated) as endpoint:
+        return run_batch_pass(store, config, answer_type, examples, endpoint, only_failed)
 
 
 @task(name="replay-journal", cache_policy=NONE)
@@ -49,24 +52,31 @@ def compact_store(store: Store) -> None:
     store.compact()
 
 
-def shared_gate(name: str | None):
-    """A gate on the Prefect global rate limit `name`, shared by every run and worker using the key.
+async def dispatch(store: Store, config: Config, examples, answer_type: str, work: Plan, show_progress: bool):
+    """One task run per batch of examples, on one live session; returns the session once all are done."""
+    simulated = simulated_teacher(config.teacher, examples, answer_type, store.local_folder())
+    with open_endpoint(config.teacher, simulated) as endpoint:
+        async with open_session(store, config, answer_type, endpoint, work.progress_total, show_progress) as session:
+            states = await session.dispatch(work.batches(config.generate.batch_size), lambda batch: ask_teacher(
+                session, batch, batch[0].example.example_id, return_state=True))
+    return session, [state for state in states if not state.is_completed()]
 
-    strict=True: a missing limit stops the run instead of letting every request through.
-    """
-    if not name:
-        return None
 
-    async def gate(requests: int) -> None:
-        try:
-            await rate_limit(name, occupy=requests, strict=True)
-        except ConcurrencySlotAcquisitionError:
-            raise FatalError(
-                f"teacher.shared_rate_limit names the Prefect rate limit {name!r}, which the server does not "
-                f"have: create it with `mindsmirror deploy --rpm N --limit-name {name}`"
-            ) from None
-
-    return gate
+def batch_mode(store: Store, config: Config, examples, answer_type: str, work: Plan, dry_run: bool,
+               only_failed: bool):
+    """teacher.mode: batch: one pass that collects finished batches and submits what is missing."""
+    simulated = config.teacher.simulate
+    if dry_run:
+        return Completed(message="batch mode: " + at_batch_prices(work, config.teacher).describe(simulated),
+                         data=at_batch_prices(work, config.teacher))
+    try:
+        summary = batch_pass(store, config, examples, answer_type, only_failed)
+    except FatalError as error:
+        return Failed(message=str(error))
+    message = summary.describe(simulated)
+    if summary.stopped:
+        return Failed(message=f"{summary.stopped}; {message}", data=summary)
+    return Completed(message=message, data=summary)
 
 
 @flow(name="generate")
@@ -84,76 +94,17 @@ async def generate(config: Config | str, dry_run: bool = False, only_failed: boo
     examples, answer_type = load_examples(store, config)
     work = plan(store, config, examples, answer_type, only_failed)
     if config.teacher.mode == "batch":
-        if dry_run:
-            work = at_batch_prices(work, config.teacher)
-            return Completed(message="batch mode: " + describe_plan(work, config.teacher.simulate), data=work)
-        try:
-            summary = batch_pass(store, config, examples, answer_type, only_failed)
-        except FatalError as error:
-            return Failed(message=str(error))
-        message = summary.describe(config.teacher.simulate)
-        if summary.stopped:
-            return Failed(message=f"{summary.stopped}; {message}", data=summary)
-        return Completed(message=message, data=summary)
+        return batch_mode(store, config, examples, answer_type, work, dry_run, only_failed)
     if dry_run or not work.work:
-        return Completed(message=describe_plan(work, config.teacher.simulate), data=work)
-
+        return Completed(message=work.describe(config.teacher.simulate), data=work)
     try:
-        gate = shared_gate(config.teacher.shared_rate_limit)
-        async with open_session(
-            store, config, answer_type, examples, work.progress_total, show_progress, gate
-        ) as session:
-            # One task run per batch, started whenever the session's request window runs short of
-            # queued work: admission is per request, so a batch still waiting on one slow request
-            # never keeps the next batch from starting.
-            runs = []
-            for batch in work.batches(config.generate.batch_size):
-                await session.room()
-                if session.summary.stopped:
-                    break
-                session.announce(batch)
-                runs.append(asyncio.ensure_future(
-                    ask_teacher(session, batch, batch[0].example.example_id, return_state=True)
-                ))
-            states = await asyncio.gather(*runs)
+        session, crashed = await dispatch(store, config, examples, answer_type, work, show_progress)
     except FatalError as error:
         return Failed(message=str(error))
-    crashed = [state for state in states if not state.is_completed()]
     if crashed:  # a bug, not a teacher error: those are recorded and counted, never raised
         return Failed(message=f"{len(crashed)} batches crashed: {crashed[0].message}")
-    summary = session.summary
-    if not summary.pending:
+    if not session.summary.pending:
         compact_store(store)
-    if session.fatal is not None:
-        return Failed(message=str(session.fatal), data=summary)
-    if summary.stopped:
-        return Failed(message=summary.stopped, data=summary)
-    if summary.requests_failed:
-        return Failed(
-            message=f"{summary.requests_failed} teacher requests failed after retries (first: "
-            f"{summary.errors[0]}); `mindsmirror resume CONFIG` retries just those",
-            data=summary,
-        )
-    return Completed(message=describe_summary(summary, config.teacher.simulate), data=summary)
-
-
-SIMULATED = " (simulated teacher: nothing is paid; priced as teacher.prices says, to try budgets)"
-
-
-def describe_plan(plan: Plan, simulated: bool = False) -> str:
-    return (
-        f"planned {plan.total_requests} teacher requests ({plan.cot_requests} for chains of thought, "
-        f"{plan.eval_requests + plan.later_eval_requests} for self-evaluations), about "
-        f"{plan.prompt_tokens:,} prompt tokens and at most {plan.completion_tokens:,} completion tokens, "
-        f"at most ${plan.cost_usd:.4f}" + (SIMULATED if simulated else "")
-    )
-
-
-def describe_summary(summary, simulated: bool = False) -> str:
-    return (
-        f"{summary.requests_ok} requests: {summary.cots} chains of thought, {summary.evaluations} "
-        f"self-evaluations ({summary.unparseable} unparseable, kept with their reason); "
-        f"{summary.prompt_tokens + summary.completion_tokens:,} tokens, ${summary.cost_usd:.4f}"
-        + (f"; {summary.refused} refused by the content filter, kept with the reason" if summary.refused else "")
-        + summary.tokens_note() + (SIMULATED if simulated else "")
-    )
+    if (failure := session.failure()) is not None:
+        return Failed(message=failure, data=session.summary)
+    return Completed(message=session.summary.describe(config.teacher.simulate), data=session.summary)

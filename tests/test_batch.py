@@ -21,13 +21,15 @@ from conftest import REPO
 
 from flows.cli import main as cli
 from flows.generate import generate
+from simulator import simulated_teacher
+from simulator.batches import configure_batches
+from simulator.server import start_simulator
 from storage import Store, queries
 from tasks.config import parse_config
 from tasks.data.datasets import load_dataset
 from tasks.generation import open_session, plan_generation, sync_examples
-from tasks.generation.batch import KILL_AT_ENV, run_batch_pass
-from tasks.simulator.batches import configure_batches
-from tasks.simulator.server import start_simulator
+from tasks.generation.batch import run_batch_pass
+from tasks.teacher.endpoint import open_endpoint
 
 TRAIN, N_COTS, N_EVALS = 10, 3, 2
 ASKED = 9  # train examples left after the 10% validation carve
@@ -62,7 +64,9 @@ def _pass(config: dict):
     parsed = parse_config(config)
     store = Store(parsed.store.path)
     examples, kind = sync_examples(store, parsed)
-    return run_batch_pass(store, parsed, kind, examples)
+    with open_endpoint(parsed.teacher, simulated_teacher(parsed.teacher, examples, kind, store.local_folder())
+                       ) as endpoint:
+        return run_batch_pass(store, parsed, kind, examples, endpoint)
 
 
 def _stored(config: dict) -> dict:
@@ -83,8 +87,12 @@ async def _online(config: dict) -> None:
     store = Store(parsed.store.path)
     examples, kind = sync_examples(store, parsed)
     plan = plan_generation(store, parsed, kind, examples)
-    async with open_session(store, parsed, kind, examples, plan.progress_total, show_progress=False) as session:
-        await asyncio.gather(*(session.run_example(work) for work in plan.work))
+    async def ask(batch):
+        return await asyncio.gather(*(session.run_example(work) for work in batch))
+
+    with open_endpoint(parsed.teacher) as endpoint:
+        async with open_session(store, parsed, kind, endpoint, plan.progress_total, False) as session:
+            await session.dispatch(plan.batches(parsed.generate.batch_size), ask)
 
 
 @pytest.mark.slow  # about 35 s on 2 busy cores: an online run and four batch passes
@@ -130,24 +138,44 @@ def test_generate_flow_in_batch_mode_prices_at_the_batch_rate_and_returns_after_
     assert _stored(config)["cots"] == 0
 
 
+# A batch pass in a child process that this test kills (SIGKILL, from the child itself) right
+# after the named step: the batch recorded in the store, its file uploaded, the batch created, or
+# a collected chunk's rows stored before their call records.
 _KILLED_PASS = """
-import json, sys
-from storage import Store
+import json, os, signal, sys
+import openai
+from storage import BatchRow, CotRow, Store
 from tasks.config import parse_config
-from tasks.generation import open_session, plan_generation, sync_examples
+from tasks.generation import sync_examples
 from tasks.generation.batch import run_batch_pass
+from tasks.teacher.endpoint import open_endpoint
 
-config = parse_config(json.loads(sys.argv[1]))
+config, step = parse_config(json.loads(sys.argv[1])), sys.argv[2]
+
+def kill_after(step_name, function, when=lambda *args: True):
+    def wrapped(*args, **kwargs):
+        result = function(*args, **kwargs)
+        if step == step_name and when(*args):
+            os.kill(os.getpid(), signal.SIGKILL)
+        return result
+    return wrapped
+
+Store.append = kill_after("recorded", Store.append, lambda self, rows: isinstance(rows[0], BatchRow)
+                          and rows[0].event == "planned")
+Store.append = kill_after("collecting", Store.append, lambda self, rows: bool(rows) and isinstance(rows[0], CotRow))
+openai.resources.Files.create = kill_after("uploaded", openai.resources.Files.create)
+openai.resources.Batches.create = kill_after("created", openai.resources.Batches.create)
 store = Store(config.store.path)
 examples, kind = sync_examples(store, config)
-run_batch_pass(store, config, kind, examples)
+with open_endpoint(config.teacher) as endpoint:
+    run_batch_pass(store, config, kind, examples, endpoint)
 """
 
 
 def _killed_pass(config: dict, step: str) -> None:
     process = subprocess.run(
-        [sys.executable, "-c", _KILLED_PASS, json.dumps(config)], cwd=REPO, capture_output=True, text=True,
-        env={**os.environ, KILL_AT_ENV: step, "PYTHONPATH": str(REPO)}, timeout=120,
+        [sys.executable, "-c", _KILLED_PASS, json.dumps(config), step], cwd=REPO, capture_output=True, text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120,
     )
     assert process.returncode == -signal.SIGKILL, f"not killed at {step}: {process.stderr[-2000:]}"
 

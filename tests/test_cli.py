@@ -8,9 +8,9 @@ import pytest
 import yaml
 
 from flows.cli import main
+from simulator.server import start_simulator
 from tasks.config import DatasetConfig
 from tasks.data.datasets import load_dataset
-from tasks.simulator.server import start_simulator
 
 
 @pytest.fixture

@@ -11,10 +11,10 @@ import yaml
 from conftest import REPO
 from prefect.client.orchestration import get_client
 
+from simulator.server import start_simulator
 from storage import Store, queries
 from tasks.config import DatasetConfig
 from tasks.data.datasets import load_dataset
-from tasks.simulator.server import start_simulator
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 

@@ -19,11 +19,11 @@ import pytest
 import yaml
 from conftest import API_KEY, REPO
 
+from simulator.server import start_simulator
 from storage import Store, queries
 from tasks.config import DatasetConfig
 from tasks.data.datasets import load_dataset
 from tasks.ops.deployment import DeployError, enter_checkout
-from tasks.simulator.server import start_simulator
 
 WORKER_ENV = {
     "MINDSMIRROR_HOME": str(REPO),

@@ -20,10 +20,10 @@ from conftest import API_KEY, REPO
 
 from flows.generate import generate
 from flows.resume import resume
+from simulator.server import start_simulator
 from storage import Store, queries
 from tasks.config import parse_config
 from tasks.data.datasets import load_dataset
-from tasks.simulator.server import start_simulator
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 

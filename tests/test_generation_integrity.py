@@ -18,11 +18,12 @@ import pytest
 
 from flows.generate import generate
 from flows.resume import resume
+from simulator.server import Deviations, start_simulator
 from storage import Store, journal, queries
 from tasks.config import DatasetConfig, parse_config
 from tasks.data.datasets import load_dataset
 from tasks.generation import open_session, plan_generation, sync_examples
-from tasks.simulator.server import Deviations, start_simulator
+from tasks.teacher.endpoint import open_endpoint
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
@@ -157,9 +158,10 @@ def test_a_finished_run_ends_its_progress_at_total_of_total(tmp_path, api_key, u
         async def run():
             examples, answer_type = sync_examples(store, config)
             plan = plan_generation(store, config, answer_type, examples)
-            async with open_session(store, config, answer_type, examples, plan.progress_total, False) as session:
-                session.announce(plan.work)
-                await asyncio.gather(*(session.run_example(work) for work in plan.work))
+            with open_endpoint(config.teacher) as endpoint:
+                async with open_session(store, config, answer_type, endpoint, plan.progress_total, False) as session:
+                    await session.dispatch([plan.work], lambda batch: asyncio.gather(
+                        *(session.run_example(work) for work in batch)))
             return plan, session
 
         plan, session = asyncio.run(run())

@@ -14,12 +14,12 @@ import yaml
 from conftest import cot_row, evaluation_row
 
 from flows.cli import main
+from simulator.server import start_simulator
 from storage import CallRow, CorruptFileError, ExampleRow, PredictionRow, ResultRow, Store, queries
 from storage.store import QUARANTINE
 from tasks.config import DatasetConfig, parse_config
 from tasks.data.datasets import load_dataset
 from tasks.ops.report import write_report
-from tasks.simulator.server import start_simulator
 from tasks.student.arms import evaluate_one, train_one
 
 T0 = datetime(2024, 1, 1, tzinfo=timezone.utc)

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from simulator.answers import GLUED_JUNK, simulate_cot, simulate_evaluation
 from tasks.answers import answers_match
-from tasks.simulator.answers import GLUED_JUNK, simulate_cot, simulate_evaluation
 from tasks.teacher.parsing import parse_cot, parse_evaluation
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"

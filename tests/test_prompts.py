@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from simulator.requests import read_request
 from tasks.teacher.parsing import parse_cot, parse_evaluation
 from tasks.teacher.prompts import (
     ANSWER_TYPES,
@@ -15,7 +16,6 @@ from tasks.teacher.prompts import (
     eval_messages,
     format_judged_input,
     prompt_version,
-    read_request,
 )
 
 SVAMP_QUESTION = "Luke scored 84 points after playing 2 rounds of a trivia game.\nHow many points did he score per round?"

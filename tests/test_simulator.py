@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from simulator.answers import simulate_cot, simulate_evaluation
+from simulator.server import Deviations, SimulatedTeacher, start_simulator
 from tasks.answers import answers_match
 from tasks.data.arithmetic import generate_problems
-from tasks.simulator.answers import simulate_cot, simulate_evaluation
-from tasks.simulator.server import Deviations, SimulatedTeacher, start_simulator
 from tasks.teacher.parsing import parse_cot, parse_evaluation
 from tasks.teacher.prompts import cot_messages, eval_messages
 
@@ -309,8 +309,8 @@ def test_deviation_content_filter_refuses_chosen_prompts_like_azure(sim):
 
 
 def test_routes_can_be_added_for_other_endpoints(sim):
-    from tasks.simulator.outcomes import Outcome
-    from tasks.simulator.server import ROUTES, route
+    from simulator.outcomes import Outcome
+    from simulator.server import ROUTES, route
 
     @route("GET", "/v1/_test_echo")
     def echo(teacher, body, headers):

@@ -13,8 +13,8 @@ import openai
 import pytest
 from conftest import FakeTime
 
+from simulator.server import Deviations, start_simulator
 from tasks.data.arithmetic import generate_problems
-from tasks.simulator.server import Deviations, start_simulator
 from tasks.teacher.client import TeacherClient, estimate_tokens
 from tasks.teacher.errors import FatalError, OutputError, TransientError, retry_after_seconds, translate
 from tasks.teacher.prompts import cot_messages

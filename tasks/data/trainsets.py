@@ -17,7 +17,7 @@ from storage import Store, queries
 from storage.queries import Provenance, TrainingRow
 from tasks.config import Config
 from tasks.data.datasets import answer_type
-from tasks.simulator.server import SIMULATED
+from tasks.teacher.endpoint import SIMULATED_MODEL
 from tasks.teacher.prompts import format_judged_input, prompt_version
 
 
@@ -36,7 +36,7 @@ def answered_by(asked: str, stored: str, simulate: bool = False) -> bool:
     """Whether `stored` (the model a reply named) is the model `asked` for: itself, a dated
     snapshot of it, or the built-in simulated teacher when the run simulates its teacher."""
     return stored == asked or re.fullmatch(re.escape(asked) + _SNAPSHOT, stored) is not None or (
-        simulate and stored == SIMULATED
+        simulate and stored == SIMULATED_MODEL
     )
 
 

@@ -22,9 +22,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
-import os
-import signal
 import time
 import uuid
 from collections.abc import Iterator, Sequence
@@ -33,21 +30,15 @@ from dataclasses import dataclass, field
 from storage import BatchRow, CallRow, Claims, CotRow, ExampleRow, Store, queries
 from storage.records import utcnow
 from tasks.config import Config, TeacherConfig
-from tasks.generation.batch_api import ENDPOINT, TAG_KEY, TERMINAL, BatchApi, open_batch_api
 from tasks.generation.plan import Plan, Request, plan_generation, price_usd, sampling_of
 from tasks.generation.replies import call_record, failure_record, reply_rows
-from tasks.teacher.client import TeacherReply, estimate_tokens
+from tasks.teacher.batch_api import TERMINAL, BatchApi, request_line
+from tasks.teacher.client import estimate_tokens, reply_from
+from tasks.teacher.endpoint import Endpoint
 from tasks.teacher.errors import FatalError
 from tasks.teacher.prompts import cot_messages, eval_messages
 
-# Test hook: kill -9 this process right after the named step (recorded, uploaded, created, collecting).
-KILL_AT_ENV = "MINDSMIRROR_BATCH_KILL_AT"
 _COLLECT_CHUNK = 1000  # lines per pair of appends (rows, then their call records)
-
-
-def _step(name: str) -> None:
-    if os.environ.get(KILL_AT_ENV) == name:
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def batch_factor(teacher: TeacherConfig) -> float:
@@ -148,7 +139,7 @@ class BatchRun:
             if latest.batch_id is None:
                 self._submit(planned[latest.tag], latest)
                 continue
-            batch = self.api.call(self.api.client.batches.retrieve, latest.batch_id)
+            batch = self.api.retrieve(latest.batch_id)
             counts = batch.request_counts
             progress = dict(status=batch.status, requests_total=counts.total if counts else latest.requests_total,
                             requests_completed=counts.completed if counts else 0,
@@ -183,7 +174,6 @@ class BatchRun:
             # and the rerun writes only the call records (the rows' keys are stored already).
             for table_rows in self._unstored(rows):
                 self.store.append(table_rows)
-            _step("collecting")
             self.store.append(calls)
         returned = {item["custom_id"] for item in results if item.get("response")}
         self.summary.lines_missing += sum(1 for custom_id in lines if custom_id not in returned)
@@ -218,25 +208,12 @@ class BatchRun:
         return Request(line.kind, line.example_id, example.input, messages, line.indices, line.keys, cot)
 
     def _answered(self, request: Request, call_id: str, body: dict, latency_s: float) -> tuple[list, CallRow]:
-        choices = sorted(body.get("choices") or [], key=lambda choice: choice.get("index") or 0)
-        usage = body.get("usage") or {}
-        texts = tuple((choice.get("message") or {}).get("content") or "" for choice in choices)
-        prompt_tokens, completion_tokens = usage.get("prompt_tokens"), usage.get("completion_tokens")
-        estimated = not isinstance(prompt_tokens, int) or not isinstance(completion_tokens, int)
-        if estimated:  # a server that sends no usage: estimated as the online client does
-            prompt_tokens = estimate_tokens(request.messages, 0, 0)
-            completion_tokens = sum(math.ceil(len(text) / 4) for text in texts)
         # The whole wait, creation to finish, is queue time: a batch reports no per-line time on the
         # wire, so server_s stays unknown (null) and does not skew the online server-time median.
-        reply = TeacherReply(
-            texts=texts,
-            finish_reasons=tuple(choice.get("finish_reason") for choice in choices),
-            prompt_tokens=prompt_tokens,
-            completion_tokens=completion_tokens,
-            model=body.get("model") or self.teacher.model,
-            latency_s=latency_s,
-            attempts=1,
-            usage_estimated=estimated,
+        reply = dataclasses.replace(
+            reply_from(body, request.messages, model=self.teacher.model, latency_s=latency_s,
+                       where="a batch output line", example_id=request.example_id),
+            server_s=0.0,
         )
         cost = price_usd(self.teacher, reply.prompt_tokens, reply.completion_tokens) * batch_factor(self.teacher)
         rows = reply_rows(self.teacher, self.answer_type, request, reply, call_id)
@@ -305,12 +282,8 @@ class BatchRun:
         return cost * batch_factor(self.teacher)
 
     def _jsonl_line(self, line: Line, request: Request) -> bytes:
-        sampling = sampling_of(self.teacher, request.kind)
-        body = {"model": self.teacher.model, "messages": request.messages, "n": len(line.keys),
-                "temperature": sampling.temperature, "top_p": sampling.top_p, "max_tokens": sampling.max_tokens}
-        text = json.dumps({"custom_id": line.custom_id, "method": "POST", "url": ENDPOINT, "body": body},
-                          sort_keys=True)
-        return (text + "\n").encode()
+        return request_line(line.custom_id, self.teacher.model, request.messages, len(line.keys),
+                            sampling_of(self.teacher, request.kind))
 
     def _plan_batch(self, chunk: list[tuple[Line, float, bytes]]) -> None:
         keys = tuple(key for line, _, _ in chunk for key in line.keys)
@@ -324,7 +297,6 @@ class BatchRun:
             estimated_cost_usd=sum(estimate for _, estimate, _ in chunk),
         )
         self.store.append([planned])
-        _step("recorded")
         self._submit(planned, planned, fresh=True)
 
     def _submit(self, planned: BatchRow, latest: BatchRow, fresh: bool = False) -> None:
@@ -340,9 +312,7 @@ class BatchRun:
                 file_id = latest.input_file_id or self._upload(planned, fresh)
                 if latest.input_file_id is None:
                     latest = self._record(latest, "uploaded", input_file_id=file_id)
-                batch = self.api.call(self.api.client.batches.create, input_file_id=file_id, endpoint=ENDPOINT,
-                                      completion_window="24h", metadata={TAG_KEY: planned.tag})
-                _step("created")
+                batch = self.api.create(file_id, planned.tag)
             self._record(latest, "submitted", batch_id=batch.id, input_file_id=batch.input_file_id,
                          status=batch.status)
         finally:
@@ -360,8 +330,7 @@ class BatchRun:
         lines = [Line.parse(text) for text in planned.requests]
         requests = self._requests(lines)
         content = b"".join(self._jsonl_line(line, requests[line.custom_id]) for line in lines)
-        uploaded = self.api.call(self.api.client.files.create, file=(filename, content), purpose="batch")
-        _step("uploaded")
+        uploaded = self.api.upload(filename, content)
         return uploaded.id
 
 
@@ -387,10 +356,22 @@ def batch_status(store: Store) -> dict:
 
 
 def run_batch_pass(store: Store, config: Config, answer_type: str, examples: Sequence[ExampleRow],
-                   only_failed: bool = False) -> BatchSummary:
+                   endpoint: Endpoint, only_failed: bool = False) -> BatchSummary:
     """Collect finished batches, then plan (after collecting, so new CoTs get their evaluations) and submit."""
-    with open_batch_api(store, config, examples, answer_type) as api:
-        run = BatchRun(store, config, answer_type, examples, api)
-        run.collect()
-        run.submit(plan_generation(store, config, answer_type, examples, only_failed))
+    run = BatchRun(store, config, answer_type, examples, endpoint.batches())
+    run.collect()
+    run.submit(plan_generation(store, config, answer_type, examples, only_failed))
     return run.summary
+
+
+def cancel_batches(store: Store, endpoint: Endpoint) -> list[str]:
+    """Cancel every submitted batch still open; the next `generate` stores what they returned."""
+    api, cancelled = endpoint.batches(), []
+    for latest in queries.latest_batches(store, open_only=True):
+        if latest.batch_id is None or latest.status in TERMINAL:
+            continue
+        batch = api.cancel(latest.batch_id)
+        store.append([dataclasses.replace(latest, event_id=uuid.uuid4().hex, event="polled", keys=(), requests=(),
+                                          status=batch.status, created_at=utcnow())])
+        cancelled.append(batch.id)
+    return cancelled

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+# What a simulated run's messages add: its dollar figures are what the tokens would cost.
+SIMULATED_NOTE = " (simulated teacher: nothing is paid; priced as teacher.prices says, to try budgets)"
+
 
 class BudgetExceeded(Exception):
     """Dispatching the next request could take spending past teacher.max_cost_usd."""
@@ -32,6 +35,15 @@ class Summary:
             return ""
         calls = f"{self.estimated_calls} call" + ("s" if self.estimated_calls != 1 else "")
         return f"; the token counts of {calls} are estimates (the server sent no usage), and so is the cost"
+
+    def describe(self, simulated: bool = False) -> str:
+        return (
+            f"{self.requests_ok} requests: {self.cots} chains of thought, {self.evaluations} "
+            f"self-evaluations ({self.unparseable} unparseable, kept with their reason); "
+            f"{self.prompt_tokens + self.completion_tokens:,} tokens, ${self.cost_usd:.4f}"
+            + (f"; {self.refused} refused by the content filter, kept with the reason" if self.refused else "")
+            + self.tokens_note() + (SIMULATED_NOTE if simulated else "")
+        )
 
 
 class Budget:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from storage import CotRow, ExampleRow, Store, queries
 from tasks.config import Config, TeacherConfig
 from tasks.data.datasets import answer_type, load_dataset
+from tasks.generation.ledger import SIMULATED_NOTE
 from tasks.teacher.client import estimate_tokens
 from tasks.teacher.keys import SIMULATED_ENDPOINT, Sampling, endpoint_identity, sample_key
 from tasks.teacher.prompts import cot_messages, eval_messages, prompt_version
@@ -55,6 +56,14 @@ class Plan:
     def batches(self, size: int) -> Iterator[tuple[ExampleWork, ...]]:
         for start in range(0, len(self.work), size):
             yield self.work[start : start + size]
+
+    def describe(self, simulated: bool = False) -> str:
+        return (
+            f"planned {self.total_requests} teacher requests ({self.cot_requests} for chains of thought, "
+            f"{self.eval_requests + self.later_eval_requests} for self-evaluations), about "
+            f"{self.prompt_tokens:,} prompt tokens and at most {self.completion_tokens:,} completion tokens, "
+            f"at most ${self.cost_usd:.4f}" + (SIMULATED_NOTE if simulated else "")
+        )
 
 
 
@@ -119,77 +128,78 @@ def plan_generation(
     With only_failed, just the samples of requests recorded as failed (and evaluations of their CoTs).
     """
     teacher = config.teacher
-    cot_requests = {}
-    all_cot_keys: list[str] = []
-    for example in examples:
-        request, keys = request_for(teacher, answer_type, "cot", example, None, teacher.n_cots)
-        cot_requests[example.example_id] = request
-        all_cot_keys.extend(keys)
-    missing_cots = queries.missing_keys(store, "cots", all_cot_keys)
     failed = queries.failed_keys(store) if only_failed else None
-    if failed is not None:
-        missing_cots &= failed
-
-    stored_cots = queries.cots_by_keys(store, sorted(set(all_cot_keys) - missing_cots))
-    eval_requests: dict[str, list[Request]] = {}
-    all_eval_keys: list[str] = []
-    by_id = {example.example_id: example for example in examples}
-    if teacher.n_evals:
-        for cot in stored_cots:
-            if cot.parse_error is not None:
-                continue  # nothing to judge; such rows are never trained on
-            request, keys = request_for(
-                teacher, answer_type, "evaluation", by_id[cot.example_id], cot, teacher.n_evals
-            )
-            eval_requests.setdefault(cot.example_id, []).append(request)
-            all_eval_keys.extend(keys)
-    missing_evals = queries.missing_keys(store, "evaluations", all_eval_keys)
-    if failed is not None:
-        missing_evals &= failed
-
+    cots = wanted_cots(teacher, answer_type, examples)
+    missing_cots = missing(store, "cots", cots.values(), failed)
+    stored = queries.cots_by_keys(store, sorted({key for r in cots.values() for key in r.keys} - missing_cots))
+    evals = wanted_evaluations(teacher, answer_type, examples, stored)
+    missing_evals = missing(store, "evaluations", [r for requests in evals.values() for r in requests], failed)
     work = []
-    n_cot_requests = n_eval_requests = new_cots = prompts = 0
-    prompt_tokens = completion_tokens = 0
     for example in examples:
-        cot_request = narrow(cot_requests[example.example_id], missing_cots)
-        evals = tuple(
-            narrowed
-            for request in eval_requests.get(example.example_id, [])
-            if (narrowed := narrow(request, missing_evals)) is not None
-        )
-        if cot_request is None and not evals:
-            continue
-        work.append(ExampleWork(example, cot_request, evals))
-        prompts += (cot_request is not None) + len(evals)
-        for request in ([cot_request] if cot_request else []) + list(evals):
-            n = len(request.keys)
-            sampling = sampling_of(teacher, request.kind)
-            calls = 1 if teacher.use_n else n
-            prompt_tokens += calls * estimate_tokens(request.messages, 0, 0)
-            completion_tokens += n * sampling.max_tokens
-        if cot_request is not None:
-            n_cot_requests += 1 if teacher.use_n else len(cot_request.keys)
-            new_cots += len(cot_request.keys)
-        n_eval_requests += sum(1 if teacher.use_n else len(r.keys) for r in evals)
+        cot_request = narrow(cots[example.example_id], missing_cots)
+        eval_requests = tuple(narrowed for request in evals.get(example.example_id, [])
+                              if (narrowed := narrow(request, missing_evals)) is not None)
+        if cot_request is not None or eval_requests:
+            work.append(ExampleWork(example, cot_request, eval_requests))
+    return estimate(teacher, tuple(work))
 
+
+def wanted_cots(teacher: TeacherConfig, answer_type: str, examples: Sequence[ExampleRow]) -> dict[str, Request]:
+    """Each example's request for all teacher.n_cots chains of thought, by example id."""
+    return {example.example_id: request_for(teacher, answer_type, "cot", example, None, teacher.n_cots)[0]
+            for example in examples}
+
+
+def wanted_evaluations(teacher: TeacherConfig, answer_type: str, examples: Sequence[ExampleRow],
+                       stored: Sequence[CotRow]) -> dict[str, list[Request]]:
+    """The evaluation requests for the stored CoTs, by example id; an unparseable CoT has nothing to judge
+    (such rows are never trained on)."""
+    if not teacher.n_evals:
+        return {}
+    by_id = {example.example_id: example for example in examples}
+    requests: dict[str, list[Request]] = {}
+    for cot in stored:
+        if cot.parse_error is None:
+            request, _ = request_for(teacher, answer_type, "evaluation", by_id[cot.example_id], cot, teacher.n_evals)
+            requests.setdefault(cot.example_id, []).append(request)
+    return requests
+
+
+def missing(store: Store, table: str, requests, failed: set[str] | None) -> set[str]:
+    """The requests' sample keys `table` lacks (only those of failed requests, when `failed` is given)."""
+    keys = queries.missing_keys(store, table, [key for request in requests for key in request.keys])
+    return keys if failed is None else keys & failed
+
+
+def estimate(teacher: TeacherConfig, work: tuple[ExampleWork, ...]) -> Plan:
+    """The plan's requests, tokens and cost: HTTP requests (n per prompt without `n`), prompt tokens
+    estimated from characters, completion tokens and cost as upper bounds (n * max_tokens)."""
+    cot_calls = eval_calls = new_cots = prompts = prompt_tokens = completion_tokens = 0
+    for item in work:
+        requests = ([item.cot_request] if item.cot_request else []) + list(item.eval_requests)
+        prompts += len(requests)
+        for request in requests:
+            calls = 1 if teacher.use_n else len(request.keys)
+            prompt_tokens += calls * estimate_tokens(request.messages, 0, 0)
+            completion_tokens += len(request.keys) * sampling_of(teacher, request.kind).max_tokens
+            if request.kind == "cot":
+                cot_calls += calls
+                new_cots += len(request.keys)
+            else:
+                eval_calls += calls
     # Each new chain of thought will need its own evaluation request: count those in the estimate,
     # sized like the CoT prompt plus the CoT itself.
     eval_calls_per_cot = (1 if teacher.use_n else teacher.n_evals) if teacher.n_evals else 0
     if new_cots and eval_calls_per_cot:
-        average_prompt = prompt_tokens / max(1, n_cot_requests + n_eval_requests)
+        average_prompt = prompt_tokens / max(1, cot_calls + eval_calls)
         prompt_tokens += int(new_cots * eval_calls_per_cot * (average_prompt + teacher.max_tokens))
         completion_tokens += new_cots * teacher.n_evals * teacher.eval_max_tokens
     return Plan(
-        work=tuple(work),
-        cot_requests=n_cot_requests,
-        eval_requests=n_eval_requests,
-        later_eval_requests=new_cots * eval_calls_per_cot,
-        prompt_tokens=prompt_tokens,
-        completion_tokens=completion_tokens,
+        work=work, cot_requests=cot_calls, eval_requests=eval_calls, later_eval_requests=new_cots * eval_calls_per_cot,
+        prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
         cost_usd=price_usd(teacher, prompt_tokens, completion_tokens),
         progress_total=prompts + (new_cots if teacher.n_evals else 0),
     )
-
 
 
 def sync_examples(store: Store, config: Config) -> tuple[list[ExampleRow], str]:

@@ -15,26 +15,29 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
+from typing import TypeVar
 
-from storage import CallRow, Claims, CotRow, ExampleRow, Store, queries
+from prefect.concurrency.asyncio import ConcurrencySlotAcquisitionError, rate_limit
+
+from storage import CallRow, Claims, CotRow, Store, queries
 from storage.journal import Journal
-from tasks.config import Config, TeacherConfig
+from tasks.config import Config
 from tasks.generation.ledger import Budget, BudgetExceeded, Summary
 from tasks.generation.plan import ExampleWork, Request, narrow, price_usd, request_for, sampling_of
 from tasks.generation.progress import GenerationProgress
 from tasks.generation.replies import call_record, failure_record, reply_rows
 from tasks.teacher.client import Gate, TeacherClient, TeacherReply, estimate_tokens
+from tasks.teacher.endpoint import Endpoint
 from tasks.teacher.errors import FatalError, TeacherError
-from tasks.teacher.ratelimit import RateLimiter
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
-__all__ = ["Budget", "BudgetExceeded", "Gate", "Session", "Summary", "api_key", "open_session"]
+__all__ = ["Budget", "BudgetExceeded", "Gate", "Session", "Summary", "open_session"]
 
 
 class Session:
@@ -58,18 +61,37 @@ class Session:
         self._room = asyncio.Condition()
         self._pending: list[list] = []  # row groups not yet in the store, in write order
         self._write_error: OSError | None = None
-        self._warned_n = False
 
     # ---- admission ---------------------------------------------------------------------------
 
-    def announce(self, batch: Sequence[ExampleWork]) -> None:
-        """Count a batch's first requests as queued, before its task run starts."""
-        self._announced += sum((work.cot_request is not None) + len(work.eval_requests) for work in batch)
+    async def dispatch(self, batches: Iterable[tuple[ExampleWork, ...]],
+                       run_batch: Callable[[tuple[ExampleWork, ...]], Awaitable[T]]) -> list[T]:
+        """Start `run_batch` (a task run asking for a batch's examples through run_example) for each
+        batch whenever fewer than a window of requests are queued, until the run stops; returns what
+        the runs returned. Admission is per request, so a batch still waiting on one slow request
+        never keeps the next batch from starting."""
+        runs = []
+        for batch in batches:
+            async with self._room:
+                await self._room.wait_for(lambda: self._announced < self.window or self.summary.stopped)
+            if self.summary.stopped:
+                break
+            # The batch's first requests count as queued before its task run starts.
+            self._announced += sum((work.cot_request is not None) + len(work.eval_requests) for work in batch)
+            runs.append(asyncio.ensure_future(run_batch(batch)))
+        return list(await asyncio.gather(*runs))
 
-    async def room(self) -> None:
-        """Wait until fewer than a window's worth of requests are queued: time to start another batch."""
-        async with self._room:
-            await self._room.wait_for(lambda: self._announced < self.window or self.summary.stopped)
+    def failure(self) -> str | None:
+        """Why the run failed, in one line; None when every request was answered."""
+        summary = self.summary
+        if self.fatal is not None:
+            return str(self.fatal)
+        if summary.stopped:
+            return summary.stopped
+        if summary.requests_failed:
+            return (f"{summary.requests_failed} teacher requests failed after retries (first: {summary.errors[0]}); "
+                    "`mindsmirror resume CONFIG` retries just those")
+        return None
 
     async def _admitted(self) -> None:
         await self._slots.acquire()
@@ -174,25 +196,14 @@ class Session:
         if len(rows) == n:
             return rows
         rest = narrow(request, set(request.keys) - set(got))
-        if not reply.refusal and not one_by_one and self.client.use_n:
-            self._switch_to_n1(request, len(rows))
-        if self.client.use_n is False and not one_by_one and not self.summary.stopped:
+        if not one_by_one and not self.client.use_n and not self.summary.stopped:
+            # The client found that the server ignores `n`: ask again for the rest, one by one.
             more = await self._buy(rest, 0.0, count=False)
             return rows + (more or [])
         self._record_failure(rest, uuid.uuid4().hex, f"TeacherError: {request.example_id}: {len(rows)} of {n} "
                              "samples came back; the rest are missing (rerun or `mindsmirror resume` asks again)",
                              0, count=False)
         return rows
-
-    def _switch_to_n1(self, request: Request, got: int) -> None:
-        self.client.use_n = False
-        if not self._warned_n:
-            self._warned_n = True
-            log.warning(
-                "teacher: %s returned %d of the %d samples asked for with n=%d: the server ignores `n`. "
-                "This run now sends one-sample requests; set teacher.use_n: false in the config to do so "
-                "from the start", self.client.base_url or "the endpoint", got, len(request.keys), len(request.keys)
-            )
 
     # ---- rows and records ----------------------------------------------------------------------
 
@@ -277,58 +288,40 @@ class Session:
             pass
 
 
-def api_key(teacher: TeacherConfig) -> str:
-    """The API key from teacher.api_key_env (the simulated teacher needs none)."""
-    key = os.environ.get(teacher.api_key_env)
-    if teacher.simulate:
-        return key or "simulated"
-    if not key:
-        raise FatalError(
-            f"the environment variable {teacher.api_key_env} is not set: export your API key there "
-            "(or name another variable in teacher.api_key_env)"
-        )
-    return key
-
-
 @asynccontextmanager
-async def open_session(store: Store, config: Config, answer_type: str, examples: Sequence[ExampleRow],
-                       total_requests: int, show_progress: bool = True, gate: Gate | None = None):
-    """A session with a live teacher client (and the simulated teacher when teacher.simulate is on).
+async def open_session(store: Store, config: Config, answer_type: str, endpoint: Endpoint, total_requests: int,
+                       show_progress: bool = True):
+    """A session asking `endpoint` (see tasks.teacher.open_endpoint) through one live client, every
+    HTTP attempt also passing the Prefect global rate limit teacher.shared_rate_limit when it is set.
 
     `total_requests` is what the progress bar counts: one per prompt (Plan.progress_total)."""
-    teacher = config.teacher
-    simulator = None
-    base_url = teacher.base_url
-    if teacher.simulate:
-        from tasks.simulator.server import start_simulator
-
-        simulator = start_simulator(
-            examples={example.input: example.label for example in examples},
-            answer_type=answer_type,
-            seed=teacher.simulator.seed,
-            wrong_rate=teacher.simulator.wrong_rate,
-            latency_ms=teacher.simulator.latency_ms,
-        )
-        base_url = simulator.url
-    client = TeacherClient(
-        model=teacher.model,
-        base_url=base_url,
-        api_key=api_key(teacher),
-        timeout_s=teacher.timeout_s,
-        max_attempts=teacher.max_attempts,
-        max_concurrency=teacher.max_concurrency,
-        limiter=RateLimiter(teacher.max_rpm, teacher.max_tpm),
-        use_n=teacher.use_n,
-        gate=gate,
-    )
+    client = endpoint.chat(shared_gate(config.teacher.shared_rate_limit))
     progress = GenerationProgress(total_requests, enabled=show_progress)
-    session = Session(store, config, answer_type, client, Budget(teacher.max_cost_usd, queries.spent_usd(store)),
-                      progress, Claims(store.root))
+    session = Session(store, config, answer_type, client, Budget(config.teacher.max_cost_usd,
+                      queries.spent_usd(store)), progress, Claims(store.root))
     try:
         with progress:
             yield session
     finally:
         session.finish()
         await client.aclose()
-        if simulator is not None:
-            simulator.close()
+
+
+def shared_gate(name: str | None) -> Gate | None:
+    """A gate on the Prefect global rate limit `name`, shared by every run and worker using the key.
+
+    strict=True: a missing limit stops the run instead of letting every request through.
+    """
+    if not name:
+        return None
+
+    async def gate(requests: int) -> None:
+        try:
+            await rate_limit(name, occupy=requests, strict=True)
+        except ConcurrencySlotAcquisitionError:
+            raise FatalError(
+                f"teacher.shared_rate_limit names the Prefect rate limit {name!r}, which the server does not "
+                f"have: create it with `mindsmirror deploy --rpm N --limit-name {name}`"
+            ) from None
+
+    return gate

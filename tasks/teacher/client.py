@@ -18,6 +18,7 @@ A server that ignores `n` returns fewer texts than asked for; the caller sees th
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import math
 import time
@@ -25,8 +26,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 
 import openai
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
-from tenacity.wait import wait_random_exponential
+from tenacity import RetryCallState
 
 from tasks.teacher.errors import (
     FatalError,
@@ -37,6 +37,7 @@ from tasks.teacher.errors import (
     translate,
 )
 from tasks.teacher.ratelimit import RateLimiter
+from tasks.teacher.retries import async_retrying
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,11 @@ def estimate_tokens(messages: Sequence[dict], n: int, max_tokens: int) -> int:
     return prompt + n * max_tokens
 
 
+def estimate_completion_tokens(texts: Sequence[str]) -> int:
+    """Tokens of the texts a server returned without `usage`."""
+    return sum(math.ceil(len(text) / _CHARS_PER_TOKEN) for text in texts)
+
+
 @dataclass(frozen=True)
 class TeacherReply:
     texts: tuple[str, ...]  # one per sample; fewer than n if the server ignored n
@@ -76,6 +82,41 @@ class TeacherReply:
     def queue_s(self) -> float:
         """The part of latency_s not spent on the wire: connection slots, rate limits, backoff."""
         return max(0.0, self.latency_s - self.server_s)
+
+
+def reply_from(body, messages: Sequence[dict], *, model: str, latency_s: float, where: str,
+               example_id: str) -> TeacherReply:
+    """The reply a chat completion body (parsed JSON: online, or a batch output line) carries.
+
+    A body that is not a chat completion is a TransientError (a server that garbled it may not
+    again); one with no choices is an OutputError. Without `usage` the tokens are estimated."""
+    choices = body.get("choices") if isinstance(body, dict) else None
+    if not isinstance(choices, list) or not all(
+        isinstance(choice, dict) and isinstance(choice.get("message"), dict)
+        and isinstance(choice["message"].get("content"), (str, type(None)))
+        for choice in choices
+    ):
+        raise TransientError(f"{example_id}: malformed response body from {where}", example_id=example_id)
+    if not choices:
+        raise OutputError(f"{example_id}: the teacher replied with no choices", example_id=example_id)
+    choices = sorted(choices, key=lambda choice: choice.get("index") or 0)
+    texts = tuple(choice["message"].get("content") or "" for choice in choices)
+    usage = body.get("usage") if isinstance(body.get("usage"), dict) else {}
+    prompt_tokens, completion_tokens = usage.get("prompt_tokens"), usage.get("completion_tokens")
+    estimated = not isinstance(prompt_tokens, int) or not isinstance(completion_tokens, int)
+    if estimated:  # some servers report no usage; estimate it so cost caps still count something
+        prompt_tokens, completion_tokens = estimate_tokens(messages, 0, 0), estimate_completion_tokens(texts)
+    return TeacherReply(
+        texts=texts,
+        finish_reasons=tuple(choice.get("finish_reason") for choice in choices),
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion_tokens,
+        model=body.get("model") or model,
+        latency_s=latency_s,
+        attempts=1,
+        server_s=latency_s,
+        usage_estimated=estimated,
+    )
 
 
 class _Secret:
@@ -118,7 +159,8 @@ class TeacherClient:
         self.use_n = use_n
         self.on_retry = on_retry
         self.gate = gate
-        self._backoff = wait_random_exponential(multiplier=backoff_initial_s, max=backoff_max_s)
+        self._backoff_initial_s, self._backoff_max_s = backoff_initial_s, backoff_max_s
+        self._warned_n = False
         self._secret = _Secret(api_key)
         self._semaphore: asyncio.Semaphore | None = None
         self._semaphore_loop: asyncio.AbstractEventLoop | None = None
@@ -148,6 +190,7 @@ class TeacherClient:
         params = {"temperature": temperature, "top_p": top_p, "max_tokens": max_tokens}
         if self.use_n or n == 1:
             parts, failed_attempts = [await self._with_retries(messages, n, params, example_id)], 0
+            self._check_n(parts[0], n)
         else:
             parts, failed_attempts = await self._one_by_one(messages, n, params, example_id)
         return TeacherReply(
@@ -162,6 +205,20 @@ class TeacherClient:
             usage_estimated=any(part.usage_estimated for part in parts),
             refusal=next((part.refusal for part in parts if part.refusal), None),
         )
+
+    def _check_n(self, reply: TeacherReply, n: int) -> None:
+        """A server that returns fewer samples than asked for ignores `n`: from now on this client
+        sends one-sample requests (the caller asks again for the rest)."""
+        if len(reply.texts) >= n or reply.refusal or not self.use_n:
+            return
+        self.use_n = False
+        if not self._warned_n:
+            self._warned_n = True
+            log.warning(
+                "teacher: %s returned %d of the %d samples asked for with n=%d: the server ignores `n`. "
+                "This run now sends one-sample requests; set teacher.use_n: false in the config to do so "
+                "from the start", self._where(), len(reply.texts), n, n
+            )
 
     async def _one_by_one(self, messages: list[dict], n: int, params: dict, example_id: str
                           ) -> tuple[list[TeacherReply], int]:
@@ -190,13 +247,8 @@ class TeacherClient:
             if self.on_retry is not None:
                 self.on_retry(error)
 
-        retrying = AsyncRetrying(
-            stop=stop_after_attempt(self.max_attempts),
-            wait=self._backoff,
-            retry=retry_if_exception_type(TransientError),
-            before_sleep=before_sleep,
-            reraise=True,
-        )
+        retrying = async_retrying(self.max_attempts, initial_s=self._backoff_initial_s,
+                                  max_s=self._backoff_max_s, before_sleep=before_sleep)
         try:
             async for attempt in retrying:
                 with attempt:
@@ -223,9 +275,10 @@ class TeacherClient:
             sent_at = await self.limiter.acquire(estimated)
             started = time.perf_counter()
             try:
-                completion = await self._client.chat.completions.create(
+                raw = await self._client.chat.completions.with_raw_response.create(
                     model=self.model, messages=messages, n=n, **params
                 )
+                body = json.loads(raw.text)
             except Exception as exc:  # translated into our error tree (or re-raised) just below
                 error = self._translate(exc, example_id)
             else:
@@ -243,7 +296,8 @@ class TeacherClient:
                             "lowering the pace to %.0f requests/min", self._where(), paused,
                             self.limiter.adaptive_rpm or 0)
             raise error
-        reply = self._reply(completion, messages, example_id, time.perf_counter() - started)
+        reply = reply_from(body, messages, model=self.model, latency_s=time.perf_counter() - started,
+                           where=self._where(), example_id=example_id)
         self.limiter.settle(estimated, reply.prompt_tokens + reply.completion_tokens)
         self.limiter.recover()
         return reply
@@ -256,39 +310,6 @@ class TeacherClient:
             raise exc
         return translate(exc, example_id, model=self.model, base_url=self.base_url,
                          secrets=(self._secret.value,))
-
-    def _reply(self, completion, messages: list[dict], example_id: str, latency_s: float) -> TeacherReply:
-        choices = getattr(completion, "choices", None)
-        if not isinstance(choices, list) or not all(
-            getattr(choice, "message", None) is not None
-            and isinstance(getattr(choice.message, "content", None), (str, type(None)))
-            for choice in choices
-        ):
-            raise TransientError(f"{example_id}: malformed response body from {self._where()}",
-                                 example_id=example_id)
-        if not choices:
-            raise OutputError(f"{example_id}: the teacher replied with no choices", example_id=example_id)
-        choices = sorted(choices, key=lambda choice: getattr(choice, "index", 0) or 0)
-        texts = tuple(choice.message.content or "" for choice in choices)
-        usage = getattr(completion, "usage", None)
-        prompt_tokens = getattr(usage, "prompt_tokens", None)
-        completion_tokens = getattr(usage, "completion_tokens", None)
-        estimated = not isinstance(prompt_tokens, int) or not isinstance(completion_tokens, int)
-        if estimated:
-            # Some servers report no usage; estimate it so cost caps still count something.
-            prompt_tokens = estimate_tokens(messages, 0, 0)
-            completion_tokens = sum(math.ceil(len(text) / _CHARS_PER_TOKEN) for text in texts)
-        return TeacherReply(
-            texts=texts,
-            finish_reasons=tuple(getattr(choice, "finish_reason", None) for choice in choices),
-            prompt_tokens=prompt_tokens,
-            completion_tokens=completion_tokens,
-            model=getattr(completion, "model", None) or self.model,
-            latency_s=latency_s,
-            attempts=1,
-            server_s=latency_s,
-            usage_estimated=estimated,
-        )
 
     async def aclose(self) -> None:
         await self._client.close()

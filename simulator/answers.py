@@ -1,7 +1,7 @@
 """The SIMULATED teacher's answers: template chains of thought and self-evaluations.
 
 Not a language model: each reply is a template filled from the gold label it was given, sometimes
-deliberately wrong, built in microseconds. tasks.simulator.server serves these over HTTP.
+deliberately wrong, built in microseconds. simulator.server serves these over HTTP.
 """
 
 from __future__ import annotations

@@ -18,13 +18,13 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Mapping
 
+from simulator.answers import builtin_examples, guess_gold, simulate_cot, simulate_evaluation
+from simulator.limits import Bucket
+from simulator.outcomes import CONTENT_FILTER_MESSAGE, FAULTS, Deviations, Faults, Outcome, error
+from simulator.requests import read_request
 from tasks.answers import EquationError
-from tasks.simulator.answers import builtin_examples, guess_gold, simulate_cot, simulate_evaluation
-from tasks.simulator.limits import Bucket
-from tasks.simulator.outcomes import CONTENT_FILTER_MESSAGE, FAULTS, Deviations, Faults, Outcome, error
-from tasks.teacher.prompts import read_request
+from tasks.teacher.endpoint import SIMULATED_MODEL
 
-SIMULATED = "simulated"
 LABEL = "simulated teacher (a simulation for tests and demos, not a language model)"
 
 
@@ -43,7 +43,7 @@ class SimulatedTeacher:
     Like a real endpoint it supports `n`, reports usage (about 4 characters per token), cuts replies
     at max_tokens (finish_reason "length"), enforces requests- and tokens-per-minute limits with 429
     and Retry-After, adds latency, and injects `faults` at set rates; `deviations` make it behave like
-    servers that differ from OpenAI's (see tasks.simulator.outcomes).
+    servers that differ from OpenAI's (see simulator.outcomes).
     """
 
     def __init__(
@@ -230,8 +230,8 @@ class SimulatedTeacher:
             "id": f"chatcmpl-simulated-{number}",
             "object": "chat.completion",
             "created": int(time.time()),
-            "model": SIMULATED,
-            "system_fingerprint": SIMULATED,
+            "model": SIMULATED_MODEL,
+            "system_fingerprint": SIMULATED_MODEL,
             "choices": choices,
             "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                       "total_tokens": prompt_tokens + completion_tokens},

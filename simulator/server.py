@@ -1,14 +1,14 @@
 """A SIMULATED teacher served over HTTP: a local OpenAI-compatible server that is not a language model.
 
 It exists for tests, benchmarks and the offline quickstart; what it answers is SimulatedTeacher's
-business (tasks.simulator.teacher). Everything it returns says it is a simulation: the model is
+business (simulator.teacher). Everything it returns says it is a simulation: the model is
 "simulated", and so is the system fingerprint.
 
 Built on the standard library (ThreadingHTTPServer), one thread per connection, so latency is a
 sleep and 64+ concurrent connections are fine. Paths are served from ROUTES; another endpoint
 plugs in with `@route("POST", "/v1/some/path")` on a function (teacher, body, headers) -> Outcome;
 a path ending in /* serves that path and every path below it, and its handler also gets the request
-target (path and query) as the keyword `target` (the Files and Batches endpoints: tasks.simulator.batches).
+target (path and query) as the keyword `target` (the Files and Batches endpoints: simulator.batches).
 Paths starting with /_ control the simulation and do not count as requests in flight.
 """
 
@@ -23,8 +23,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from tasks.simulator.outcomes import Deviations, Faults, Outcome, error
-from tasks.simulator.teacher import LABEL, SIMULATED, SimulatedTeacher
+from simulator.outcomes import Deviations, Faults, Outcome, error
+from simulator.teacher import LABEL, SimulatedTeacher
+from tasks.teacher.endpoint import SIMULATED_MODEL
 
 __all__ = ["ROUTES", "Deviations", "Faults", "RunningSimulator", "SimulatedTeacher", "route", "serve_forever",
            "start_simulator"]
@@ -65,7 +66,7 @@ def _chat(teacher: SimulatedTeacher, body: bytes, headers: Mapping[str, str]) ->
 
 @route("GET", "/v1/models")
 def _models(teacher: SimulatedTeacher, body: bytes, headers: Mapping[str, str]) -> Outcome:
-    models = teacher.models or (SIMULATED,)
+    models = teacher.models or (SIMULATED_MODEL,)
     return Outcome(200, {"object": "list", "data": [
         {"id": model, "object": "model", "created": 0, "owned_by": LABEL} for model in models
     ]})

@@ -3,8 +3,8 @@
 A batch answers its JSONL lines through the same chat logic as `/v1/chat/completions` (so sample k
 of a prompt is the same answer online and in a batch) once its completion delay has passed; nothing
 runs in the background: a batch moves on when someone looks at it (retrieve, list, cancel).
-The endpoints register in the simulator's route table (tasks.simulator.server.ROUTES) when this
-module is imported, as the tasks.simulator package does. Settings, changed with `POST /_batches` or
+The endpoints register in the simulator's route table (simulator.server.ROUTES) when this
+module is imported, as the simulator package does. Settings, changed with `POST /_batches` or
 `configure_batches`:
 
 - delay_s: seconds from creation until a batch completes;
@@ -30,8 +30,8 @@ from email.policy import default as default_policy
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
-from tasks.simulator.outcomes import Outcome, error
-from tasks.simulator.server import route
+from simulator.outcomes import Outcome, error
+from simulator.server import route
 
 _TERMINAL = ("completed", "expired", "failed", "cancelled")
 

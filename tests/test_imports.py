@@ -1,0 +1,67 @@
+"""Imports run one way: flows -> tasks -> storage, and the simulator (a test double shipped beside
+the product) depends on the teacher boundary, never the other way round."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+from conftest import REPO
+
+PACKAGES = ("flows", "tasks", "storage", "simulator")
+# What the simulator may use: the teacher boundary, answer scoring, the config tree, and the
+# built-in problems it answers by default.
+SIMULATOR_MAY_IMPORT = ("tasks.teacher", "tasks.answers", "tasks.config", "tasks.data.arithmetic")
+
+
+def imports_of(package: str, root: Path = REPO) -> dict[str, set[str]]:
+    """Each module of `package` (a dotted name) -> the first-party modules it imports, lazily or not."""
+    found = {}
+    for path in sorted((root / package).rglob("*.py")):
+        module = ".".join(path.relative_to(root).with_suffix("").parts)
+        names = set()
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                names |= {alias.name for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names.add(node.module)
+        found[module] = {name for name in names if name.split(".")[0] in PACKAGES}
+    return found
+
+
+def violations(package: str, allowed, root: Path = REPO) -> list[str]:
+    return [f"{module} imports {name}" for module, names in imports_of(package, root).items()
+            for name in sorted(names) if not allowed(name)]
+
+
+def _within(name: str, prefixes) -> bool:
+    return any(name == prefix or name.startswith(prefix + ".") for prefix in prefixes)
+
+
+def test_storage_imports_nothing_of_tasks_flows_or_the_simulator():
+    assert violations("storage", lambda name: _within(name, ("storage",))) == []
+
+
+def test_tasks_import_storage_and_tasks_only_never_flows_or_the_simulator():
+    assert violations("tasks", lambda name: _within(name, ("tasks", "storage"))) == []
+
+
+def test_the_teacher_boundary_knows_no_store_and_no_other_stage():
+    allowed = ("tasks.teacher", "tasks.answers", "tasks.config")
+    assert violations("tasks/teacher", lambda name: _within(name, allowed)) == []
+
+
+def test_the_simulator_depends_on_the_teacher_boundary_only():
+    assert violations("simulator", lambda name: _within(name, ("simulator", *SIMULATOR_MAY_IMPORT))) == []
+
+
+def test_flows_are_the_top_nothing_imports_them():
+    for package in ("tasks", "storage", "simulator"):
+        assert violations(package, lambda name: not _within(name, ("flows",))) == []
+
+
+def test_the_check_sees_an_import_running_the_wrong_way_even_inside_a_function(tmp_path):
+    (tmp_path / "storage").mkdir()
+    (tmp_path / "storage" / "bad.py").write_text("def f():\n    from tasks.config import Config\n")
+    found = violations("storage", lambda name: _within(name, ("storage",)), tmp_path)
+    assert found == ["storage.bad imports tasks.config"]
