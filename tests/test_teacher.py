@@ -169,6 +169,27 @@ def test_concurrency_is_capped_while_requests_are_on_the_wire():
         assert sim.stats()["max_in_flight"] == 3
 
 
+def test_one_sample_requests_share_the_one_window_with_every_other_request():
+    """A server without `n`: a 5-sample request sends 5 requests, never more than the window at once,
+    and nothing is admitted before its slots are free."""
+    with start_simulator(EXAMPLES, latency_ms=50) as sim:
+        admitted = []
+
+        async def run():
+            client = _client(sim, max_concurrency=2, use_n=False)
+            try:
+                return await asyncio.gather(*(client.complete(
+                    MESSAGES, n=5, example_id=f"e{i}", admit=lambda i=i: admitted.append(i) or i != 1, **SAMPLING)
+                    for i in range(3)))
+            finally:
+                await client.aclose()
+
+        replies = asyncio.run(run())
+        assert sim.stats()["max_in_flight"] == 2 and sim.stats()["requests"] == 10
+    assert sorted(admitted) == [0, 1, 2] and replies[1] is None  # admit said no: nothing sent for it
+    assert [len(reply.texts) for reply in (replies[0], replies[2])] == [5, 5]
+
+
 def test_pacing_at_the_server_limit_meets_it_without_429s():
     rpm = 1200  # one request every 50 ms
     with start_simulator(EXAMPLES, latency_ms=30, rpm=rpm, tpm=2_000_000) as sim:

@@ -1,10 +1,10 @@
 """The live part of generation: asking the teacher and writing each response as it arrives.
 
 Each response is on disk (rows, then its call record) before it counts as done; `kill -9` loses at
-most the requests in flight. Admission is per request: one window of teacher.max_concurrency
-requests, shared by every example coroutine of every batch, so a slow or failing request holds up
-one slot, never a whole batch. A request claims its keys only once admitted, so at most a window of
-requests is ever claimed and unanswered.
+most the requests in flight. Admission is per request: the teacher client's one window of
+teacher.max_concurrency slots is shared by every example coroutine of every batch, so a slow or
+failing request holds up one slot, never a whole batch. A request claims its keys only once the
+window admits it, so at most a window of requests is ever claimed and unanswered.
 
 The store is the record of what was paid for. When a write to it fails (a full disk), dispatch
 stops at once and every answer still arriving goes to a journal (storage.journal) that the next run
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
@@ -55,10 +54,9 @@ class Session:
         self.summary = Summary()
         self.fatal: FatalError | None = None
         self.journal = Journal(store)
-        self.window = teacher_window = config.teacher.max_concurrency
-        self._slots = asyncio.Semaphore(teacher_window)
+        self.window = client.window.size  # how many requests to keep queued for the client's window
         self._announced = 0  # requests announced and not yet admitted (or given up)
-        self._room = asyncio.Condition()
+        self._room = asyncio.Event()  # set when a queued request leaves the queue
         self._pending: list[list] = []  # row groups not yet in the store, in write order
         self._write_error: OSError | None = None
 
@@ -72,8 +70,9 @@ class Session:
         never keeps the next batch from starting."""
         runs = []
         for batch in batches:
-            async with self._room:
-                await self._room.wait_for(lambda: self._announced < self.window or self.summary.stopped)
+            while self._announced >= self.window and not self.summary.stopped:
+                self._room.clear()
+                await self._room.wait()
             if self.summary.stopped:
                 break
             # The batch's first requests count as queued before its task run starts.
@@ -93,18 +92,14 @@ class Session:
                     "`mindsmirror resume CONFIG` retries just those")
         return None
 
-    async def _admitted(self) -> None:
-        await self._slots.acquire()
-        await self._leave_queue()
-
-    async def _leave_queue(self) -> None:
-        async with self._room:
-            self._announced -= 1
-            self._room.notify_all()
+    def _leave_queue(self) -> None:
+        self._announced -= 1
+        self._room.set()
 
     def _stop(self, reason: str) -> None:
         if self.summary.stopped is None:
             self.summary.stopped = reason
+        self._room.set()  # dispatch starts nothing more
 
     # ---- one example, one request --------------------------------------------------------------
 
@@ -134,46 +129,62 @@ class Session:
 
     async def _ask(self, request: Request) -> list | None:
         """The rows a request produced; [] when it was not sent, None when it failed."""
-        queued = time.perf_counter()
         if self.summary.stopped:
-            await self._leave_queue()
+            self._leave_queue()
             return []
-        await self._admitted()
-        try:
-            if self.summary.stopped:
-                return []
-            try:
-                claimed = self.claims.claim(request.keys)
-            except OSError as error:
-                self._write_failed(error)
-                return []
-            if not claimed:
-                self.summary.requests_skipped += 1
-                self.progress.advance(skipped=1)
-                return []
-            rows = await self._buy(request, time.perf_counter() - queued)
-            self._quietly(self.claims.done if rows is not None else self.claims.release, request.keys)
-            return rows
-        finally:
-            self._slots.release()
+        admitted = False
 
-    async def _buy(self, request: Request, queued_s: float, count: bool = True) -> list | None:
+        def admit(estimate: float) -> bool:  # the client calls it once the request has its window slots
+            nonlocal admitted
+            admitted = self._admit(request, estimate)
+            return admitted
+
+        rows = await self._buy(request, admit)
+        if admitted:
+            self._quietly(self.claims.done if rows is not None else self.claims.release, request.keys)
+        return rows
+
+    def _admit(self, request: Request, estimate: float) -> bool:
+        """Claim the request's keys and reserve its cost; False when it is not to be sent."""
+        self._leave_queue()
+        if self.summary.stopped:
+            return False
+        try:
+            claimed = self.claims.claim(request.keys)
+        except OSError as error:
+            self._write_failed(error)
+            return False
+        if not claimed:
+            self.summary.requests_skipped += 1
+            self.progress.advance(skipped=1)
+            return False
+        return self._reserve(estimate)
+
+    def _reserve(self, estimate: float) -> bool:
+        try:
+            self.budget.reserve(estimate)
+        except BudgetExceeded as stop:
+            self._stop(str(stop))
+            return False
+        return True
+
+    async def _buy(self, request: Request, admit: Callable[[float], bool] | None = None,
+                   count: bool = True) -> list | None:
+        """Ask for a request's samples; `admit` decides once it may go (else its cost is reserved here)."""
         sampling = sampling_of(self.teacher, request.kind)
         n = len(request.keys)
         one_by_one = not self.client.use_n
         estimate = price_usd(
             self.teacher, estimate_tokens(request.messages, 0, 0) * (n if one_by_one else 1), n * sampling.max_tokens
         )
-        try:
-            self.budget.reserve(estimate)
-        except BudgetExceeded as stop:
-            self._stop(str(stop))
+        if admit is None and not self._reserve(estimate):
             return []
         call_id = uuid.uuid4().hex
         try:
             reply = await self.client.complete(
                 request.messages, n=n, temperature=sampling.temperature, top_p=sampling.top_p,
                 max_tokens=sampling.max_tokens, example_id=request.example_id,
+                admit=None if admit is None else lambda: admit(estimate),
             )
         except FatalError as error:
             self.budget.settle(estimate, 0.0)
@@ -185,20 +196,22 @@ class Session:
             self._record_failure(request, call_id, f"{type(error).__name__}: {error}",
                                  getattr(error, "attempts", 0) or 0, count)
             return None
+        if reply is None:
+            return []  # not admitted (_admit says why)
         cost = price_usd(self.teacher, reply.prompt_tokens, reply.completion_tokens)
         self.budget.settle(estimate, cost)
         rows = reply_rows(self.teacher, self.answer_type, request, reply, call_id)
         got = request.keys[: len(rows)]
         # Rows first, then the call record: a crash between the two keeps the paid answer. The call
         # claims only the keys that came back, so no `ok` record hides a missing sample.
-        self._write(rows, [call_record(self.teacher, request, call_id, got, reply, cost, queued_s)])
+        self._write(rows, [call_record(self.teacher, request, call_id, got, reply, cost)])
         self._count(rows, reply, cost, count)
         if len(rows) == n:
             return rows
         rest = narrow(request, set(request.keys) - set(got))
         if not one_by_one and not self.client.use_n and not self.summary.stopped:
             # The client found that the server ignores `n`: ask again for the rest, one by one.
-            more = await self._buy(rest, 0.0, count=False)
+            more = await self._buy(rest, count=False)
             return rows + (more or [])
         self._record_failure(rest, uuid.uuid4().hex, f"TeacherError: {request.example_id}: {len(rows)} of {n} "
                              "samples came back; the rest are missing (rerun or `mindsmirror resume` asks again)",

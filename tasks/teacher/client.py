@@ -38,6 +38,7 @@ from tasks.teacher.errors import (
 )
 from tasks.teacher.ratelimit import RateLimiter
 from tasks.teacher.retries import async_retrying
+from tasks.teacher.window import Window
 
 log = logging.getLogger(__name__)
 
@@ -162,18 +163,11 @@ class TeacherClient:
         self._backoff_initial_s, self._backoff_max_s = backoff_initial_s, backoff_max_s
         self._warned_n = False
         self._secret = _Secret(api_key)
-        self._semaphore: asyncio.Semaphore | None = None
-        self._semaphore_loop: asyncio.AbstractEventLoop | None = None
+        self.window = Window(max_concurrency)
         self._client = openai.AsyncOpenAI(api_key=api_key, base_url=base_url, timeout=timeout_s, max_retries=0)
 
     def __repr__(self) -> str:
         return f"TeacherClient(model={self.model!r}, base_url={self.base_url!r}, use_n={self.use_n})"
-
-    def _slots(self) -> asyncio.Semaphore:
-        loop = asyncio.get_running_loop()
-        if self._semaphore is None or self._semaphore_loop is not loop:
-            self._semaphore, self._semaphore_loop = asyncio.Semaphore(self.max_concurrency), loop
-        return self._semaphore
 
     async def complete(
         self,
@@ -184,15 +178,30 @@ class TeacherClient:
         top_p: float,
         max_tokens: int,
         example_id: str,
-    ) -> TeacherReply:
-        """n samples for one prompt; raises FatalError, OutputError or TransientError (retries spent)."""
+        admit: Callable[[], bool] | None = None,
+    ) -> TeacherReply | None:
+        """n samples for one prompt; raises FatalError, OutputError or TransientError (retries spent).
+
+        The request waits for its slots in the concurrency window first; then `admit` (when given)
+        decides whether it is still to be sent (the caller claims its keys and reserves its cost
+        there): None when it says no."""
         started = time.perf_counter()
+        held = await self.window.acquire(1 if self.use_n else n)
+        try:
+            if admit is not None and not admit():
+                return None
+            return await self._complete(messages, n, temperature, top_p, max_tokens, example_id, started, held)
+        finally:
+            self.window.release(held)
+
+    async def _complete(self, messages: list[dict], n: int, temperature: float, top_p: float, max_tokens: int,
+                        example_id: str, started: float, held: int) -> TeacherReply:
         params = {"temperature": temperature, "top_p": top_p, "max_tokens": max_tokens}
         if self.use_n or n == 1:
             parts, failed_attempts = [await self._with_retries(messages, n, params, example_id)], 0
             self._check_n(parts[0], n)
         else:
-            parts, failed_attempts = await self._one_by_one(messages, n, params, example_id)
+            parts, failed_attempts = await self._one_by_one(messages, n, params, example_id, held)
         return TeacherReply(
             texts=tuple(text for part in parts for text in part.texts),
             finish_reasons=tuple(reason for part in parts for reason in part.finish_reasons),
@@ -220,14 +229,19 @@ class TeacherClient:
                 "from the start", self._where(), len(reply.texts), n, n
             )
 
-    async def _one_by_one(self, messages: list[dict], n: int, params: dict, example_id: str
+    async def _one_by_one(self, messages: list[dict], n: int, params: dict, example_id: str, held: int
                           ) -> tuple[list[TeacherReply], int]:
-        """For servers without `n`: n one-sample requests. The samples that came back are kept even if
-        some requests failed (they are paid for); the reply is then shorter than n and the missing
-        samples stay missing for a rerun. Nothing back at all, or a fatal error, raises."""
-        outcomes = await asyncio.gather(
-            *(self._with_retries(messages, 1, params, example_id) for _ in range(n)), return_exceptions=True
-        )
+        """For servers without `n`: n one-sample requests, `held` (the window slots this request
+        holds) at a time. The samples that came back are kept even if some requests failed (they are
+        paid for); the reply is then shorter than n and the missing samples stay missing for a rerun.
+        Nothing back at all, or a fatal error, raises."""
+        slots = asyncio.Semaphore(held)
+
+        async def one() -> TeacherReply:
+            async with slots:
+                return await self._with_retries(messages, 1, params, example_id)
+
+        outcomes = await asyncio.gather(*(one() for _ in range(n)), return_exceptions=True)
         parts = [outcome for outcome in outcomes if isinstance(outcome, TeacherReply)]
         errors = [outcome for outcome in outcomes if isinstance(outcome, BaseException)]
         fatal = [error for error in errors if not isinstance(error, TeacherError) or isinstance(error, FatalError)]
@@ -265,25 +279,25 @@ class TeacherClient:
 
     async def _send(self, messages: list[dict], n: int, params: dict, example_id: str, wire: list[float]
                     ) -> TeacherReply:
-        """One HTTP request; adds its time on the wire to wire[0]. The slot is taken before the
-        limiter's grant so that the request goes out at the granted moment: granting first and
-        queueing for a slot after would release requests granted while all slots were busy in a burst."""
+        """One HTTP request; adds its time on the wire to wire[0]. Its window slot was taken (in
+        complete) before the limiter's grant, so that the request goes out at the granted moment:
+        granting first and queueing for a slot after would release requests granted while all slots
+        were busy in a burst."""
         estimated = estimate_tokens(messages, n, params["max_tokens"])
-        async with self._slots():
-            if self.gate is not None:
-                await self.gate(1)
-            sent_at = await self.limiter.acquire(estimated)
-            started = time.perf_counter()
-            try:
-                raw = await self._client.chat.completions.with_raw_response.create(
-                    model=self.model, messages=messages, n=n, **params
-                )
-                body = json.loads(raw.text)
-            except Exception as exc:  # translated into our error tree (or re-raised) just below
-                error = self._translate(exc, example_id)
-            else:
-                error = None
-            wire[0] += time.perf_counter() - started
+        if self.gate is not None:
+            await self.gate(1)
+        sent_at = await self.limiter.acquire(estimated)
+        started = time.perf_counter()
+        try:
+            raw = await self._client.chat.completions.with_raw_response.create(
+                model=self.model, messages=messages, n=n, **params
+            )
+            body = json.loads(raw.text)
+        except Exception as exc:  # translated into our error tree (or re-raised) just below
+            error = self._translate(exc, example_id)
+        else:
+            error = None
+        wire[0] += time.perf_counter() - started
         if error is not None:
             if isinstance(error, TransientError) and error.retry_after:
                 level = logging.WARNING if error.retry_after >= 1 else logging.INFO
