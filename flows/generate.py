@@ -18,8 +18,8 @@ from tasks.teacher.errors import FatalError
 
 
 @task(name="load-examples", cache_policy=NONE)
-def load_examples(store: Store, config: Config):
-    return sync_examples(store, config)
+def load_examples(store: Store, config: Config, dry_run: bool = False):
+    return sync_examples(store, config, write=not dry_run)
 
 
 @task(name="plan", cache_policy=NONE)
@@ -86,12 +86,13 @@ async def generate(config: Config | str, dry_run: bool = False, only_failed: boo
     config = resolve_config(config)
     store = Store(config.store.path)
     try:
-        replay_journal(store)  # before planning: those answers are paid for
+        if not dry_run:  # a dry run writes nothing
+            replay_journal(store)  # before planning: those answers are paid for
+            compact_store(store)  # after a crash the store may hold thousands of one-response files
     except OSError as error:
         return Failed(message=f"could not store the answers journalled by an earlier run ({error.strerror or error}) "
                       f"in {store.root}: free space and rerun")
-    compact_store(store)  # after a crash the store may hold thousands of one-response files
-    examples, answer_type = load_examples(store, config)
+    examples, answer_type = load_examples(store, config, dry_run)
     work = plan(store, config, examples, answer_type, only_failed)
     if config.teacher.mode == "batch":
         return batch_mode(store, config, examples, answer_type, work, dry_run, only_failed)

@@ -60,6 +60,8 @@ def test_dry_run_prints_the_plan_and_calls_nothing(tmp_path, api_key, prefect_se
     assert main(["generate", str(path), "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "planned 108 teacher requests (18 for chains of thought, 90 for self-evaluations)" in out
+    written = [str(file) for file in (tmp_path / "store").rglob("*") if file.is_file()]
+    assert written == [], "a dry run wrote into the store"
 
 
 def test_unknown_config_key_is_one_line_naming_it(tmp_path, capsys):

@@ -202,15 +202,21 @@ def estimate(teacher: TeacherConfig, work: tuple[ExampleWork, ...]) -> Plan:
     )
 
 
-def sync_examples(store: Store, config: Config) -> tuple[list[ExampleRow], str]:
+def sync_examples(store: Store, config: Config, write: bool = True) -> tuple[list[ExampleRow], str]:
     """Load and validate the dataset (before any money is spent), store examples not yet stored,
     and return those of the splits to generate for, with the dataset's answer type.
 
     An example keeps the split it was first stored with, so a grown dataset never moves a stored
-    example between train and validation.
+    example between train and validation. With write=False (a dry run) nothing is stored: the new
+    examples are returned as they would be stored.
     """
     rows = load_dataset(config.dataset)
-    store.append(queries.new_examples(store, rows))
+    new = queries.new_examples(store, rows)
+    if write:
+        store.append(new)
     loaded = {row.example_id for row in rows}
-    stored = queries.examples(store, config.generate.splits)
-    return [row for row in stored if row.example_id in loaded], answer_type(config.dataset)
+    splits = config.generate.splits
+    stored = [row for row in queries.examples(store, splits) if row.example_id in loaded]
+    if not write:
+        stored = sorted(stored + [row for row in new if row.split in splits], key=lambda row: (row.split, row.example_id))
+    return stored, answer_type(config.dataset)
