@@ -331,3 +331,24 @@ def test_time_on_the_wire_and_time_queued_are_told_apart():
     # one connection slot: the third waited for two others on the wire
     assert replies[0].queue_s < 0.1 and replies[2].queue_s >= 0.28
     assert all(reply.queue_s + reply.server_s == pytest.approx(reply.latency_s) for reply in replies)
+
+
+@pytest.mark.parametrize("retry_after", [True, False])
+def test_every_429_lowers_the_pace_with_or_without_retry_after(retry_after):
+    """A server whose limit (120/min) is far below max_rpm: honouring each pause alone would keep
+    sending at the configured pace between pauses; lowering it keeps 429s a small share."""
+    with start_simulator(EXAMPLES, rpm=120, burst=1, latency_ms=20,
+                         deviations=Deviations(no_retry_after=not retry_after)) as sim:
+        async def run():
+            client = _client(sim, limiter=RateLimiter(6000, None), max_concurrency=4, max_attempts=30)
+            try:
+                await asyncio.gather(*(client.complete(MESSAGES, n=1, example_id=f"e{i}", **SAMPLING)
+                                       for i in range(24)))
+                return client.limiter.adaptive_rpm
+            finally:
+                await client.aclose()
+
+        pace = asyncio.run(run())
+        stats = sim.stats()
+    assert pace is not None and pace < 6000
+    assert stats["rate_limited"] / stats["requests"] < 0.4, stats

@@ -5,8 +5,8 @@ Prefect tasks that call this client do not retry either. A transient failure is 
 jittered exponential backoff (tenacity); a 429's Retry-After / retry-after-ms, of any length, pauses
 dispatch for every caller through the shared RateLimiter (the SDK would ignore a long one).
 
-A 429 without Retry-After pauses every caller for an exponential backoff and lowers the pace
-(RateLimiter.backoff, AIMD). Every HTTP attempt, retries included, passes the shared gate (a
+A 429 without Retry-After pauses every caller for an exponential backoff (RateLimiter.backoff);
+every 429, with or without the header, lowers the pace (RateLimiter.slow_down, AIMD). Every HTTP attempt, retries included, passes the shared gate (a
 Prefect global rate limit across runs, when configured) as well as the local limiter.
 
 A reply truncated by max_tokens or stopped by a content filter is returned as it is, with its
@@ -304,6 +304,9 @@ class TeacherClient:
                 log.log(level, "teacher: %s asked to wait %.3g s; pausing all requests", self._where(),
                         error.retry_after)
                 self.limiter.pause(error.retry_after)
+                if error.status == 429 and self.limiter.slow_down(sent_at):
+                    log.info("teacher: %s answered 429; lowering the pace to %.0f requests/min", self._where(),
+                             self.limiter.adaptive_rpm or 0)
             elif isinstance(error, TransientError) and error.status == 429:
                 paused = self.limiter.backoff(sent_at)
                 log.warning("teacher: %s answered 429 without Retry-After; pausing all requests %.3g s and "

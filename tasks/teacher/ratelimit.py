@@ -7,7 +7,8 @@ limits with a token bucket or a sliding window sees a smooth stream, never a bur
 
 A 429's Retry-After, of any length, becomes `pause(seconds)`: nothing is dispatched, by any
 caller, until it has passed. A 429 without one (`backoff()`) pauses every caller for an exponential
-backoff that doubles with each such 429 in a row, and halves the pace (multiplicative decrease);
+backoff that doubles with each such 429 in a row. Every 429, with or without Retry-After, halves
+the pace (`slow_down()`, multiplicative decrease);
 each success then raises it by a twentieth of the pace before the cut (additive increase), back up
 to max_rpm, so a server whose limit is unknown is met near its limit instead of by a storm of 429s.
 All callers share one FIFO lock, so waiting callers go out in arrival order. asyncio only: one
@@ -108,21 +109,28 @@ class RateLimiter:
             self._paused_until = max(self._paused_until, self._clock() + seconds)
 
     def backoff(self, sent_at: float | None = None) -> float:
-        """A 429 without Retry-After for a request sent at `sent_at`: pause every caller and halve the
-        pace; returns the pause. A 429 for a request sent before the last backoff began was already
-        answered by it: the requests in flight together all come back 429, and count as one."""
-        if sent_at is not None and sent_at <= self._backed_off_at:
+        """A 429 without Retry-After for a request sent at `sent_at`: pause every caller for an
+        exponential backoff and halve the pace (slow_down); returns the pause."""
+        if not self.slow_down(sent_at):
             return max(0.0, self._paused_until - self._clock())
-        self._backed_off_at = self._clock()
         self._streak += 1
         seconds = min(self.backoff_max_s, self.backoff_initial_s * 2 ** (self._streak - 1))
         self.pause(seconds)
+        return seconds
+
+    def slow_down(self, sent_at: float | None = None) -> bool:
+        """A 429 (with or without Retry-After) for a request sent at `sent_at`: halve the pace
+        (multiplicative decrease). A 429 for a request sent before the last decrease was already
+        answered by it: the requests in flight together all come back 429, and count as one.
+        Returns whether the pace was lowered now."""
+        if sent_at is not None and sent_at <= self._backed_off_at:
+            return False
+        self._backed_off_at = self._clock()
         pace = self.adaptive_rpm or self._measured_rpm() or self.max_rpm
         if pace is not None:
-            lowered = max(_MIN_RPM, pace / 2)
             self._step = pace / _AIMD_STEPS
-            self._set_pace(lowered)
-        return seconds
+            self._set_pace(max(_MIN_RPM, pace / 2))
+        return True
 
     def recover(self) -> None:
         """A request succeeded: end the backoff streak and raise a lowered pace a step."""
