@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import shutil
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -262,3 +263,27 @@ def test_answers_and_verdicts_with_junk_glued_on_are_read_not_rejected(tmp_path,
     assert all(error is None and verdict for _, verdict, error in evaluations), [e for e in evaluations if e[2]][:2]
     # the junk really is there, after the answer sentence and the verdict
     assert sum(not text.rstrip().endswith(answer) for text, answer, _ in cots) == len(cots)
+
+
+def _closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_a_closed_port_stops_the_run_within_30_s_in_one_line_that_names_the_url(tmp_path, api_key):
+    url = f"http://127.0.0.1:{_closed_port()}/v1"
+    started = time.perf_counter()
+    state = _run(_config(tmp_path, url, train=200))
+    elapsed = time.perf_counter() - started
+    assert state.is_failed() and url in state.message and "\n" not in state.message, state.message
+    assert elapsed < 30, elapsed
+
+
+@pytest.mark.parametrize("fault", ["wrong key", "unknown model"])
+def test_a_wrong_key_or_an_unknown_model_reaches_the_server_once(tmp_path, api_key, fault):
+    options = {"api_key": "sk-another-key"} if fault == "wrong key" else {"models": ("another-model",)}
+    with _simulator(train=40, **options) as server:
+        state = _run(_config(tmp_path, server.url, train=40))
+        requests = server.stats()["requests"]
+    assert state.is_failed() and requests == 1, (state.message, requests)

@@ -52,6 +52,11 @@ _CHARS_PER_TOKEN = 4
 _TOKENS_PER_MESSAGE = 4  # role and separators in the chat format
 _TOKENS_PER_REQUEST = 3
 
+# Until the endpoint has answered once, requests go one at a time (a wrong key or model reaches it
+# once), and an endpoint that refuses connections is given up on after this long: retries wait
+# 1, 2, 4, 8 s at most (jittered), so the run stops within about twice this.
+UNREACHABLE_GIVE_UP_S = 8.0
+
 
 def estimate_tokens(messages: Sequence[dict], n: int, max_tokens: int) -> int:
     """Tokens a request may use: its prompt (estimated from characters) plus n * max_tokens."""
@@ -164,6 +169,9 @@ class TeacherClient:
         self._warned_n = False
         self._secret = _Secret(api_key)
         self.window = Window(max_concurrency)
+        self.answered = False  # whether the endpoint has answered a request of this client yet
+        self._first: asyncio.Lock | None = None
+        self._first_loop: asyncio.AbstractEventLoop | None = None
         self._client = openai.AsyncOpenAI(api_key=api_key, base_url=base_url, timeout=timeout_s, max_retries=0)
 
     def __repr__(self) -> str:
@@ -187,12 +195,36 @@ class TeacherClient:
         there): None when it says no."""
         started = time.perf_counter()
         held = await self.window.acquire(1 if self.use_n else n)
+        alone = await self._alone_until_answered()
         try:
             if admit is not None and not admit():
                 return None
-            return await self._complete(messages, n, temperature, top_p, max_tokens, example_id, started, held)
+            return await self._complete(messages, n, temperature, top_p, max_tokens, example_id, started,
+                                        held if self.answered else 1)
+        except TransientError as error:
+            if error.unreachable and not self.answered:
+                raise FatalError(f"cannot connect to the teacher at {self._where()} ({getattr(error, 'attempts', 1)} attempts in "
+                                 f"{time.perf_counter() - started:.0f} s): start its server or fix teacher.base_url",
+                                 example_id=example_id) from None
+            raise
         finally:
+            if alone:
+                self._first.release()
             self.window.release(held)
+
+    async def _alone_until_answered(self) -> bool:
+        """Until the endpoint has answered once, one request at a time: returns whether this one
+        holds the turn (and must release it)."""
+        if self.answered:
+            return False
+        loop = asyncio.get_running_loop()
+        if self._first is None or self._first_loop is not loop:
+            self._first, self._first_loop = asyncio.Lock(), loop
+        await self._first.acquire()
+        if self.answered:
+            self._first.release()
+            return False
+        return True
 
     async def _complete(self, messages: list[dict], n: int, temperature: float, top_p: float, max_tokens: int,
                         example_id: str, started: float, held: int) -> TeacherReply:
@@ -261,14 +293,20 @@ class TeacherClient:
             if self.on_retry is not None:
                 self.on_retry(error)
 
+        def give_up(state: RetryCallState) -> bool:  # an endpoint that never answered refuses connections
+            error = state.outcome.exception()
+            return (not self.answered and isinstance(error, TransientError) and error.unreachable
+                    and state.seconds_since_start >= UNREACHABLE_GIVE_UP_S)
+
         retrying = async_retrying(self.max_attempts, initial_s=self._backoff_initial_s,
-                                  max_s=self._backoff_max_s, before_sleep=before_sleep)
+                                  max_s=self._backoff_max_s, before_sleep=before_sleep, give_up=give_up)
         try:
             async for attempt in retrying:
                 with attempt:
                     attempts += 1
                     reply = await self._send(messages, n, params, example_id, wire)
         except RefusedError as refused:
+            self.answered = True
             log.warning("teacher: %s", refused)
             return TeacherReply(("",) * n, ("content_filter",) * n, 0, 0, self.model, wire[0], attempts,
                                 server_s=wire[0], refusal=refused.reason)
@@ -315,6 +353,7 @@ class TeacherClient:
             raise error
         reply = reply_from(body, messages, model=self.model, latency_s=time.perf_counter() - started,
                            where=self._where(), example_id=example_id)
+        self.answered = True
         self.limiter.settle(estimated, reply.prompt_tokens + reply.completion_tokens)
         self.limiter.recover()
         return reply

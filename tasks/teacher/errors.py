@@ -46,9 +46,11 @@ class TransientError(TeacherError):
         example_id: str | None = None,
         status: int | None = None,
         retry_after: float | None = None,
+        unreachable: bool = False,
     ):
         super().__init__(message, example_id=example_id, status=status)
         self.retry_after = retry_after
+        self.unreachable = unreachable  # no connection could be made (refused, unknown host)
 
 
 class OutputError(TeacherError):
@@ -142,7 +144,7 @@ def translate(
     if isinstance(exc, openai.APIConnectionError):
         cause = type(exc.__cause__).__name__ if exc.__cause__ else "connection error"
         return TransientError(f"{where}connection to {endpoint} failed or dropped ({cause})",
-                              example_id=example_id)
+                              example_id=example_id, unreachable=cause == "ConnectError")
     if isinstance(exc, openai.APIResponseValidationError):
         return TransientError(f"{where}malformed response body from {endpoint}", example_id=example_id,
                               status=exc.status_code)

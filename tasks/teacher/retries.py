@@ -10,16 +10,25 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from tenacity import AsyncRetrying, RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    Retrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    stop_any,
+)
 from tenacity.wait import wait_random_exponential
 
 from tasks.teacher.errors import TransientError
 
 
 def _policy(max_attempts: int, initial_s: float, max_s: float,
-            before_sleep: Callable[[RetryCallState], None] | None) -> dict:
+            before_sleep: Callable[[RetryCallState], None] | None,
+            give_up: Callable[[RetryCallState], bool] | None = None) -> dict:
+    stop = stop_after_attempt(max_attempts)
     return {
-        "stop": stop_after_attempt(max_attempts),
+        "stop": stop if give_up is None else stop_any(stop, give_up),
         "wait": wait_random_exponential(multiplier=initial_s, max=max_s),
         "retry": retry_if_exception_type(TransientError),
         "before_sleep": before_sleep,
@@ -33,5 +42,7 @@ def retrying(max_attempts: int, *, initial_s: float = 1.0, max_s: float = 60.0,
 
 
 def async_retrying(max_attempts: int, *, initial_s: float = 1.0, max_s: float = 60.0,
-                   before_sleep: Callable[[RetryCallState], None] | None = None) -> AsyncRetrying:
-    return AsyncRetrying(**_policy(max_attempts, initial_s, max_s, before_sleep))
+                   before_sleep: Callable[[RetryCallState], None] | None = None,
+                   give_up: Callable[[RetryCallState], bool] | None = None) -> AsyncRetrying:
+    """`give_up` may end the retries early (before max_attempts), looking at the failed attempt."""
+    return AsyncRetrying(**_policy(max_attempts, initial_s, max_s, before_sleep, give_up))
