@@ -12,6 +12,14 @@ from storage.queries.batches import (
     open_batch_keys,
     planned_batches,
 )
+from storage.queries.calibration import (
+    CALIBRATION_VIEWS,
+    Calibration,
+    JudgedAnswer,
+    add_calibration_views,
+    calibration,
+    judged_answers,
+)
 from storage.queries.common import Source
 from storage.queries.generation import (
     MissingRequest,
@@ -35,11 +43,13 @@ from storage.queries.status import (
     status,
 )
 from storage.queries.trainsets import (
+    JudgedCot,
     Provenance,
     SelfEvalPair,
     StoredSource,
     TrainingRow,
     cot_rows,
+    judged_cots,
     label_rows,
     self_eval_rows,
     stored_sources,
@@ -47,6 +57,10 @@ from storage.queries.trainsets import (
 )
 
 __all__ = [
+    "CALIBRATION_VIEWS",
+    "Calibration",
+    "JudgedAnswer",
+    "JudgedCot",
     "MissingRequest",
     "Provenance",
     "QueryError",
@@ -55,7 +69,9 @@ __all__ = [
     "StatusReport",
     "StoredSource",
     "TrainingRow",
+    "add_calibration_views",
     "answered_but_missing",
+    "calibration",
     "closed_attempts",
     "committed_usd",
     "cot_rows",
@@ -64,6 +80,8 @@ __all__ = [
     "examples",
     "failed_keys",
     "label_rows",
+    "judged_answers",
+    "judged_cots",
     "latest_batches",
     "latest_results",
     "missing_keys",
