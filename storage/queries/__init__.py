@@ -33,6 +33,7 @@ from storage.queries.generation import (
     spent_usd,
     stored_sample_keys,
 )
+from storage.queries.spend import spent_on
 from storage.queries.sql import (
     QueryError,
     run_sql,
@@ -90,6 +91,7 @@ __all__ = [
     "planned_batches",
     "run_sql",
     "self_eval_rows",
+    "spent_on",
     "spent_usd",
     "status",
     "stored_sample_keys",

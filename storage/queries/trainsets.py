@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import pyarrow as pa
@@ -27,6 +27,8 @@ class SelfEvalPair:
     cot_text: str  # the judged chain of thought's rationale
     verdict: str
     eval_rationale: str | None
+    cot_key: str = field(default="", compare=False)  # which stored samples the pair is
+    eval_key: str = field(default="", compare=False)
 
 
 def teacher_answers(store: Source, split: str = "train") -> list[tuple[str, str]]:
@@ -113,7 +115,7 @@ WITH matched AS (
 
 _SELF_EVAL_SQL = _CHOSEN_COTS + """
 SELECT x.example_id, x.input AS question, c.rationale AS cot_text, v.verdict, v.rationale AS eval_rationale,
-       c.parse_error IS NOT NULL OR v.parse_error IS NOT NULL AS excluded
+       c.key AS cot_key, v.key AS eval_key, c.parse_error IS NOT NULL OR v.parse_error IS NOT NULL AS excluded
 FROM evaluations v
 JOIN chosen c ON c.key = v.cot_key
 JOIN examples x ON x.example_id = c.example_id
@@ -144,7 +146,8 @@ def self_eval_rows(
     rows = _rows(_run(store, _SELF_EVAL_SQL, {"split": split, **limits},
                       tables={"_sources": _provenance_table(sources)}))
     kept = [
-        SelfEvalPair(r["example_id"], r["question"], r["cot_text"], r["verdict"], r["eval_rationale"])
+        SelfEvalPair(r["example_id"], r["question"], r["cot_text"], r["verdict"], r["eval_rationale"],
+                     r["cot_key"], r["eval_key"])
         for r in rows
         if not r["excluded"]
     ]

@@ -117,6 +117,16 @@ def _kept(cot: JudgedCot, cot_filter: str | None, kind: str) -> bool:
     return True
 
 
+def _arm_cots(store: Store, arm: ArmConfig, sources: Sequence[Provenance] | None, kind: str,
+              split: str) -> tuple[list[JudgedCot], int, int]:
+    """The CoTs an arm's stage 2 trains on, how many did not parse, how many its cot_filter left out
+    (standard distillation: the teacher's first CoT of each example)."""
+    k = arm.n_cots if arm.mode == "cot" else 1
+    cots, excluded = queries.judged_cots(store, split, k, sources, arm.n_evals)
+    kept = [cot for cot in cots if _kept(cot, arm.cot_filter, kind)]
+    return kept, excluded, len(cots) - len(kept)
+
+
 def arm_training_set(store: Store, arm: ArmConfig, sources: Sequence[Provenance], kind: str,
                      split: str = "train") -> TrainingSet:
     """The stage-2 rows of an arm: gold labels (standard fine-tuning) or its CoTs (the teacher's
@@ -125,12 +135,10 @@ def arm_training_set(store: Store, arm: ArmConfig, sources: Sequence[Provenance]
     if arm.mode == "standard" and arm.labels == "gold":
         training = label_set(store, split)
     else:
-        k = arm.n_cots if arm.mode == "cot" else 1
-        cots, excluded = queries.judged_cots(store, split, k, sources, arm.n_evals)
-        kept = [cot for cot in cots if _kept(cot, arm.cot_filter, kind)]
+        kept, excluded, filtered = _arm_cots(store, arm, sources, kind, split)
         rows = [TrainingRow(c.example_id, c.input, c.gold if arm.labels == "gold" else c.answer, c.rationale)
                 for c in kept]
-        training = TrainingSet(rows, excluded, filtered=len(cots) - len(kept))
+        training = TrainingSet(rows, excluded, filtered)
     if not arm.label_noise:
         return training
     noisy = add_label_noise(training.rows, arm.label_noise, arm.label_noise_seed, kind)
@@ -141,3 +149,18 @@ def arm_self_eval_set(store: Store, arm: ArmConfig, sources: Sequence[Provenance
                       split: str = "train") -> TrainingSet:
     """The stage-1 rows of an arm: every evaluation (the first `arm.n_evals`) of its CoTs."""
     return self_eval_set(store, split, arm.n_cots, sources, arm.n_evals)
+
+
+def arm_sample_keys(store: Store, arm: ArmConfig, sources: Sequence[Provenance] | None, kind: str,
+                    split: str = "train") -> tuple[set[str], set[str]]:
+    """The stored teacher samples an arm trains on: the keys of its CoTs (stage 2, and those judged
+    in stage 1) and of its self-evaluations (stage 1). Standard fine-tuning uses none."""
+    cots: set[str] = set()
+    if not (arm.mode == "standard" and arm.labels == "gold"):
+        cots = {cot.cot_key for cot in _arm_cots(store, arm, sources, kind, split)[0]}
+    evaluations: set[str] = set()
+    if arm.self_eval:
+        pairs, _ = queries.self_eval_rows(store, split, arm.n_cots, sources, arm.n_evals)
+        cots |= {pair.cot_key for pair in pairs}
+        evaluations = {pair.eval_key for pair in pairs}
+    return cots, evaluations
