@@ -217,8 +217,11 @@ class ArmConfig(Model):
     def _leave_out_unset_options(self, handler):
         # An arm's dump is part of its training id (tasks.student.freshness): options at their
         # defaults are left out, so arms trained before these options existed keep their ids.
+        # The noise seed stays beside a noise share, so a checkpoint records which examples it changed.
         dumped = handler(self)
         for name in _EXPERIMENT_OPTIONS:
+            if name == "label_noise_seed" and self.label_noise:
+                continue
             if name in dumped and dumped[name] == ArmConfig.model_fields[name].default:
                 del dumped[name]
         return dumped

@@ -132,6 +132,8 @@ def test_an_arm_at_the_default_options_keeps_its_id_and_a_changed_option_changes
     assert len(set(ids.values())) == 4
     assert ArmConfig(name="a").model_dump() == {"name": "a", "mode": "cot", "labels": "gold", "n_cots": 1,
                                                 "self_eval": False}
+    # a checkpoint's provenance names the seed of its noise, the default one too
+    assert ArmConfig(name="a", label_noise=0.1).model_dump()["label_noise_seed"] == 0
 
 
 def test_a_changed_option_retrains_the_arm_and_an_unchanged_one_does_not(tmp_path, store):
