@@ -102,10 +102,14 @@ def cmd_batch_cancel(args) -> None:
 
 def cmd_sql(args) -> None:
     from storage import queries
+    from tasks.data.datasets import answer_type
+    from tasks.ops.calibration import sql_truth
     from tasks.ops.tables import render_rows
 
     config = _config(args.config)
-    columns, rows = queries.run_sql(_store(config), args.query)
+    store = _store(config)
+    truth = sql_truth(store, answer_type(config.dataset), args.query)  # for the calibration views
+    columns, rows = queries.run_sql(store, args.query, truth)
     print(render_rows(columns, rows, args.format))
 
 

@@ -11,7 +11,15 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 
 class ConfigError(ValueError):
@@ -179,12 +187,47 @@ class ArmConfig(Model):
     labels: Literal["gold", "teacher"] = "gold"
     n_cots: int = Field(1, ge=1, description="k: chains of thought per example in the CoT stage")
     self_eval: bool = Field(False, description="train on self-evaluations first (stage 1)")
+    n_evals: int | None = Field(
+        None, ge=1, description="m: the first m stored self-evaluations of each CoT (stage 1 and "
+        "cot_filter: teacher_verdict); null: all of them (at most teacher.n_evals)"
+    )
+    label_noise: float = Field(
+        0.0, ge=0, le=1, description="share of training examples whose label (and the answer in their "
+        "rationales' final sentence) is replaced by a wrong value drawn from the label distribution"
+    )
+    label_noise_seed: int = Field(0, description="which examples label_noise picks and what it draws")
+    cot_filter: Literal["teacher_verdict", "gold"] | None = Field(
+        None, description="teacher_verdict: keep a CoT only if most of its self-evaluations say correct; "
+        "gold: only CoTs whose answer equals the gold label; null: every CoT"
+    )
 
     @model_validator(mode="after")
     def _check_mode(self) -> ArmConfig:
         if self.mode == "standard" and self.n_cots != 1:
             raise ValueError(f"arm {self.name!r}: n_cots only applies to mode 'cot'; remove it")
+        if self.cot_filter and self.mode == "standard" and self.labels == "gold":
+            raise ValueError(f"arm {self.name!r}: cot_filter needs CoTs or teacher labels to filter, and "
+                             "standard fine-tuning on gold labels has none; remove it")
+        if self.n_evals is not None and not self.self_eval and self.cot_filter != "teacher_verdict":
+            raise ValueError(f"arm {self.name!r}: n_evals applies to arms with self_eval: true or "
+                             "cot_filter: teacher_verdict; remove it")
         return self
+
+    @model_serializer(mode="wrap")
+    def _leave_out_unset_options(self, handler):
+        # An arm's dump is part of its training id (tasks.student.freshness): options at their
+        # defaults are left out, so arms trained before these options existed keep their ids.
+        # The noise seed stays beside a noise share, so a checkpoint records which examples it changed.
+        dumped = handler(self)
+        for name in _EXPERIMENT_OPTIONS:
+            if name == "label_noise_seed" and self.label_noise:
+                continue
+            if name in dumped and dumped[name] == ArmConfig.model_fields[name].default:
+                del dumped[name]
+        return dumped
+
+
+_EXPERIMENT_OPTIONS = ("n_evals", "label_noise", "label_noise_seed", "cot_filter")
 
 
 class SourceConfig(Model):
@@ -278,6 +321,11 @@ class Config(Model):
                 raise ValueError(
                     f"arm {arm.name!r} wants n_cots={arm.n_cots} but teacher.n_cots={self.teacher.n_cots}; "
                     "lower the arm's n_cots or raise teacher.n_cots"
+                )
+            if arm.n_evals is not None and arm.n_evals > self.teacher.n_evals:
+                raise ValueError(
+                    f"arm {arm.name!r} wants n_evals={arm.n_evals} but teacher.n_evals={self.teacher.n_evals}; "
+                    "lower the arm's n_evals or raise teacher.n_evals"
                 )
         return self
 

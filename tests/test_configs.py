@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import math
 import re
 from pathlib import Path
 
@@ -11,9 +12,11 @@ import pytest
 import yaml
 from conftest import REPO
 
-from tasks.config import load_config, parse_config
+from flows.cli import main
+from tasks.config import DEFAULT_PRICES, load_config, parse_config
+from tasks.data.datasets import load_dataset
 
-EXAMPLES = sorted((REPO / "examples").glob("*.yaml"))
+EXAMPLES = sorted((REPO / "examples").rglob("*.yaml"))
 PREFECT_FILE = REPO / "deploy" / "prefect.yaml"
 POOLS = {path.stem: path for path in (REPO / "deploy" / "work-pools").glob("*.json")}
 
@@ -35,7 +38,7 @@ def _ids(deployments: list[dict]) -> list[str]:
     return [f"{item['entrypoint'].split(':')[1]}/{item['name']}" for item in deployments]
 
 
-@pytest.mark.parametrize("path", EXAMPLES, ids=[path.name for path in EXAMPLES])
+@pytest.mark.parametrize("path", EXAMPLES, ids=[str(path.relative_to(REPO / "examples")) for path in EXAMPLES])
 def test_shipped_config_loads_and_says_what_it_is_for(path):
     load_config(path)
     head = path.read_text().splitlines()[:12]
@@ -46,6 +49,74 @@ def test_shipped_config_loads_and_says_what_it_is_for(path):
 
 def test_examples_exist():
     assert {"quickstart.yaml", "svamp.yaml"} <= {path.name for path in EXAMPLES}
+
+
+PAPER = {name: REPO / "examples" / "paper" / f"{name}.yaml" for name in ("svamp", "cqa", "anli1")}
+PAPER_ARMS = {  # the main table of Mind's Mirror
+    "standard-finetune": dict(mode="standard", labels="gold", n_cots=1, self_eval=False),
+    "standard-distill": dict(mode="standard", labels="teacher", n_cots=1, self_eval=False),
+    "cot-1": dict(mode="cot", labels="gold", n_cots=1, self_eval=False),
+    "cot-1-selfeval": dict(mode="cot", labels="gold", n_cots=1, self_eval=True),
+    "cot-5": dict(mode="cot", labels="gold", n_cots=5, self_eval=False),
+    "cot-5-selfeval": dict(mode="cot", labels="gold", n_cots=5, self_eval=True),
+}
+ANLI1_TRAIN = 16_946  # train_r1; the shared DSS folder lacks these inputs
+
+
+def _train_examples(name: str, shared_data: Path) -> int:
+    if name == "anli1":
+        return ANLI1_TRAIN
+    config = load_config(PAPER[name]).dataset.model_copy(update={"path": str(shared_data / name)})
+    return sum(row.split == "train" for row in load_dataset(config))
+
+
+@pytest.mark.parametrize("name", PAPER)
+def test_paper_configs_train_every_arm_of_the_main_table_at_the_papers_settings(name, shared_data):
+    config = load_config(PAPER[name])
+    assert {arm.name: arm.model_dump(exclude={"name"}) for arm in config.train.arms} == PAPER_ARMS
+    assert config.student.model == "google/t5-v1_1-base" and config.dataset.name == name
+    assert (config.teacher.n_cots, config.teacher.n_evals) == (5, 5)
+    train = config.train
+    assert (train.alpha, train.batch_size, train.learning_rate) == (0.5, 16, 5e-5)
+    # the assumed 20 epochs of the split's train examples, per stage
+    steps = math.ceil(20 * _train_examples(name, shared_data) / train.batch_size)
+    assert train.stage1_steps == train.stage2_steps == steps
+
+
+_PLAN = re.compile(r"([\d,]+) (?:teacher )?requests.*?about ([\d,]+) prompt tokens.*?at most ([\d,]+) completion tokens",
+                   re.DOTALL)
+
+
+def _header_numbers(path: Path) -> tuple[tuple[int, ...], dict[str, float]]:
+    header = " ".join(line.lstrip("# ") for line in path.read_text().splitlines() if line.startswith("#"))
+    plan = tuple(int(value.replace(",", "")) for value in _PLAN.search(header).groups())
+    costs = {model: float(re.search(rf"at most \$([\d.]+) at {model} prices", header).group(1))
+             for model in ("gpt-3.5-turbo", "gpt-4o-mini")}
+    return plan, costs
+
+
+def _dry_run(name: str, shared_data: Path, store: Path, capsys) -> tuple[int, ...]:
+    data = yaml.safe_load(PAPER[name].read_text())
+    data["dataset"] = {"name": name, "path": str(shared_data / name), "splits": ["train", "test"]}
+    if name == "anli1":  # the dev examples only: the header says so
+        data["dataset"]["splits"], data["generate"]["splits"] = ["validation", "test"], ["validation"]
+    data["store"]["path"] = str(store)
+    path = store.parent / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(data))
+    capsys.readouterr()
+    assert main(["generate", str(path), "--dry-run"]) == 0
+    return tuple(int(value.replace(",", "")) for value in _PLAN.search(capsys.readouterr().out).groups())
+
+
+@pytest.mark.parametrize("name", [pytest.param("svamp"), pytest.param("anli1"),
+                                  pytest.param("cqa", marks=pytest.mark.slow)])  # cqa: 58,446 requests to plan
+def test_paper_config_headers_give_a_fresh_dry_runs_numbers(name, shared_data, tmp_path, prefect_server, capsys):
+    plan, costs = _header_numbers(PAPER[name])
+    requests, prompt, completion = _dry_run(name, shared_data, tmp_path / "store", capsys)
+    assert (requests, prompt, completion) == plan
+    for model, cost in costs.items():  # the dry run prices the same tokens at the model's prices
+        price = DEFAULT_PRICES[model]
+        assert round((prompt * price.input + completion * price.output) / 1e6, 4) == cost
 
 
 @pytest.mark.parametrize("deployment", _deployments(), ids=_ids(_deployments()))

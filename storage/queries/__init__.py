@@ -12,6 +12,14 @@ from storage.queries.batches import (
     open_batch_keys,
     planned_batches,
 )
+from storage.queries.calibration import (
+    CALIBRATION_VIEWS,
+    Calibration,
+    JudgedAnswer,
+    add_calibration_views,
+    calibration,
+    judged_answers,
+)
 from storage.queries.common import Source
 from storage.queries.generation import (
     MissingRequest,
@@ -25,6 +33,7 @@ from storage.queries.generation import (
     spent_usd,
     stored_sample_keys,
 )
+from storage.queries.spend import spent_on
 from storage.queries.sql import (
     QueryError,
     run_sql,
@@ -35,11 +44,13 @@ from storage.queries.status import (
     status,
 )
 from storage.queries.trainsets import (
+    JudgedCot,
     Provenance,
     SelfEvalPair,
     StoredSource,
     TrainingRow,
     cot_rows,
+    judged_cots,
     label_rows,
     self_eval_rows,
     stored_sources,
@@ -47,6 +58,10 @@ from storage.queries.trainsets import (
 )
 
 __all__ = [
+    "CALIBRATION_VIEWS",
+    "Calibration",
+    "JudgedAnswer",
+    "JudgedCot",
     "MissingRequest",
     "Provenance",
     "QueryError",
@@ -55,7 +70,9 @@ __all__ = [
     "StatusReport",
     "StoredSource",
     "TrainingRow",
+    "add_calibration_views",
     "answered_but_missing",
+    "calibration",
     "closed_attempts",
     "committed_usd",
     "cot_rows",
@@ -64,6 +81,8 @@ __all__ = [
     "examples",
     "failed_keys",
     "label_rows",
+    "judged_answers",
+    "judged_cots",
     "latest_batches",
     "latest_results",
     "missing_keys",
@@ -72,6 +91,7 @@ __all__ = [
     "planned_batches",
     "run_sql",
     "self_eval_rows",
+    "spent_on",
     "spent_usd",
     "status",
     "stored_sample_keys",

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import duckdb
 
+from storage.queries.calibration import add_calibration_views
 from storage.queries.common import Source
 from storage.store import Store
 
@@ -36,11 +39,19 @@ def _read_query(con: duckdb.DuckDBPyConnection, sql: str) -> tuple[list[str], li
         raise QueryError(str(error).splitlines()[0]) from None
 
 
-def run_sql(store: Source, sql: str) -> tuple[list[str], list[tuple]]:
+def run_sql(store: Source, sql: str, cot_truth: Mapping[str, bool] | None = None) -> tuple[list[str], list[tuple]]:
     """One read query over the views (for `mindsmirror sql`): (column names, rows).
 
     Exactly one SELECT-type statement runs, on a connection that can reach no file outside the
-    store and change no setting (Store.connect(sandbox=True)); an open connection is used as is."""
+    store and change no setting (Store.connect(sandbox=True)); an open connection is used as is.
+    With `cot_truth` (CoT key -> its answer is right) the `judged_verdicts` and `calibration`
+    views are there too (see storage.queries.calibration)."""
+
+    def work(con: duckdb.DuckDBPyConnection) -> tuple[list[str], list[tuple]]:
+        if cot_truth is not None:
+            add_calibration_views(con, cot_truth)
+        return _read_query(con, sql)
+
     if isinstance(store, Store):
-        return store.read(lambda con: _read_query(con, sql), sandbox=True)
-    return _read_query(store, sql)
+        return store.read(work, sandbox=True)
+    return work(store)

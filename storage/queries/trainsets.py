@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import pyarrow as pa
@@ -27,6 +27,8 @@ class SelfEvalPair:
     cot_text: str  # the judged chain of thought's rationale
     verdict: str
     eval_rationale: str | None
+    cot_key: str = field(default="", compare=False)  # which stored samples the pair is
+    eval_key: str = field(default="", compare=False)
 
 
 def teacher_answers(store: Source, split: str = "train") -> list[tuple[str, str]]:
@@ -113,7 +115,7 @@ WITH matched AS (
 
 _SELF_EVAL_SQL = _CHOSEN_COTS + """
 SELECT x.example_id, x.input AS question, c.rationale AS cot_text, v.verdict, v.rationale AS eval_rationale,
-       c.parse_error IS NOT NULL OR v.parse_error IS NOT NULL AS excluded
+       c.key AS cot_key, v.key AS eval_key, c.parse_error IS NOT NULL OR v.parse_error IS NOT NULL AS excluded
 FROM evaluations v
 JOIN chosen c ON c.key = v.cot_key
 JOIN examples x ON x.example_id = c.example_id
@@ -121,61 +123,97 @@ WHERE x.split = $split AND (c._eval_version IS NULL OR c._eval_version = v.promp
   AND v.teacher_model = c.teacher_model
   -- an evaluation older than the CoT row judged a text since lost and bought again (repair)
   AND v.created_at >= c.created_at
+  AND v.eval_index < $n_evals
 QUALIFY row_number() OVER (PARTITION BY c.key, v.key) = 1
 ORDER BY x.example_id, c.cot_index, c.key, v.eval_index, v.key
 """
 
 
+_ALL = 2**31 - 1  # cot_index and eval_index are int32: "no limit"
+
+
 def self_eval_rows(
     store: Source, split: str = "train", n_cots: int | None = None,
-    sources: Sequence[Provenance] | None = None,
+    sources: Sequence[Provenance] | None = None, n_evals: int | None = None,
 ) -> tuple[list[SelfEvalPair], int]:
     """Every stored CoT (cot_index < n_cots if given) of the allowed `sources` paired with every
-    evaluation of it from the same teacher; `sources=None` allows every stored row.
+    evaluation of it from the same teacher (eval_index < n_evals if given); `sources=None` allows
+    every stored row.
 
     Pairs where the CoT or the evaluation did not parse are left out; the second value counts them.
     """
-    limit = n_cots if n_cots is not None else 2**31 - 1  # cot_index is an int32
-    rows = _rows(_run(store, _SELF_EVAL_SQL, {"split": split, "n_cots": limit},
+    limits = {"n_cots": _ALL if n_cots is None else n_cots, "n_evals": _ALL if n_evals is None else n_evals}
+    rows = _rows(_run(store, _SELF_EVAL_SQL, {"split": split, **limits},
                       tables={"_sources": _provenance_table(sources)}))
     kept = [
-        SelfEvalPair(r["example_id"], r["question"], r["cot_text"], r["verdict"], r["eval_rationale"])
+        SelfEvalPair(r["example_id"], r["question"], r["cot_text"], r["verdict"], r["eval_rationale"],
+                     r["cot_key"], r["eval_key"])
         for r in rows
         if not r["excluded"]
     ]
     return kept, len(rows) - len(kept)
 
 
-_COT_SQL = _CHOSEN_COTS + """
-SELECT x.example_id, x.input, x.label AS gold, c.answer, c.rationale, c.parse_error IS NOT NULL AS excluded
-FROM chosen c JOIN examples x ON x.example_id = c.example_id
+@dataclass(frozen=True)
+class JudgedCot:
+    """A chosen CoT with its example's gold label and the verdicts its teacher gave it."""
+
+    example_id: str
+    input: str
+    gold: str
+    answer: str
+    rationale: str
+    cot_key: str
+    verdicts: int  # parsed self-evaluations of it (eval_index < n_evals)
+    said_correct: int  # of those, how many say "correct"
+
+
+_COT_SQL = _CHOSEN_COTS + """, judged AS (
+    SELECT c.key, count(*) AS verdicts, count(*) FILTER (WHERE v.verdict = 'correct') AS said_correct
+    FROM chosen c JOIN evaluations v ON v.cot_key = c.key
+    WHERE (c._eval_version IS NULL OR c._eval_version = v.prompt_version) AND v.teacher_model = c.teacher_model
+      AND v.created_at >= c.created_at AND v.eval_index < $n_evals AND v.verdict IS NOT NULL
+    GROUP BY c.key
+)
+SELECT x.example_id, x.input, x.label AS gold, c.answer, c.rationale, c.key AS cot_key,
+       coalesce(j.verdicts, 0) AS verdicts, coalesce(j.said_correct, 0) AS said_correct,
+       c.parse_error IS NOT NULL AS excluded
+FROM chosen c JOIN examples x ON x.example_id = c.example_id LEFT JOIN judged j ON j.key = c.key
 WHERE x.split = $split
 ORDER BY x.example_id, c.cot_index, c.source, c.teacher_model, c.prompt_version, c.key
 """
+
+
+def judged_cots(
+    store: Source, split: str = "train", n_cots: int = 1, sources: Sequence[Provenance] | None = None,
+    n_evals: int | None = None,
+) -> tuple[list[JudgedCot], int]:
+    """One entry per stored CoT with cot_index < n_cots from each allowed provenance (so one source
+    gives at most n_cots per example), with the count of its parsed self-evaluations from the same
+    teacher (eval_index < n_evals if given) and of those saying "correct". `sources=None` allows
+    every stored row. Unparseable CoTs are left out; the second value counts them."""
+    if n_cots < 1:
+        raise ValueError(f"n_cots must be >= 1, not {n_cots}")
+    limits = {"n_cots": n_cots, "n_evals": _ALL if n_evals is None else n_evals}
+    rows = _rows(_run(store, _COT_SQL, {"split": split, **limits}, tables={"_sources": _provenance_table(sources)}))
+    kept = [JudgedCot(**{key: value for key, value in r.items() if key != "excluded"})
+            for r in rows if not r["excluded"]]
+    return kept, len(rows) - len(kept)
 
 
 def cot_rows(
     store: Source, split: str = "train", n_cots: int = 1, labels: Literal["gold", "teacher"] = "gold",
     sources: Sequence[Provenance] | None = None,
 ) -> tuple[list[TrainingRow], int]:
-    """One row per stored CoT with cot_index < n_cots from each allowed provenance (so one source
-    gives at most n_cots rows per example): input = question, rationale = the CoT's rationale,
-    label = the gold label or the teacher's parsed answer. `sources=None` allows every stored row.
-    Unparseable CoTs are left out; the second value counts them."""
+    """One row per stored CoT with cot_index < n_cots from each allowed provenance (see
+    judged_cots): input = question, rationale = the CoT's rationale, label = the gold label or the
+    teacher's parsed answer. Unparseable CoTs are left out; the second value counts them."""
     if labels not in ("gold", "teacher"):
         raise ValueError(f"labels must be 'gold' or 'teacher', not {labels!r}")
-    if n_cots < 1:
-        raise ValueError(f"n_cots must be >= 1, not {n_cots}")
-    rows = _rows(_run(store, _COT_SQL, {"split": split, "n_cots": n_cots},
-                      tables={"_sources": _provenance_table(sources)}))
-    kept = [
-        TrainingRow(
-            r["example_id"], r["input"], r["gold"] if labels == "gold" else r["answer"], r["rationale"]
-        )
-        for r in rows
-        if not r["excluded"]
-    ]
-    return kept, len(rows) - len(kept)
+    cots, excluded = judged_cots(store, split, n_cots, sources)
+    rows = [TrainingRow(c.example_id, c.input, c.gold if labels == "gold" else c.answer, c.rationale)
+            for c in cots]
+    return rows, excluded
 
 
 def label_rows(store: Source, split: str) -> list[TrainingRow]:

@@ -14,9 +14,11 @@ from dataclasses import dataclass
 from typing import Literal
 
 from storage import Store, queries
-from storage.queries import Provenance, TrainingRow
-from tasks.config import Config
+from storage.queries import JudgedCot, Provenance, TrainingRow
+from tasks.answers import answers_match
+from tasks.config import ArmConfig, Config
 from tasks.data.datasets import answer_type
+from tasks.data.noise import add_label_noise
 from tasks.teacher.endpoint import SIMULATED_MODEL
 from tasks.teacher.prompts import format_judged_input, prompt_version
 
@@ -25,6 +27,8 @@ from tasks.teacher.prompts import format_judged_input, prompt_version
 class TrainingSet:
     rows: list[TrainingRow]
     excluded: int  # rows left out because the teacher's output did not parse
+    filtered: int = 0  # parsed CoTs an arm's cot_filter left out
+    noised: tuple[str, ...] = ()  # examples an arm's label_noise gave a wrong label
 
 
 # A server names the model that answered: OpenAI a dated snapshot of the one asked for
@@ -78,10 +82,11 @@ def describe_stored(store: Store, split: str = "train") -> str:
 
 
 def self_eval_set(store: Store, split: str = "train", n_cots: int | None = None,
-                  sources: Sequence[Provenance] | None = None) -> TrainingSet:
+                  sources: Sequence[Provenance] | None = None, n_evals: int | None = None) -> TrainingSet:
     """Input = the question with a chain of thought, label = the teacher's verdict on it,
-    rationale = the evaluation text; every CoT (index < n_cots) of `sources` x every evaluation of it."""
-    pairs, excluded = queries.self_eval_rows(store, split, n_cots, sources)
+    rationale = the evaluation text; every CoT (index < n_cots) of `sources` x every evaluation of
+    it (index < n_evals)."""
+    pairs, excluded = queries.self_eval_rows(store, split, n_cots, sources, n_evals)
     rows = [
         TrainingRow(pair.example_id, format_judged_input(pair.question, pair.cot_text), pair.verdict,
                     pair.eval_rationale)
@@ -102,3 +107,60 @@ def cot_set(store: Store, split: str = "train", n_cots: int = 1,
 def label_set(store: Store, split: str) -> TrainingSet:
     """Input = the question, label = the gold label, no rationale (standard fine-tuning, scoring)."""
     return TrainingSet(queries.label_rows(store, split), 0)
+
+
+def _kept(cot: JudgedCot, cot_filter: str | None, kind: str) -> bool:
+    if cot_filter == "teacher_verdict":
+        return 2 * cot.said_correct > cot.verdicts  # a strict majority of its parsed verdicts
+    if cot_filter == "gold":
+        return answers_match(kind, cot.answer, cot.gold)
+    return True
+
+
+def _arm_cots(store: Store, arm: ArmConfig, sources: Sequence[Provenance] | None, kind: str,
+              split: str) -> tuple[list[JudgedCot], int, int]:
+    """The CoTs an arm's stage 2 trains on, how many did not parse, how many its cot_filter left out
+    (standard distillation: the teacher's first CoT of each example)."""
+    k = arm.n_cots if arm.mode == "cot" else 1
+    cots, excluded = queries.judged_cots(store, split, k, sources, arm.n_evals)
+    kept = [cot for cot in cots if _kept(cot, arm.cot_filter, kind)]
+    return kept, excluded, len(cots) - len(kept)
+
+
+def arm_training_set(store: Store, arm: ArmConfig, sources: Sequence[Provenance], kind: str,
+                     split: str = "train") -> TrainingSet:
+    """The stage-2 rows of an arm: gold labels (standard fine-tuning) or its CoTs (the teacher's
+    label of the first CoT for standard distillation), less the CoTs `arm.cot_filter` rejects,
+    with `arm.label_noise` of its examples given a wrong label."""
+    if arm.mode == "standard" and arm.labels == "gold":
+        training = label_set(store, split)
+    else:
+        kept, excluded, filtered = _arm_cots(store, arm, sources, kind, split)
+        rows = [TrainingRow(c.example_id, c.input, c.gold if arm.labels == "gold" else c.answer, c.rationale)
+                for c in kept]
+        training = TrainingSet(rows, excluded, filtered)
+    if not arm.label_noise:
+        return training
+    noisy = add_label_noise(training.rows, arm.label_noise, arm.label_noise_seed, kind)
+    return TrainingSet(noisy.rows, training.excluded, training.filtered, tuple(sorted(noisy.noised)))
+
+
+def arm_self_eval_set(store: Store, arm: ArmConfig, sources: Sequence[Provenance],
+                      split: str = "train") -> TrainingSet:
+    """The stage-1 rows of an arm: every evaluation (the first `arm.n_evals`) of its CoTs."""
+    return self_eval_set(store, split, arm.n_cots, sources, arm.n_evals)
+
+
+def arm_sample_keys(store: Store, arm: ArmConfig, sources: Sequence[Provenance] | None, kind: str,
+                    split: str = "train") -> tuple[set[str], set[str]]:
+    """The stored teacher samples an arm trains on: the keys of its CoTs (stage 2, and those judged
+    in stage 1) and of its self-evaluations (stage 1). Standard fine-tuning uses none."""
+    cots: set[str] = set()
+    if not (arm.mode == "standard" and arm.labels == "gold"):
+        cots = {cot.cot_key for cot in _arm_cots(store, arm, sources, kind, split)[0]}
+    evaluations: set[str] = set()
+    if arm.self_eval:
+        pairs, _ = queries.self_eval_rows(store, split, arm.n_cots, sources, arm.n_evals)
+        cots |= {pair.cot_key for pair in pairs}
+        evaluations = {pair.eval_key for pair in pairs}
+    return cots, evaluations

@@ -7,6 +7,7 @@ from tasks.config import Config
 from tasks.data.datasets import answer_type, load_dataset
 from tasks.generation import plan_generation
 from tasks.generation.batch import batch_status
+from tasks.ops.calibration import calibration_counts, describe_calibration
 
 
 def run_status(config: Config) -> dict:
@@ -26,6 +27,8 @@ def run_status(config: Config) -> dict:
         report["batches"] = batch_status(store)
         report["missing"]["in open batches"] = len(queries.open_batch_keys(store))
         report["missing"]["committed_cost_usd"] = round(queries.committed_usd(store), 4)
+    # The teacher's verdicts against gold: raw counts per teacher model and evaluation prompt version.
+    report["calibration"] = calibration_counts(store, answer_type(config.dataset))
     if config.teacher.simulate:
         report["calls"]["cost note"] = "simulated teacher: nothing is paid; priced as teacher.prices says"
     return report
@@ -35,7 +38,9 @@ def describe_status(report: dict) -> str:
     lines = []
     for section, values in report.items():
         lines.append(f"{section}:")
-        if isinstance(values, dict):
+        if section == "calibration":
+            lines += describe_calibration(values)
+        elif isinstance(values, dict):
             for name, value in values.items():
                 lines.append(f"  {name}: {value}")
         else:

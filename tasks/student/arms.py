@@ -19,7 +19,14 @@ from storage import PredictionRow, ResultRow, Store, queries
 from tasks.answers import answers_match
 from tasks.config import ArmConfig, Config, EvalConfig
 from tasks.data.datasets import answer_type as answer_type_of
-from tasks.data.trainsets import cot_set, describe_stored, label_set, provenances, self_eval_set
+from tasks.data.trainsets import (
+    arm_self_eval_set,
+    arm_training_set,
+    describe_stored,
+    label_set,
+    provenances,
+    self_eval_set,
+)
 from tasks.student import freshness
 from tasks.student.decoding import (
     SAMPLING_MODES,
@@ -101,14 +108,6 @@ def _arm(config: Config, name: str) -> ArmConfig:
     raise NothingToTrain(f"no arm named {name!r}; the config has {[arm.name for arm in config.train.arms]}")
 
 
-def _training_rows(store: Store, arm: ArmConfig, sources):
-    if arm.mode == "standard" and arm.labels == "gold":
-        return label_set(store, "train")
-    # Standard distillation trains on the teacher's label of its first chain of thought, without rationale.
-    k = arm.n_cots if arm.mode == "cot" else 1
-    return cot_set(store, "train", k, arm.labels, sources)
-
-
 def train_one(config: Config, name: str, resume: bool = False, progress: bool = True,
               force: bool = False) -> TrainedArm:
     arm = _arm(config, name)
@@ -116,7 +115,7 @@ def train_one(config: Config, name: str, resume: bool = False, progress: bool = 
     store = Store(config.store.path)
     kind = answer_type_of(config.dataset)
     sources = provenances(config, store)
-    training = _training_rows(store, arm, sources)
+    training = arm_training_set(store, arm, sources, kind)
     validation = label_set(store, "validation").rows
     if not training.rows:
         raise NothingToTrain(
@@ -124,7 +123,7 @@ def train_one(config: Config, name: str, resume: bool = False, progress: bool = 
             "`mindsmirror generate CONFIG` or `mindsmirror import dss CONFIG`, or name a stored source, teacher_model "
             "or prompt version in train.sources"
         )
-    self_eval = self_eval_set(store, "train", arm.n_cots, sources) if arm.self_eval else None
+    self_eval = arm_self_eval_set(store, arm, sources) if arm.self_eval else None
     if arm.self_eval and not self_eval.rows:
         raise NothingToTrain(f"arm {name!r} wants self-evaluations but none are stored for the CoTs of "
                              f"train.sources ({describe_stored(store)}); generate them first")

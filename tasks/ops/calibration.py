@@ -1,0 +1,62 @@
+"""The teacher's self-evaluations checked against gold: for `status`, `status --json` and `sql`.
+
+The paper trusts the teacher's verdicts; here every judged CoT whose example has a gold label is
+scored with the same answer matching as the students (tasks.teacher.parsing.answers_match), and
+storage.queries.calibration counts verdict by truth per teacher model and prompt version.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+from storage import Store, queries
+from tasks.answers import answers_match
+
+
+def cot_truth(store: Store, answer_type: str) -> dict[str, bool]:
+    """CoT key -> whether its answer equals its example's gold label, for every judged CoT."""
+    return {row.cot_key: answers_match(answer_type, row.answer, row.gold) for row in queries.judged_answers(store)}
+
+
+def calibration_counts(store: Store, answer_type: str) -> list[dict]:
+    """The `calibration` view's rows as plain values (raw counts, then the ratios, rounded)."""
+    rows = queries.calibration(store, cot_truth(store, answer_type))
+    return [
+        {key: round(value, 4) if isinstance(value, float) else value for key, value in dataclasses.asdict(row).items()}
+        for row in rows
+    ]
+
+
+def names_calibration(sql: str) -> bool:
+    """Whether a user query reads a view built on answer matching (only then is the truth computed)."""
+    return any(re.search(rf"\b{name}\b", sql, re.IGNORECASE) for name in queries.CALIBRATION_VIEWS)
+
+
+def sql_truth(store: Store, answer_type: str, sql: str) -> dict[str, bool] | None:
+    """The truth `queries.run_sql` needs to build the calibration views, when `sql` reads them."""
+    return cot_truth(store, answer_type) if names_calibration(sql) else None
+
+
+def _ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def describe_calibration(rows: list[dict]) -> list[str]:
+    """A short block for `status`: one verdict-by-truth matrix and its ratios per teacher and prompt."""
+    if not rows:
+        return ["  no judged CoT with a gold label yet"]
+    lines = []
+    for row in rows:
+        lines += [
+            f"  {row['teacher_model']} / {row['prompt_version']}: {row['evaluations']} verdicts on "
+            f"{row['judged_cots']} CoTs",
+            "    verdict     answer right  answer wrong",
+            *(f"    {verdict:<11} {row[f'{verdict}_on_right']:>12}  {row[f'{verdict}_on_wrong']:>12}"
+              for verdict in ("correct", "wrong", "uncertain")),
+            f"    'correct': precision {_ratio(row['precision_correct'])}, recall {_ratio(row['recall_correct'])}; "
+            f"'wrong': precision {_ratio(row['precision_wrong'])}, recall {_ratio(row['recall_wrong'])}; "
+            f"majority verdict right on {row['majority_right']}/{row['judged_cots']} CoTs "
+            f"({_ratio(row['majority_accuracy'])})",
+        ]
+    return lines
