@@ -7,7 +7,7 @@ from prefect.deployments import run_deployment
 from prefect.runtime import flow_run
 from prefect.states import Completed, Failed
 
-from flows.evaluate import evaluate
+from flows.evaluate import evaluate, report
 from flows.generate import generate
 from flows.train import train
 from tasks.config import Config, resolve_config
@@ -62,5 +62,6 @@ async def distill(
         evaluated = evaluate(config, force=force, return_state=True)
     if not evaluated.is_completed():
         return Failed(message=f"evaluation did not complete: {evaluated.message}")
+    report(config)  # the results and the chart on this run too, where the UI shows a whole job
     parts = (generated.message, trained.message, evaluated.message)
     return Completed(message="\n\n".join(part for part in parts if part).strip())
