@@ -242,7 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("query")
     sub.add_argument("--format", choices=["markdown", "csv", "json"], default="markdown",
                      help="markdown table (default), CSV with a header row, or JSON (one object per row)")
-    command("compact", cmd_compact, "merge each table's small Parquet files into one")
+    command("compact", cmd_compact, "merge each table's small Parquet files into parts of at most 10,000 rows")
     command("repair", cmd_repair,
             "move unreadable Parquet parts to <store>/_quarantine/ and list the requests a rerun buys again")
 
