@@ -298,6 +298,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="the global rate limit that configs name in teacher.shared_rate_limit")
     sub.add_argument("--burst", type=int, default=None,
                      help="requests the limit lets out at once (default: one second's worth of --rpm)")
+    sub.add_argument("--gpus", type=_positive, default=1,
+                     help="runs the gpu pool may run at once (one per GPU across its workers)")
+    sub.add_argument("--api-key-env", default="OPENAI_API_KEY",
+                     help="when this variable is set, store it as the Secret block openai-api-key, which every "
+                     "cpu run then gets as this variable")
     return parser
 
 

@@ -22,7 +22,7 @@ from conftest import API_KEY, REPO
 from storage import Store, queries
 from tasks.config import DatasetConfig
 from tasks.data.datasets import load_dataset
-from tasks.ops.deployment import DeployError, enter_checkout
+from tasks.ops.deployment import API_KEY_SECRET, DeployError, deploy_project, enter_checkout
 from tasks.simulator.server import start_simulator
 
 WORKER_ENV = {
@@ -253,3 +253,61 @@ def test_deploy_without_a_server_says_how_to_start_one():
         f"mindsmirror: the Prefect server at {closed} does not answer (ConnectError); "
         "start it with `prefect server start` or fix PREFECT_API_URL"
     ]
+
+
+def _nightly(client):
+    deployment = client.read_deployment_by_name("generate/svamp")
+    [schedule] = deployment.schedules
+    return deployment, schedule
+
+
+@pytest.mark.slow  # three deploys: about a minute on 2 busy cores
+def test_redeploying_keeps_a_schedule_someone_turned_on_and_its_id(prefect_server, monkeypatch):
+    from prefect.client.orchestration import get_client
+
+    monkeypatch.chdir(REPO)
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    deploy_project(REPO / "deploy" / "prefect.yaml")
+    with get_client(sync_client=True) as client:
+        deployment, schedule = _nightly(client)
+        client.update_deployment_schedule(deployment.id, schedule.id, active=True)  # what `schedule resume` does
+
+    summary = deploy_project(REPO / "deploy" / "prefect.yaml")  # as after an edit
+
+    with get_client(sync_client=True) as client:
+        _, again = _nightly(client)
+        assert (again.id, again.active) == (schedule.id, True)
+        client.update_deployment_schedule(deployment.id, schedule.id, active=False)
+    assert "generate/svamp (pool cpu, 1 schedule(s), 1 active)" in summary.describe()
+    deploy_project(REPO / "deploy" / "prefect.yaml")
+    with get_client(sync_client=True) as client:
+        assert _nightly(client)[1].active is False  # paused stays paused too
+
+
+@pytest.mark.slow
+def test_deploy_keeps_the_api_key_in_a_secret_block_that_cpu_runs_read(prefect_server, monkeypatch):
+    import asyncio
+
+    from prefect.blocks.system import Secret
+    from prefect.client.orchestration import get_client
+    from prefect.workers.process import ProcessJobConfiguration
+
+    monkeypatch.chdir(REPO)
+    monkeypatch.setenv("OPENAI_API_KEY", API_KEY)
+    summary = deploy_project(REPO / "deploy" / "prefect.yaml", gpus=2)
+
+    assert Secret.load(API_KEY_SECRET).get() == API_KEY
+    assert f"Secret block '{API_KEY_SECRET}'" in summary.describe() and API_KEY not in summary.describe()
+    with get_client(sync_client=True) as client:
+        cpu, gpu = client.read_work_pool("cpu"), client.read_work_pool("gpu")
+        deployment = client.read_deployment_by_name("generate/svamp")
+    assert gpu.concurrency_limit == 2 and cpu.concurrency_limit is None
+    assert API_KEY not in cpu.model_dump_json() + deployment.model_dump_json()  # only a reference is stored
+
+    async def run_environment(pool):  # what the worker resolves when it starts a run
+        async with get_client() as client:
+            job = await ProcessJobConfiguration.from_template_and_values(pool.base_job_template, {}, client=client)
+        return job.env
+
+    assert asyncio.run(run_environment(cpu))["OPENAI_API_KEY"] == API_KEY
+    assert "OPENAI_API_KEY" not in asyncio.run(run_environment(gpu))
