@@ -31,6 +31,13 @@ POOL_DESCRIPTIONS = {
 
 
 API_KEY_SECRET = "openai-api-key"  # the Secret block that holds the teacher's API key
+CRASH_AUTOMATION = "mindsmirror-crash-silent-runs"
+FLOWS = ("distill", "generate", "resume", "train", "evaluate")
+# Runs of these flows send a heartbeat every HEARTBEAT_S when the CLI or a pool's job template starts
+# them, every 180 s (Prefect's default) otherwise; a run silent for CRASH_AFTER_S (over three of
+# Prefect's default intervals) was killed without a word.
+HEARTBEAT_S = 30
+CRASH_AFTER_S = 600
 
 
 class DeployError(ConfigError):
@@ -92,12 +99,14 @@ def deploy(args) -> None:
     """The `mindsmirror deploy` command: args has prefect_file, rpm, limit_name, burst."""
     summary = deploy_project(Path(args.prefect_file), rpm=args.rpm, limit_name=args.limit_name,
                              burst=getattr(args, "burst", None), gpus=getattr(args, "gpus", 1),
-                             api_key_env=getattr(args, "api_key_env", "OPENAI_API_KEY"))
+                             api_key_env=getattr(args, "api_key_env", "OPENAI_API_KEY"),
+                             crash_after_s=getattr(args, "crash_after", CRASH_AFTER_S))
     print(summary.describe())
 
 
 def deploy_project(prefect_file: Path, rpm: int | None = None, limit_name: str = "teacher-rpm",
-                   burst: int | None = None, gpus: int = 1, api_key_env: str = "OPENAI_API_KEY") -> DeploySummary:
+                   burst: int | None = None, gpus: int = 1, api_key_env: str = "OPENAI_API_KEY",
+                   crash_after_s: int = CRASH_AFTER_S) -> DeploySummary:
     """Create or update the pools of `<prefect_file's folder>/work-pools/*.json` (the gpu pool runs at
     most `gpus` runs at once), the limit, the API key's Secret block and the deployments, keeping
     the active/paused state of every schedule already on the server."""
@@ -111,10 +120,51 @@ def deploy_project(prefect_file: Path, rpm: int | None = None, limit_name: str =
                                   else None)
                   for path in sorted((prefect_file.parent / "work-pools").glob("*.json")))
     limit = apply_rate_limit(limit_name, rpm, burst) if rpm is not None else None
+    apply_crash_automation(crash_after_s)
     states = schedule_states(wanted)
     apply_deployments(prefect_file)
     restore_schedule_states(wanted, states)
     return DeploySummary(api_url, pools, limit, tuple(read_back(wanted)), api_key)
+
+
+def apply_crash_automation(crash_after_s: int = CRASH_AFTER_S) -> None:
+    """Create or update the automation that marks a run of these flows Crashed once its heartbeats
+    stop for `crash_after_s` (a process killed with SIGKILL, a machine that died) without it
+    reaching a final state; otherwise such a run shows Running forever."""
+    from datetime import timedelta
+
+    from prefect.automations import Automation
+    from prefect.client.schemas.objects import StateType
+    from prefect.events.actions import ChangeFlowRunState
+    from prefect.events.schemas.automations import EventTrigger, Posture
+
+    if crash_after_s <= HEARTBEAT_S:
+        raise DeployError(f"--crash-after must be longer than the {HEARTBEAT_S} s between heartbeats, "
+                          f"got {crash_after_s}")
+    final = [f"prefect.flow-run.{state}" for state in ("Completed", "Failed", "Cancelled", "Crashed")]
+    fields = dict(
+        name=CRASH_AUTOMATION,
+        description=f"Marks a mindsmirror flow run Crashed after {crash_after_s} s without a heartbeat",
+        trigger=EventTrigger(
+            after={"prefect.flow-run.heartbeat"},
+            expect={"prefect.flow-run.heartbeat", *final},
+            match={"prefect.resource.id": ["prefect.flow-run.*"]},
+            match_related={"prefect.resource.role": "flow", "prefect.resource.name": list(FLOWS)},
+            for_each={"prefect.resource.id"},
+            posture=Posture.Proactive,
+            threshold=1,
+            within=timedelta(seconds=crash_after_s),
+        ),
+        actions=[ChangeFlowRunState(state=StateType.CRASHED,
+                                    message=f"no heartbeat for {crash_after_s} s: its process was killed "
+                                    "or its machine stopped; rerun or retry it")],
+    )
+    try:
+        existing = Automation.read(name=CRASH_AUTOMATION)
+    except ValueError:
+        Automation(**fields).create()
+        return
+    Automation(id=existing.id, **fields).update()
 
 
 def apply_api_key_secret(api_key_env: str) -> str | None:
