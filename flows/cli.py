@@ -218,6 +218,14 @@ def cmd_run(args) -> None:
     print(_finish(state).message)
 
 
+def cmd_worker(args) -> None:
+    # A process started with `&` from a script inherits SIGINT ignored, and a Prefect worker stops on
+    # SIGTERM by sending itself SIGINT: it then ran on for 30 s. Restored here, one SIGTERM stops it.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    command = [sys.executable, "-m", "prefect", "worker", "start", "--pool", args.pool, *args.options]
+    os.execv(sys.executable, command)
+
+
 def cmd_deploy(args) -> None:
     from tasks.ops.deployment import deploy
 
@@ -316,6 +324,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--malformed", type=float, default=0.0, help="share of replies with a broken body")
     serve.add_argument("--seed", type=int, default=0)
 
+    sub = command("worker", cmd_worker, "`prefect worker start --pool POOL [OPTIONS]` that stops at once on SIGTERM, "
+                  "also when started with & from a script", config=False)
+    sub.add_argument("pool", help="the work pool to poll (cpu or gpu)")
+    sub.add_argument("options", nargs=argparse.REMAINDER, help="more `prefect worker start` options, e.g. --limit 1")
     sub = command("deploy", cmd_deploy, "create work pools, the shared rate limit and the deployments", config=False)
     sub.add_argument("--prefect-file", default="deploy/prefect.yaml")
     sub.add_argument("--rpm", type=int, default=None, help="shared teacher requests per minute for all workers")

@@ -43,19 +43,12 @@ def deployed(prefect_server, tmp_path_factory):
     result = _mindsmirror("deploy", "--rpm", "6000", "--limit-name", "teacher-rpm-deploy-test")
     assert result.returncode == 0, result.stdout + result.stderr
     logs = tmp_path_factory.mktemp("workers")
-    workers = []
     for pool in ("cpu", "gpu"):
-        log = open(logs / f"{pool}.log", "w")
-        # Own session, so the flow run processes a worker starts are stopped with it.
-        process = subprocess.Popen(
-            [sys.executable, "-m", "prefect", "worker", "start", "--pool", pool, "--limit", "1"],
-            cwd=logs, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **WORKER_ENV},
-            start_new_session=True,
-        )
-        workers.append((process, log))
+        _start_worker(pool, logs)
     try:
         yield result.stdout + result.stderr, logs
     finally:
+        workers = list(WORKERS.values())
         for process, _ in workers:
             os.killpg(process.pid, signal.SIGTERM)
         for process, log in workers:
@@ -65,6 +58,20 @@ def deployed(prefect_server, tmp_path_factory):
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
             log.close()
+
+
+WORKERS: dict[str, tuple[subprocess.Popen, object]] = {}  # pool -> the worker process polling it, its log
+
+
+def _start_worker(pool: str, logs: Path) -> None:
+    log = open(logs / f"{pool}.log", "a")
+    # Own session, so the flow run processes a worker starts are stopped with it.
+    process = subprocess.Popen(
+        [sys.executable, "-m", "prefect", "worker", "start", "--pool", pool, "--limit", "1"],
+        cwd=logs, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **WORKER_ENV},
+        start_new_session=True,
+    )
+    WORKERS[pool] = (process, log)
 
 
 def _run(name: str, **parameters):
@@ -311,3 +318,52 @@ def test_deploy_keeps_the_api_key_in_a_secret_block_that_cpu_runs_read(prefect_s
 
     assert asyncio.run(run_environment(cpu))["OPENAI_API_KEY"] == API_KEY
     assert "OPENAI_API_KEY" not in asyncio.run(run_environment(gpu))
+
+
+def _children(parent_id, stage: str) -> list:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[parent_id])),
+            sort=FlowRunSort.EXPECTED_START_TIME_ASC)
+    return [run for run in runs if (run.idempotency_key or "").startswith(f"{parent_id}-{stage}")]
+
+
+@pytest.mark.slow
+def test_a_retried_parent_trains_again_after_its_gpu_worker_died(deployed, tmp_path):
+    from prefect.client.orchestration import get_client
+    from prefect.deployments import run_deployment
+    from prefect.states import Crashed
+
+    _, logs = deployed
+    config = _small_quickstart(tmp_path / "store")
+    config["train"].update(stage1_steps=40, stage2_steps=80, eval_every=40)  # long enough to be cut
+    parent = run_deployment("distill/quickstart", parameters={"config": config}, timeout=0)
+    deadline = time.monotonic() + 240
+    while not any(run.state.is_running() for run in _children(parent.id, "train")):
+        assert time.monotonic() < deadline, "training never started"
+        time.sleep(0.5)
+    worker, log = WORKERS.pop("gpu")
+    os.killpg(worker.pid, signal.SIGKILL)  # the GPU machine dies mid-training, and its run with it
+    worker.wait()
+    log.close()
+    [crashed] = _children(parent.id, "train")
+    with get_client(sync_client=True) as client:  # what the zombie automation does once heartbeats stop
+        client.set_flow_run_state(crashed.id, Crashed(message="its worker stopped sending heartbeats"), force=True)
+    failed = _wait_for_attempt(parent.id, 1)
+    assert failed.state.is_failed() and "training did not complete" in failed.state.message
+
+    _start_worker("gpu", logs)  # a replacement GPU worker, then the UI's Retry on the parent
+    retry = _mindsmirror_prefect("flow-run", "retry", str(parent.id))
+    assert retry.returncode == 0, retry.stdout + retry.stderr
+    retried = _wait_for_attempt(parent.id, 2, timeout_s=300)
+
+    assert retried.state.is_completed(), retried.state.message
+    trains = _children(parent.id, "train")
+    assert [run.state.type.value for run in trains] == ["CRASHED", "COMPLETED"]
+    assert trains[1].idempotency_key == f"{parent.id}-train-attempt-2"
+    [evaluation] = _children(parent.id, "evaluate")
+    assert evaluation.state.is_completed()

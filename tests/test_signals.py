@@ -86,3 +86,25 @@ def test_a_run_killed_with_sigkill_is_marked_crashed_by_the_shipped_automation(t
         assert state.type.value == "CRASHED" and "no heartbeat for 45 s" in state.message
     finally:
         Automation.read(name=CRASH_AUTOMATION).delete()
+
+
+def _ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # what `&` in a non-interactive script does
+
+
+def test_a_worker_started_in_the_background_stops_at_once_on_sigterm(tmp_path, prefect_server):
+    log = open(tmp_path / "worker.log", "w")
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "flows.cli", "worker", "signals-test", "--type", "process"],
+        cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ), preexec_fn=_ignore_sigint)
+    deadline = time.monotonic() + 90
+    while "started" not in (tmp_path / "worker.log").read_text():
+        assert worker.poll() is None and time.monotonic() < deadline, (tmp_path / "worker.log").read_text()
+        time.sleep(0.3)
+
+    worker.send_signal(signal.SIGTERM)
+    stopped = time.monotonic()
+    worker.wait(timeout=60)
+    log.close()
+
+    assert time.monotonic() - stopped < 10, (tmp_path / "worker.log").read_text()
