@@ -11,11 +11,35 @@ import argparse
 import asyncio
 import json
 import os
+import signal
 import sys
 
 
 class CommandError(Exception):
     """An expected failure whose message is the whole story."""
+
+
+class Stopped(BaseException):
+    """The command was stopped by SIGTERM; its flow run is recorded as Crashed."""
+
+
+def _run_flow(call):
+    """Run an async flow call; SIGTERM (`kill`, `docker stop`) cancels it, so Prefect records the run
+    as Crashed and the command ends instead of running on.
+
+    Prefect's own SIGTERM handler raises in whatever coroutine step is running, which in an async
+    flow is one of its tasks: that task fails and the run goes on. Cancelling the flow's own task
+    reaches the flow engine, which marks the run Crashed."""
+
+    async def main():
+        flow = asyncio.ensure_future(call)
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, flow.cancel)
+        try:
+            return await flow
+        except asyncio.CancelledError:
+            raise Stopped() from None
+
+    return asyncio.run(main())
 
 
 def _quiet_prefect(verbose: bool) -> None:
@@ -25,6 +49,9 @@ def _quiet_prefect(verbose: bool) -> None:
         os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
         os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "WARNING")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # Heartbeats every 30 s (Prefect's default: 180): the automation `mindsmirror deploy` ships marks a
+    # run Crashed once they stop, so a run killed with SIGKILL does not show Running forever.
+    os.environ.setdefault("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", "30")
 
 
 def _announce_local_server() -> None:
@@ -61,9 +88,7 @@ def cmd_generate(args) -> None:
 
     config = _config(args.config)
     _announce_local_server()
-    state = asyncio.run(
-        generate(config, dry_run=args.dry_run, show_progress=not args.no_progress, return_state=True)
-    )
+    state = _run_flow(generate(config, dry_run=args.dry_run, show_progress=not args.no_progress, return_state=True))
     print(_finish(state).message)
 
 
@@ -72,7 +97,7 @@ def cmd_resume(args) -> None:
 
     config = _config(args.config)
     _announce_local_server()
-    state = asyncio.run(resume(config, show_progress=not args.no_progress, return_state=True))
+    state = _run_flow(resume(config, show_progress=not args.no_progress, return_state=True))
     print(_finish(state).message)
 
 
@@ -197,8 +222,16 @@ def cmd_run(args) -> None:
 
     config = _config(args.config)
     _announce_local_server()
-    state = asyncio.run(distill(config, show_progress=not args.no_progress, force=args.force, return_state=True))
+    state = _run_flow(distill(config, show_progress=not args.no_progress, force=args.force, return_state=True))
     print(_finish(state).message)
+
+
+def cmd_worker(args) -> None:
+    # A process started with `&` from a script inherits SIGINT ignored, and a Prefect worker stops on
+    # SIGTERM by sending itself SIGINT: it then ran on for 30 s. Restored here, one SIGTERM stops it.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    command = [sys.executable, "-m", "prefect", "worker", "start", "--pool", args.pool, *args.options]
+    os.execv(sys.executable, command)
 
 
 def cmd_deploy(args) -> None:
@@ -250,7 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("query")
     sub.add_argument("--format", choices=["markdown", "csv", "json"], default="markdown",
                      help="markdown table (default), CSV with a header row, or JSON (one object per row)")
-    command("compact", cmd_compact, "merge each table's small Parquet files into one")
+    command("compact", cmd_compact, "merge each table's small Parquet files into parts of at most 10,000 rows")
     command("repair", cmd_repair,
             "move unreadable Parquet parts to <store>/_quarantine/ and list the requests a rerun buys again")
 
@@ -299,6 +332,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--malformed", type=float, default=0.0, help="share of replies with a broken body")
     serve.add_argument("--seed", type=int, default=0)
 
+    sub = command("worker", cmd_worker, "`prefect worker start --pool POOL [OPTIONS]` that stops at once on SIGTERM, "
+                  "also when started with & from a script", config=False)
+    sub.add_argument("pool", help="the work pool to poll (cpu or gpu)")
+    sub.add_argument("options", nargs=argparse.REMAINDER, help="more `prefect worker start` options, e.g. --limit 1")
     sub = command("deploy", cmd_deploy, "create work pools, the shared rate limit and the deployments", config=False)
     sub.add_argument("--prefect-file", default="deploy/prefect.yaml")
     sub.add_argument("--rpm", type=int, default=None, help="shared teacher requests per minute for all workers")
@@ -306,6 +343,14 @@ def build_parser() -> argparse.ArgumentParser:
                      help="the global rate limit that configs name in teacher.shared_rate_limit")
     sub.add_argument("--burst", type=int, default=None,
                      help="requests the limit lets out at once (default: one second's worth of --rpm)")
+    sub.add_argument("--gpus", type=_positive, default=1,
+                     help="runs the gpu pool may run at once (one per GPU across its workers)")
+    sub.add_argument("--crash-after", type=_positive, default=600,
+                     help="seconds without a heartbeat after which a run is marked Crashed (a killed process); "
+                     "runs started by mindsmirror or the pools send one every 30 s, others every 180 s")
+    sub.add_argument("--api-key-env", default="OPENAI_API_KEY",
+                     help="when this variable is set, store it as the Secret block openai-api-key, which every "
+                     "cpu run then gets as this variable")
     return parser
 
 
@@ -339,6 +384,13 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"mindsmirror: {error}", file=sys.stderr)
         return 1
+    except BaseException as error:
+        # SIGTERM: Stopped from an async flow, Prefect's TerminationSignal from a sync one.
+        if not isinstance(error, Stopped) and type(error).__name__ != "TerminationSignal":
+            raise
+        print("mindsmirror: stopped by SIGTERM (its Prefect run is marked Crashed); rerun the same command to "
+              "continue where it stopped", file=sys.stderr)
+        return 128 + signal.SIGTERM
     return 0
 
 

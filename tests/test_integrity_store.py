@@ -109,6 +109,16 @@ def test_sql_cannot_read_files_outside_the_store(store_config, tmp_path, capsys)
         assert "Traceback" not in err
 
 
+def test_sql_cannot_read_duckdbs_temp_folder_outside_the_store(store_config, tmp_path, capsys, monkeypatch):
+    work = tmp_path / "elsewhere"
+    (work / ".tmp").mkdir(parents=True)
+    (work / ".tmp" / "secret.txt").write_text("hunter2\n")  # DuckDB's default temp folder is <cwd>/.tmp
+    monkeypatch.chdir(work)
+    for query in ("SELECT * FROM read_text('.tmp/secret.txt')", f"SELECT * FROM read_text('{work}/.tmp/secret.txt')"):
+        code, out, err = _sql(store_config, query, capsys)
+        assert code == 1 and "hunter2" not in out and "Permission Error" in err, query
+
+
 def test_sql_cannot_change_settings_or_attach_databases(store_config, tmp_path, capsys):
     for query in ("SET enable_external_access = true", f"ATTACH '{tmp_path / 'other.db'}'",
                   "SELECT * FROM duckdb_settings() WHERE name = 'x'; SET lock_configuration = false"):

@@ -1,9 +1,11 @@
-"""The results table of every trained arm: markdown on the terminal, CSV and a PNG chart beside the store."""
+"""The results table of every trained arm: a compact table on the terminal, CSV and a PNG chart beside
+the store, the full-named table for Prefect artifacts."""
 
 from __future__ import annotations
 
 import csv
 import io
+import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,16 +28,28 @@ OPTIONAL = (
     ("passes/question (self-verify)", "test:passes:self_verify"),
 )
 TAIL = (("train accuracy", "train:accuracy"), ("n test", "n"), ("checkpoint", "checkpoint"))
-COLUMNS = ("arm", *(name for name, _ in BASE + TAIL))  # the columns of a greedy-only report
+
+# The terminal's headings: short enough that a report with every column fits 120 characters, with
+# a legend under the table; accuracies and agreements there are percentages.
+SHORT = {
+    "test accuracy": "test", "validation accuracy": "val", "self-eval agreement (stage 1)": "agree1",
+    "self-eval agreement (final)": "agree2", "test accuracy (self-consistency)": "SC",
+    "passes/question (self-consistency)": "SC/q", "test accuracy (self-verify)": "SV",
+    "passes/question (self-verify)": "SV/q", "train accuracy": "train", "n test": "n",
+}
+LEGEND = ("In %: test/val: greedy accuracy on test / validation; agree1/agree2: self-evaluation agreement of "
+          "the stage-1 / final student; SC, SV: test accuracy with self-consistency, self-verify; train: the "
+          "teacher's own accuracy. SC/q, SV/q: passes per question; checkpoint: under students/<arm>/.")
 
 
 @dataclass(frozen=True)
 class Report:
     columns: tuple[str, ...]
     rows: list[tuple]
-    markdown: str
+    markdown: str  # the compact terminal table and its legend
     csv_path: str | None
     png_path: str | None
+    title: str = ""  # what the chart shows: dataset, test problems, teacher
 
 
 def _cell(value) -> str:
@@ -50,6 +64,30 @@ def markdown_table(columns: Sequence[str], rows: Sequence[Sequence]) -> str:
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(_cell(value) for value in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def _percent(value) -> str:
+    return "" if value is None else f"{100 * value:.1f}"
+
+
+def terminal_table(columns: Sequence[str], rows: Sequence[Sequence]) -> str:
+    """The report for a terminal: a padded markdown table with short headings, accuracies in percent
+    and checkpoints relative to their arm's folder, then a legend."""
+    cells = [[SHORT.get(column, column) for column in columns]]
+    for row in rows:
+        shown = []
+        for column, value in zip(columns, row):
+            if column == "checkpoint" and value and value.startswith(f"students/{row[0]}/"):
+                value = value[len(f"students/{row[0]}/"):]
+            shown.append(_percent(value) if isinstance(value, float) else _cell(value))
+        cells.append(shown)
+    widths = [max(len(line[i]) for line in cells) for i in range(len(columns))]
+
+    def line(values):
+        return "| " + " | ".join(value.ljust(width) for value, width in zip(values, widths)) + " |"
+
+    rule = "|" + "|".join("-" * (width + 2) for width in widths) + "|"
+    return "\n".join([line(cells[0]), rule, *(line(values) for values in cells[1:]), "", *textwrap.wrap(LEGEND, 120)])
 
 
 def results_table(store: Store) -> tuple[tuple[str, ...], list[tuple]]:
@@ -75,16 +113,25 @@ def results_table(store: Store) -> tuple[tuple[str, ...], list[tuple]]:
     return columns, [(arm, *(table[arm].get(key) for _, key in shown)) for arm in ordered]
 
 
-def _write_png(rows: list[tuple], path: Path) -> None:
+def chart_title(config: Config, rows: list[tuple], columns: Sequence[str]) -> str:
+    """What the chart shows: dataset, test problems scored and the teacher."""
+    n = {row[columns.index("n test")] for row in rows if row[columns.index("n test")] is not None}
+    teacher = "simulated teacher" if config.teacher.simulate else f"teacher {config.teacher.model}"
+    return (f"{config.dataset.name}: test accuracy per arm "
+            f"(n = {', '.join(str(value) for value in sorted(n)) or '?'} test problems, {teacher})")
+
+
+def _write_png(rows: list[tuple], path: Path, title: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     scored = [(row[0], row[1]) for row in rows if row[1] is not None]
-    figure, axes = plt.subplots(figsize=(max(4.0, 1.3 * len(scored)), 3.2))
+    figure, axes = plt.subplots(figsize=(max(5.5, 1.3 * len(scored)), 3.4))
     bars = axes.bar([arm for arm, _ in scored], [100 * value for _, value in scored], color="#4477aa")
     axes.bar_label(bars, fmt="%.1f")
+    axes.set_title(title, fontsize=9)
     axes.set_ylabel("test accuracy (%)")
     axes.set_ylim(0, 105)
     axes.tick_params(axis="x", labelrotation=20)
@@ -96,7 +143,7 @@ def _write_png(rows: list[tuple], path: Path) -> None:
 def write_report(config: Config) -> Report:
     store = Store(config.store.path)
     columns, rows = results_table(store)
-    markdown = markdown_table(columns, rows)
+    markdown = terminal_table(columns, rows)
     if not rows:
         return Report(columns, rows, "no results yet: run `mindsmirror evaluate CONFIG` first", None, None)
     folder = store.local_folder()
@@ -108,5 +155,6 @@ def write_report(config: Config) -> Report:
     writer.writerow(columns)
     writer.writerows(rows)
     csv_path.write_text(buffer.getvalue(), encoding="utf-8")
-    _write_png(rows, png_path)
-    return Report(COLUMNS, rows, markdown, str(csv_path), str(png_path))
+    title = chart_title(config, rows, columns)
+    _write_png(rows, png_path, title)
+    return Report(columns, rows, markdown, str(csv_path), str(png_path), title)
