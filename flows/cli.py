@@ -173,7 +173,7 @@ def cmd_report(args) -> None:
 
 
 def cmd_predict(args) -> None:
-    from tasks.student.arms import answer_question
+    from tasks.student import answer_question
 
     answer = answer_question(args.model_dir, args.question, decode=args.decode, samples=args.samples,
                              temperature=args.temperature, seed=args.seed, answer_type=args.answer_type)

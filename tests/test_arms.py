@@ -14,7 +14,7 @@ from conftest import cot_row, evaluation_row
 from storage import ExampleRow, Store
 from tasks.config import parse_config
 from tasks.data.trainsets import answered_by, cot_set, provenances, self_eval_set
-from tasks.student.arms import NothingToTrain, train_one
+from tasks.student import NothingToTrain, freshness, train_one
 from tasks.student.checkpoints import RECORD
 from tasks.student.training import data_snapshot
 from tasks.teacher.prompts import prompt_version
@@ -140,3 +140,15 @@ def test_a_teacher_that_answered_under_another_name_is_named_in_the_error(tmp_pa
     config = _config(tmp_path, sources=[{"teacher_model": "llama-local"}])
     with pytest.raises(NothingToTrain, match="teacher_model gpt-4o-mini, prompt version equation-cot-1"):
         train_one(config, "cot-1", progress=False)
+
+
+def test_a_record_is_replaced_whole_so_a_reader_never_sees_half_of_one(tmp_path, store):
+    train_one(_config(tmp_path), "cot-1", progress=False)
+    folder = tmp_path / "store" / "students" / "cot-1"
+    with open(folder / freshness.TRAINED) as reader:  # a reader that opened the record before the rewrite
+        before = json.loads((folder / freshness.TRAINED).read_text())
+        train_one(_config(tmp_path), "cot-1", progress=False, force=True)
+        # Written in place, the open file would now be truncated and rewritten under the reader.
+        assert json.loads(reader.read()) == before
+    assert json.loads((folder / freshness.TRAINED).read_text())["inputs"] == before["inputs"]
+    assert sorted(path.name for path in folder.glob("*.json*")) == ["trained.json"]

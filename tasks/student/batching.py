@@ -15,7 +15,7 @@ import torch
 from torch.nn.utils.rnn import pad_sequence
 
 from tasks.config import StudentConfig
-from tasks.student.evaluation import EXPLAIN, PREDICT
+from tasks.student.prefixes import EXPLAIN, PREDICT
 
 IGNORE = -100  # target id that the loss skips (padding)
 # Batches are sorted by length within windows of this many batches: long enough to group similar

@@ -22,7 +22,9 @@ from dataclasses import dataclass
 import torch
 
 from tasks.config import EvalConfig
-from tasks.student.evaluation import EXPLAIN, PREDICT, VERDICTS, autocast, generate
+from tasks.student.devices import autocast
+from tasks.student.evaluation import VERDICTS, generate
+from tasks.student.prefixes import EXPLAIN, PREDICT
 from tasks.teacher.parsing import answers_match, parse_cot
 from tasks.teacher.prompts import format_judged_input
 

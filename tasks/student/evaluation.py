@@ -1,7 +1,7 @@
 """Scoring a student: batched greedy generation of labels and rationales, accuracy, agreement.
 
 Labels are generated with the "predict: " prefix, rationales with "explain: " (the prefixes the
-student was trained with, tasks.student.training.PREDICT / EXPLAIN). Accuracy uses
+student was trained with, tasks.student.prefixes). Accuracy uses
 tasks.teacher.parsing.answers_match, so an equation label is scored by its numeric value.
 """
 
@@ -9,44 +9,17 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
 from rich.progress import Progress
 
 from tasks.config import EvalConfig
+from tasks.student.devices import autocast
+from tasks.student.prefixes import EXPLAIN, PREDICT
 from tasks.teacher.parsing import answers_match
 
-PREDICT = "predict: "
-EXPLAIN = "explain: "
 VERDICTS = ("correct", "wrong", "uncertain")
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    """The torch device for a config value: "auto" picks CUDA, then Apple MPS, then the CPU."""
-    if name != "auto":
-        return torch.device(name)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
-def use_bf16(setting: bool | str, device: torch.device) -> bool:
-    """Whether to autocast to bf16: "auto" means on CUDA devices that support it, never on the CPU;
-    true also works on the CPU (torch autocasts matmuls there; it pays only on CPUs with bf16 units)."""
-    supported = device.type == "cuda" and torch.cuda.is_bf16_supported()
-    if setting == "auto":
-        return supported
-    if setting and not (supported or device.type == "cpu"):
-        raise ValueError(f"train.bf16 is true but {device} has no bf16 support; set it to auto or false")
-    return bool(setting)
-
-
-def autocast(device: torch.device, bf16: bool):
-    return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
 
 
 def predict(

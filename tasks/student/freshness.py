@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -76,6 +77,14 @@ def evaluation_inputs(config: Config, trained: dict, checkpoints: Sequence[Path 
     })
 
 
+def write_record(folder: Path, name: str, record: dict) -> None:
+    """Write a record file whole or not at all: to a temporary name, then renamed over the old one."""
+    path = folder / name
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(record, indent=2))
+    os.replace(tmp, path)
+
+
 def read_record(folder: Path, name: str) -> dict | None:
     path = folder / name
     try:
@@ -107,7 +116,7 @@ def evaluated_is_current(store: Store, folder: Path, arm: str, inputs: str) -> b
 def record_evaluation(folder: Path, inputs: str, results: Sequence) -> None:
     """Mark an arm's evaluation done for these inputs (written after its scores are in the store)."""
     keys = [[r.split, r.metric, r.checkpoint] for r in results]
-    (folder / EVALUATED).write_text(json.dumps({"inputs": inputs, "results": keys}, indent=2))
+    write_record(folder, EVALUATED, {"inputs": inputs, "results": keys})
 
 
 def unchanged_message(arm: str, stage: str) -> str:

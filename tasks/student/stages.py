@@ -82,40 +82,24 @@ def train_arm(
         )
     vocab = [text for r in [*self_eval_rows, *train_rows] for text in (r.input, r.label, r.rationale or "")]
     model, tokenizer = build_student(student_cfg, vocab, seed=train_cfg.seed)
-    common = {"train_cfg": train_cfg, "student_cfg": student_cfg, "eval_cfg": eval_cfg, "resume": resume}
+    common = {"train_cfg": train_cfg, "student_cfg": student_cfg, "eval_cfg": eval_cfg, "resume": resume,
+              "progress": progress}
     stage1 = None
     if stage1_wanted:
         stage1 = train_student(
-            self_eval_rows,
-            self_eval_validation,
-            model=model,
-            tokenizer=tokenizer,
-            steps=train_cfg.stage1_steps,
-            out_dir=out_dir / "stage1",
-            accuracy_fn=verdict_accuracy,
-            provenance={"arm": arm.model_dump(), "stage": "self_eval", "init_from": student_cfg.model},
-            progress=progress,
-            **common,
+            self_eval_rows, self_eval_validation, model=model, tokenizer=tokenizer, steps=train_cfg.stage1_steps,
+            out_dir=out_dir / "stage1", accuracy_fn=verdict_accuracy,
+            provenance={"arm": arm.model_dump(), "stage": "self_eval", "init_from": student_cfg.model}, **common,
         )
         model, tokenizer = load_student(stage1.checkpoint)
     replayed = replay_rows(self_eval_rows, len(train_rows), train_cfg.self_eval_replay, train_cfg.seed) \
         if arm.self_eval else []
+    provenance = {"arm": arm.model_dump(), "stage": arm.mode,
+                  "init_from": str(stage1.checkpoint) if stage1 else student_cfg.model,
+                  "self_eval_replayed": len(replayed)}
     stage2 = train_student(
-        [*train_rows, *replayed],
-        validation_rows,
-        model=model,
-        tokenizer=tokenizer,
-        steps=train_cfg.stage2_steps,
-        out_dir=out_dir / "stage2",
-        accuracy_fn=accuracy_fn,
-        provenance={
-            "arm": arm.model_dump(),
-            "stage": arm.mode,
-            "init_from": str(stage1.checkpoint) if stage1 else student_cfg.model,
-            "self_eval_replayed": len(replayed),
-        },
-        progress=progress,
-        **common,
+        [*train_rows, *replayed], validation_rows, model=model, tokenizer=tokenizer, steps=train_cfg.stage2_steps,
+        out_dir=out_dir / "stage2", accuracy_fn=accuracy_fn, provenance=provenance, **common,
     )
     return ArmResult(arm=arm.name, checkpoint=stage2.checkpoint, stage1=stage1, stage2=stage2,
                      replayed=len(replayed))
