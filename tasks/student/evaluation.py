@@ -16,7 +16,7 @@ from rich.progress import Progress
 
 from tasks.config import EvalConfig
 from tasks.student.devices import autocast
-from tasks.student.prefixes import EXPLAIN, PREDICT
+from tasks.student.prefixes import EXPLAIN, JUDGE, PREDICT
 from tasks.teacher.parsing import answers_match
 
 VERDICTS = ("correct", "wrong", "uncertain")
@@ -114,6 +114,11 @@ def label_accuracy(preds: Sequence[str], golds: Sequence[str], answer_type: str)
     return sum(answers_match(answer_type, p, g) for p, g in zip(preds, golds)) / len(preds)
 
 
+def is_verdict(text: str) -> bool:
+    """Whether an answer is only a verdict word ("correct", "Wrong.", "answer: uncertain")."""
+    return text.strip().lower().split(":")[-1].strip(" .,;!") in VERDICTS
+
+
 def normalise_verdict(text: str) -> str | None:
     """The verdict word a student's self-evaluation output starts with, or None."""
     words = text.strip().lower().split()
@@ -158,7 +163,8 @@ def evaluate_student(
     """Label accuracy of the student on `rows` (anything with .input and .label); rationales if `explain`.
 
     For self-evaluation rows (input from tasks.teacher.prompts.format_judged_input, label a verdict) use
-    answer_type "verdict": accuracy is then the agreement with the teacher's verdicts.
+    answer_type "verdict": the student is asked to judge, and accuracy is the agreement with the
+    teacher's verdicts.
     """
     cfg = cfg or EvalConfig()
     inputs = [row.input for row in rows]
@@ -172,7 +178,7 @@ def evaluate_student(
         "progress": progress,
     }
     started = time.perf_counter()
-    preds = predict(model, tokenizer, inputs, prefix=PREDICT, **options)
+    preds = predict(model, tokenizer, inputs, prefix=JUDGE if answer_type == "verdict" else PREDICT, **options)
     seconds = time.perf_counter() - started
     if answer_type == "verdict":
         correct = [normalise_verdict(p) == normalise_verdict(g) for p, g in zip(preds, golds)]

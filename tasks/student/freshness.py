@@ -19,6 +19,7 @@ from pathlib import Path
 from storage import Store, queries
 from tasks.config import ArmConfig, Config
 from tasks.data.datasets import answer_type
+from tasks.student.prefixes import PREFIXES
 from tasks.student.training import data_snapshot
 
 TRAINED = "trained.json"
@@ -58,6 +59,7 @@ def training_inputs(config: Config, arm: ArmConfig, train_rows: Sequence, valida
         "validation_rows": _snapshot(validation_rows),
         "self_eval_rows": _snapshot(self_eval_rows),
         "judged_rows": _snapshot(judged_rows),  # stage 1 is picked on them
+        "task_prefixes": PREFIXES,  # the tiny tokenizer learns them, and each is a task the student learns
     })
 
 

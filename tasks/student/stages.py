@@ -1,8 +1,8 @@
 """One arm of the paper: stage 1 on self-evaluations (if the arm has them), then stage 2 from it.
 
 With train.self_eval_replay > 0, stage 2 also keeps training on a share of stage-1 rows, so the
-final student can both answer (`predict:` / `explain:` a question) and judge (`predict:` a
-judged input), which self-verifying decoding (tasks.student.decoding) relies on.
+final student can both answer (`predict:` / `explain:` a question) and judge (`judge:` /
+`critique:` a judged input), which self-verifying decoding (tasks.student.decoding) relies on.
 """
 
 from __future__ import annotations
@@ -20,12 +20,19 @@ from tasks.student.training import TrainResult, train_student
 
 
 class Row(NamedTuple):
-    """A training row as train_student reads it (storage.queries.TrainingRow has the same fields)."""
+    """A training row as train_student reads it (storage.queries.TrainingRow has the same fields,
+    and is a predict row)."""
 
     example_id: str
     input: str
     label: str
     rationale: str | None
+    task: str = "answer"  # or "judge": a key of tasks.student.prefixes.TASKS
+
+
+def judging(rows: Sequence) -> list[Row]:
+    """Self-evaluation rows as the judge task (their labels are verdicts)."""
+    return [Row(getattr(r, "example_id", ""), r.input, r.label, r.rationale, "judge") for r in rows]
 
 
 @dataclass(frozen=True)
@@ -73,6 +80,7 @@ def train_arm(
     checkpoint on `self_eval_validation` by verdict agreement, or takes its last one without them.
     """
     out_dir = Path(out_dir)
+    self_eval_rows, self_eval_validation = judging(self_eval_rows), judging(self_eval_validation)
     if arm.mode == "standard":
         train_rows = [Row(getattr(r, "example_id", ""), r.input, r.label, None) for r in train_rows]
     stage1_wanted = arm.self_eval and train_cfg.stage1_steps > 0

@@ -31,6 +31,7 @@ from tasks.student.checkpoints import RECORD, STATE, latest_checkpoint, prune_ch
 from tasks.student.devices import autocast, resolve_device, use_bf16
 from tasks.student.evaluation import predict
 from tasks.student.model import load_student
+from tasks.student.prefixes import task_of
 
 MAX_GRAD_NORM = 1.0  # the Hugging Face Trainer default, so runs compare with the reference code
 WARMUP = 0.05  # share of a stage's steps with a linearly rising learning rate (Adam from scratch needs it)
@@ -110,7 +111,8 @@ def data_snapshot(rows: Sequence) -> str:
     """A hash of the training rows (input, label, rationale) that names the data a checkpoint saw."""
     digest = hashlib.sha256()
     for row in canonical_order(rows):
-        digest.update(json.dumps([row.input, row.label, row.rationale]).encode())
+        task = [row.task] if getattr(row, "task", "answer") != "answer" else []  # answer rows hash as before
+        digest.update(json.dumps([row.input, row.label, row.rationale, *task]).encode())
     return digest.hexdigest()[:16]
 
 
@@ -286,7 +288,8 @@ def _mean_parts(step: int, parts: list[Loss]) -> StepLoss:
 
 
 def _validate(model, tokenizer, validation, accuracy_fn, eval_cfg, student_cfg, device, bf16, state) -> None:
-    """Score the validation rows and move the best step; without validation rows the latest is best."""
+    """Score the validation rows (one task: answers, or verdicts in stage 1) and move the best step;
+    without validation rows the latest is best."""
     if not validation:
         state["best_step"] = state["step"]
         return
@@ -297,6 +300,7 @@ def _validate(model, tokenizer, validation, accuracy_fn, eval_cfg, student_cfg, 
         eval_cfg.batch_size,
         eval_cfg.max_new_tokens,
         device,
+        prefix=task_of(validation[0]).label,
         max_input_length=student_cfg.max_input_length,
         bf16=bf16,
     )
