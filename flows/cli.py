@@ -206,7 +206,7 @@ def cmd_report(args) -> None:
 
 
 def cmd_predict(args) -> None:
-    from tasks.student.arms import answer_question
+    from tasks.student import answer_question
 
     answer = answer_question(args.model_dir, args.question, decode=args.decode, samples=args.samples,
                              temperature=args.temperature, seed=args.seed, answer_type=args.answer_type)
@@ -301,7 +301,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--force", action="store_true", help=_FORCE)
     command("report", cmd_report, "print the results table; write it as CSV and a PNG chart beside the store")
     sub = command("predict", cmd_predict, "answer one question with a trained student", config=False)
-    sub.add_argument("model_dir")
+    sub.add_argument("model_dir", metavar="STUDENT",
+                     help="a trained arm's folder (<store folder>/students/<arm>: its selected checkpoint "
+                     "answers) or a checkpoint folder")
     sub.add_argument("question")
     sub.add_argument("--decode", choices=["greedy", "self_consistency", "self_verify"], default="greedy",
                      help="greedy; or sample --samples candidates and vote (self_consistency) or let the "

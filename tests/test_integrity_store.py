@@ -20,7 +20,7 @@ from storage.store import QUARANTINE
 from tasks.config import DatasetConfig, parse_config
 from tasks.data.datasets import load_dataset
 from tasks.ops.report import write_report
-from tasks.student.arms import evaluate_one, train_one
+from tasks.student import evaluate_one, train_one
 
 T0 = datetime(2024, 1, 1, tzinfo=timezone.utc)
 VIEWS = ("examples", "cots", "evaluations", "calls", "predictions", "results", "rejects", "failed_requests")

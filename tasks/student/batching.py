@@ -15,7 +15,7 @@ import torch
 from torch.nn.utils.rnn import pad_sequence
 
 from tasks.config import StudentConfig
-from tasks.student.evaluation import EXPLAIN, PREDICT
+from tasks.student.prefixes import task_of
 
 IGNORE = -100  # target id that the loss skips (padding)
 # Batches are sorted by length within windows of this many batches: long enough to group similar
@@ -34,14 +34,15 @@ class Encoded(NamedTuple):
 
 
 def encode(rows: Sequence, tokenizer, student: StudentConfig, explain: bool) -> Encoded:
-    """Every row's predict input and label, and (if `explain`) explain input and rationale."""
+    """Every row's label input and label, and (if `explain`) rationale input and rationale; the
+    inputs carry the prefixes of the row's task (answering, or judging for self-evaluations)."""
 
     def ids(texts: list[str], limit: int) -> list[torch.Tensor]:
         encoded = tokenizer(texts, max_length=limit, truncation=True)["input_ids"]
         return [torch.tensor(seq) for seq in encoded]
 
     inputs = [row.input for row in rows]
-    predict_inputs = ids([PREDICT + text for text in inputs], student.max_input_length)
+    predict_inputs = ids([task_of(row).label + row.input for row in rows], student.max_input_length)
     labels = ids([row.label for row in rows], student.max_target_length)
     explain_inputs: list[torch.Tensor | None] = [None] * len(rows)
     rationales: list[torch.Tensor | None] = [None] * len(rows)
@@ -49,7 +50,7 @@ def encode(rows: Sequence, tokenizer, student: StudentConfig, explain: bool) -> 
     if have:
         for i, e, r in zip(
             have,
-            ids([EXPLAIN + inputs[i] for i in have], student.max_input_length),
+            ids([task_of(rows[i]).rationale + inputs[i] for i in have], student.max_input_length),
             ids([rows[i].rationale for i in have], student.max_target_length),
         ):
             explain_inputs[i], rationales[i] = e, r

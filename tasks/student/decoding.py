@@ -1,12 +1,13 @@
 """Decoding with more than one try: self-consistency and self-verification by the student itself.
 
 A candidate is one sampled rationale (`explain: <question>`) and its answer: the answer sentence of
-the rationale when it has one, else one sampled `predict: <question>` output. Both sampling modes
+the rationale when it has one, else one sampled `predict: <question>` output; a verdict word is never
+an answer (a candidate left with none only answers when no candidate has one). Both sampling modes
 score the same candidates (same seed), so they differ only in judging:
 
 - self_consistency: the answer most candidates agree on (ties: the one seen first);
 - self_verify: the student judges every candidate on the stage-1 input format
-  (`predict: Q: ... Proposed answer: <rationale> Evaluation:`); a candidate's score is the
+  (`judge: Q: ... Proposed answer: <rationale> Evaluation:`); a candidate's score is the
   probability the student gives the label "correct" among the three verdict labels; the
   best-scoring candidate answers, ties broken by majority vote, then by order.
 
@@ -23,7 +24,9 @@ import torch
 
 from tasks.answers import answers_match
 from tasks.config import EvalConfig
-from tasks.student.evaluation import EXPLAIN, PREDICT, VERDICTS, autocast, generate
+from tasks.student.devices import autocast
+from tasks.student.evaluation import VERDICTS, generate, is_verdict
+from tasks.student.prefixes import EXPLAIN, JUDGE, PREDICT
 from tasks.teacher.parsing import parse_cot
 from tasks.teacher.prompts import format_judged_input
 
@@ -65,9 +68,18 @@ def sample_candidates(
         row = []
         for text, fallback in zip(texts, predicted):
             parsed = parse_cot(text, answer_type, question=question)
-            row.append(Candidate(parsed.rationale or text, parsed.answer if parsed.answer else fallback))
+            row.append(Candidate(parsed.rationale or text, candidate_answer(parsed.answer, fallback)))
         candidates.append(row)
     return candidates
+
+
+def candidate_answer(parsed: str | None, fallback: str) -> str:
+    """A candidate's answer: its rationale's answer, else the sampled `predict:` output; "" when both
+    are missing or only a verdict word (a student that also learned to judge may say one)."""
+    for answer in (parsed, fallback):
+        if answer and not is_verdict(answer):
+            return answer
+    return ""
 
 
 def judge(
@@ -87,7 +99,7 @@ def judge(
     model.eval()
     with torch.inference_mode():
         for start in range(0, len(judged_inputs), batch_size):
-            chunk = [PREDICT + text for text in judged_inputs[start : start + batch_size]]
+            chunk = [JUDGE + text for text in judged_inputs[start : start + batch_size]]
             encoded = tokenizer(chunk, max_length=max_input_length, truncation=True, padding=True,
                                 return_tensors="pt").to(device)
             scores = []
@@ -130,12 +142,12 @@ def choose(candidates: Sequence[Candidate], mode: str, answer_type: str) -> Deco
         raise ValueError("choose needs at least one candidate")
     cluster = _clusters(candidates, answer_type)
     votes = [cluster.count(cluster[i]) for i in range(len(candidates))]
-    pool = range(len(candidates))
+    pool = [i for i, c in enumerate(candidates) if c.answer] or range(len(candidates))
     if mode == "self_verify":
         if any(c.score is None for c in candidates):
             raise ValueError("self_verify needs judged candidates (judge_candidates)")
-        best = max(c.score for c in candidates)
-        pool = [i for i, c in enumerate(candidates) if c.score == best]
+        best = max(candidates[i].score for i in pool)
+        pool = [i for i in pool if candidates[i].score == best]
     elif mode != "self_consistency":
         raise ValueError(f"unknown sampling decode mode {mode!r}; expected one of {SAMPLING_MODES}")
     chosen = max(pool, key=lambda i: (votes[i], -cluster[i], -i))

@@ -28,11 +28,10 @@ from transformers import (
 from transformers.utils import logging as hf_logging
 
 from tasks.config import StudentConfig, TinyStudentConfig
+from tasks.student.prefixes import PREFIXES
 
 TINY = "tiny"
 PAD, EOS, UNK = "<pad>", "</s>", "<unk>"
-# The task prefixes are part of every student input, so the tiny tokenizer always learns them.
-PREFIXES = ("predict: ", "explain: ")
 # Every printable ASCII character is in the alphabet, so only exotic characters become <unk>.
 _ALPHABET = [c for c in string.printable if not c.isspace()] + ["\n", "▁"]
 
@@ -61,6 +60,7 @@ def build_tokenizer(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenize
         initial_alphabet=_ALPHABET,
         show_progress=False,
     )
+    # The task prefixes are part of every student input, so the tokenizer always learns them.
     tokenizer.train_from_iterator(list(texts) + list(PREFIXES), trainer)
     tokenizer.post_processor = processors.TemplateProcessing(
         single=f"$A {EOS}", special_tokens=[(EOS, tokenizer.token_to_id(EOS))]
