@@ -287,3 +287,23 @@ def test_a_wrong_key_or_an_unknown_model_reaches_the_server_once(tmp_path, api_k
         state = _run(_config(tmp_path, server.url, train=40))
         requests = server.stats()["requests"]
     assert state.is_failed() and requests == 1, (state.message, requests)
+
+
+def test_the_progress_line_says_when_the_client_side_limit_is_what_the_run_waits_on(
+        tmp_path, api_key, capsys, monkeypatch):
+    """An instant server and a low teacher.max_tpm: the run is paced by the config, not the server."""
+    monkeypatch.setenv("COLUMNS", "200")  # the whole progress line, as a wide terminal shows it
+    with _simulator(train=10) as server:
+        config = parse_config(_config(tmp_path, server.url, n_cots=1, n_evals=0, max_tokens=64, max_tpm=30_000))
+        store = Store(config.store.path)
+
+        async def run():
+            examples, answer_type = sync_examples(store, config)
+            plan = plan_generation(store, config, answer_type, examples)
+            with open_endpoint(config.teacher) as endpoint:
+                async with open_session(store, config, answer_type, endpoint, plan.progress_total) as session:
+                    await session.dispatch([plan.work], lambda batch: asyncio.gather(
+                        *(session.run_example(work) for work in batch)))
+
+        asyncio.run(run())
+    assert "waiting on teacher.max_tpm (client-side limit, not the server)" in capsys.readouterr().err

@@ -309,7 +309,7 @@ async def open_session(store: Store, config: Config, answer_type: str, endpoint:
 
     `total_requests` is what the progress bar counts: one per prompt (Plan.progress_total)."""
     client = endpoint.chat(shared_gate(config.teacher.shared_rate_limit))
-    progress = GenerationProgress(total_requests, enabled=show_progress)
+    progress = GenerationProgress(total_requests, enabled=show_progress, pacing=client.limiter.client_limit)
     session = Session(store, config, answer_type, client, Budget(config.teacher.max_cost_usd,
                       queries.spent_usd(store)), progress, Claims(store.root))
     try:
