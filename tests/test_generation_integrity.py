@@ -307,3 +307,22 @@ def test_the_progress_line_says_when_the_client_side_limit_is_what_the_run_waits
 
         asyncio.run(run())
     assert "waiting on teacher.max_tpm (client-side limit, not the server)" in capsys.readouterr().err
+
+
+def test_attempts_that_time_out_after_they_were_sent_are_recorded_as_possibly_billed(tmp_path, api_key):
+    """A server that stalls past timeout_s may still bill the request: each abandoned attempt's
+    estimated cost is recorded in `calls`, shown by status and counted against max_cost_usd."""
+    with _simulator(train=10) as server:
+        server.set_faults(stall=0.25, stall_s=3.0)
+        config = _config(tmp_path, server.url, n_evals=0, timeout_s=1, max_attempts=10)
+        assert _run(config).is_completed()
+        deadline = time.monotonic() + 10
+        while server.stats()["in_flight"] and time.monotonic() < deadline:  # stalls still holding on
+            time.sleep(0.1)
+        stalled = server.stats()["by_status"].get("stalled", 0)
+    store = Store(config["store"]["path"])
+    report = queries.status(store)
+    assert stalled > 0 and report.abandoned_attempts == stalled
+    assert report.possibly_billed_usd > 0
+    assert queries.spent_usd(store) == pytest.approx(report.cost_usd + report.possibly_billed_usd)
+    assert report.as_dict()["calls"]["possibly billed: timed-out attempts"] == stalled
