@@ -176,9 +176,10 @@ def test_admission_is_per_request_so_slow_requests_hold_up_no_batch(tmp_path, ap
     slow_s = 6.0
     train = [row for row in _problems(30) if row.split == "train"]  # 27, in batches of 8
     with _simulator(train=30) as server:
-        # The first CoT of batches 1 and 2 takes 6 s; 4 request slots. Admission per batch (2 batches
-        # at a time) kept batches 3 and 4 waiting for those two requests.
-        server.set_faults(slow_prompts=(train[0].input, train[8].input), slow_s=slow_s)
+        # A CoT of batches 1 and 2 takes 6 s; 4 request slots. Admission per batch (2 batches at a
+        # time) kept batches 3 and 4 waiting for those two requests. (Not the run's very first
+        # request: until the teacher has answered once, requests go one at a time.)
+        server.set_faults(slow_prompts=(train[1].input, train[8].input), slow_s=slow_s)
         config = _config(tmp_path, server.url, train=30, max_concurrency=4, n_evals=0, timeout_s=20)
         config["generate"]["batch_size"] = 8
         assert _run(config).is_completed()
