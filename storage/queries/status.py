@@ -29,9 +29,21 @@ class StatusReport:
     calls_usage_estimated: int = 0  # calls whose token counts are estimates (the server sent no usage)
     queue_p50_s: float | None = None
     server_p50_s: float | None = None
+    # Attempts sent and timed out (calls with status `abandoned`): the server may have billed them;
+    # their estimated cost is not in cost_usd but counts against teacher.max_cost_usd.
+    abandoned_attempts: int = 0
+    possibly_billed_usd: float = 0.0
 
     def as_dict(self) -> dict[str, dict]:
         """Sections of plain values, for printing or JSON."""
+        report = self._sections()
+        if self.abandoned_attempts:
+            report["calls"]["possibly billed: timed-out attempts"] = self.abandoned_attempts
+            report["calls"]["possibly billed usd (estimated, counted against the budget)"] = round(
+                self.possibly_billed_usd, 6)
+        return report
+
+    def _sections(self) -> dict[str, dict]:
         return {
             "rows": dict(self.rows),
             "examples by split": dict(self.examples_by_split),
@@ -101,7 +113,9 @@ SELECT
     (SELECT quantile_cont(server_s, 0.5) FROM calls WHERE status = 'ok') AS server_p50_s,
     (SELECT coalesce(sum(prompt_tokens), 0) FROM calls) AS prompt_tokens,
     (SELECT coalesce(sum(completion_tokens), 0) FROM calls) AS completion_tokens,
-    (SELECT coalesce(sum(cost_usd), 0.0) FROM calls) AS cost_usd,
+    (SELECT coalesce(sum(cost_usd), 0.0) FROM calls WHERE status <> 'abandoned') AS cost_usd,
+    (SELECT coalesce(sum(attempts), 0) FROM calls WHERE status = 'abandoned') AS abandoned_attempts,
+    (SELECT coalesce(sum(cost_usd), 0.0) FROM calls WHERE status = 'abandoned') AS possibly_billed_usd,
     (SELECT quantile_cont(latency_s, 0.5) FROM calls WHERE status = 'ok') AS latency_p50_s
 """
 
@@ -139,4 +153,6 @@ def status(store: Source) -> StatusReport:
         calls_usage_estimated=totals["calls_usage_estimated"],
         queue_p50_s=totals["queue_p50_s"],
         server_p50_s=totals["server_p50_s"],
+        abandoned_attempts=int(totals["abandoned_attempts"]),
+        possibly_billed_usd=float(totals["possibly_billed_usd"]),
     )
