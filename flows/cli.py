@@ -13,6 +13,7 @@ import json
 import os
 import signal
 import sys
+import threading
 
 
 class CommandError(Exception):
@@ -24,22 +25,50 @@ class Stopped(BaseException):
 
 
 def _run_flow(call):
-    """Run an async flow call; SIGTERM (`kill`, `docker stop`) cancels it, so Prefect records the run
-    as Crashed and the command ends instead of running on.
+    """Run an async flow call; SIGTERM (`kill`, `docker stop`) or Ctrl-C cancels it, so Prefect
+    records the run as Crashed and the command ends instead of running on.
 
-    Prefect's own SIGTERM handler raises in whatever coroutine step is running, which in an async
-    flow is one of its tasks: that task fails and the run goes on. Cancelling the flow's own task
-    reaches the flow engine, which marks the run Crashed."""
+    The flow runs on its own thread: Prefect's own SIGTERM handler, which it installs only on the
+    main thread, would raise in whatever coroutine step is running (in an async flow, one of its
+    tasks, which then fails while the run goes on). Here the main thread cancels the flow's task,
+    once, and the flow engine marks the run Crashed."""
+    running: dict = {}
+    started = threading.Event()
 
     async def main():
-        flow = asyncio.ensure_future(call)
-        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, flow.cancel)
-        try:
-            return await flow
-        except asyncio.CancelledError:
-            raise Stopped() from None
+        running["loop"], running["flow"] = asyncio.get_running_loop(), asyncio.current_task()
+        started.set()
+        return await call
 
-    return asyncio.run(main())
+    outcome: dict = {}
+
+    def run() -> None:
+        try:
+            outcome["state"] = asyncio.run(main())
+        except BaseException as error:  # handed to the main thread
+            outcome["error"] = error
+
+    def cancel(*_) -> None:
+        if started.is_set():
+            running["loop"].call_soon_threadsafe(running["flow"].cancel)
+
+    thread = threading.Thread(target=run, name="mindsmirror-flow")
+    previous = signal.signal(signal.SIGTERM, cancel)
+    thread.start()
+    try:
+        while thread.is_alive():
+            thread.join(0.2)
+    except BaseException:  # Ctrl-C: stop the flow the same way, then say so
+        cancel()
+        thread.join()
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    if isinstance(outcome.get("error"), asyncio.CancelledError):
+        raise Stopped()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["state"]
 
 
 def _quiet_prefect(verbose: bool) -> None:

@@ -295,7 +295,7 @@ class Session:
                     self._pending.remove(rows)
                 self.journal.discard()
             except OSError:
-                pass
+                self.journal.keep_only(self._pending)
             self.summary.pending = sum(len(rows) for rows in self._pending if not isinstance(rows[0], CallRow))
         if self.summary.pending:
             where = self.summary.journal or "memory only (the journal could not be written either: they are lost)"
