@@ -227,6 +227,13 @@ def cmd_evaluate(args) -> None:
     print(_finish(state).message)
 
 
+def cmd_export(args) -> None:
+    from tasks.student.export import export_arm
+
+    out = export_arm(_config(args.config), args.arm, args.out)
+    print(f"{args.arm}: its selected checkpoint, adapters merged, written to {out} (loads with transformers alone)")
+
+
 def cmd_report(args) -> None:
     from tasks.ops.report import write_report
 
@@ -328,6 +335,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = command("evaluate", cmd_evaluate, "score each trained arm on the test split")
     sub.add_argument("--arm", action="append")
     sub.add_argument("--force", action="store_true", help=_FORCE)
+    sub = command("export", cmd_export, "write a trained arm's selected checkpoint as a standalone model folder")
+    sub.add_argument("arm")
+    sub.add_argument("out", help="a new folder")
     command("report", cmd_report, "print the results table; write it as CSV and a PNG chart beside the store")
     sub = command("predict", cmd_predict, "answer one question with a trained student", config=False)
     sub.add_argument("model_dir", metavar="STUDENT",

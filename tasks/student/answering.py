@@ -11,7 +11,7 @@ from tasks.student.arms import NothingToTrain, trained_checkpoints
 from tasks.student.decoding import Candidate, choose, judge_candidates, sample_candidates
 from tasks.student.devices import limit_cpu_threads
 from tasks.student.evaluation import predict
-from tasks.student.model import load_student
+from tasks.student.model import ADAPTER, load_student
 from tasks.student.prefixes import EXPLAIN, PREDICT
 
 
@@ -26,7 +26,7 @@ class Answer:
 def student_checkpoint(path: str | Path) -> Path:
     """A checkpoint folder as given, or the checkpoint an arm's folder selected (its trained.json)."""
     folder = Path(path)
-    if (folder / "config.json").is_file():
+    if (folder / "config.json").is_file() or (folder / ADAPTER).is_file():
         return folder
     if (folder / freshness.TRAINED).is_file():
         return trained_checkpoints(folder, folder.name)[0]

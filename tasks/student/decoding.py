@@ -24,9 +24,12 @@ import torch
 
 from tasks.answers import answers_match
 from tasks.config import EvalConfig
+from tasks.student.batching import causal_batch, target_ids
 from tasks.student.devices import autocast
 from tasks.student.evaluation import VERDICTS, generate, is_verdict
+from tasks.student.model import is_causal
 from tasks.student.prefixes import EXPLAIN, JUDGE, PREDICT
+from tasks.student.training import causal_logits
 from tasks.teacher.parsing import parse_cot
 from tasks.teacher.prompts import format_judged_input
 
@@ -93,7 +96,9 @@ def judge(
     tokenizer makes of the words (a student that never saw them still gets a defined score).
     """
     device = torch.device(device) if device is not None else next(model.parameters()).device
-    verdict_ids = [torch.tensor(tokenizer(word)["input_ids"], device=device) for word in VERDICTS]
+    if is_causal(model):
+        return _judge_causal(model, tokenizer, judged_inputs, batch_size, device, max_input_length, bf16)
+    verdict_ids = [ids.to(device) for ids in target_ids(tokenizer, VERDICTS, 8)]
     results: list[tuple[str, float]] = []
     was_training = model.training
     model.eval()
@@ -115,6 +120,29 @@ def judge(
                 results.append((VERDICTS[int(row.argmax())], float(row[VERDICTS.index("correct")])))
     model.train(was_training)
     return results
+
+
+def _judge_causal(model, tokenizer, judged_inputs, batch_size, device, max_input_length, bf16):
+    """judge() for a causal student: each verdict's likelihood after the prompt, one pass per verdict."""
+    verdict_ids = target_ids(tokenizer, VERDICTS, 8)
+    prompts = [torch.tensor(ids) for ids in tokenizer([JUDGE + text for text in judged_inputs],
+                                                      max_length=max_input_length, truncation=True)["input_ids"]]
+    scores = []
+    was_training = model.training
+    model.eval()
+    with torch.inference_mode(), autocast(device, bf16):
+        for ids in verdict_ids:
+            per_verdict = []
+            for start in range(0, len(prompts), batch_size):
+                index = list(range(start, min(start + batch_size, len(prompts))))
+                logits, targets = causal_logits(model, *causal_batch(prompts, [ids] * len(prompts), index,
+                                                                     tokenizer.pad_token_id, device))
+                logp = logits.float().log_softmax(-1).gather(-1, targets[:, None]).view(len(index), len(ids))
+                per_verdict.append(logp.sum(1))
+            scores.append(torch.cat(per_verdict))
+    model.train(was_training)
+    probabilities = torch.stack(scores, -1).softmax(-1).cpu()
+    return [(VERDICTS[int(row.argmax())], float(row[VERDICTS.index("correct")])) for row in probabilities]
 
 
 def judge_candidates(

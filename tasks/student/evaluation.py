@@ -17,6 +17,7 @@ from rich.progress import Progress
 from tasks.answers import answers_match
 from tasks.config import EvalConfig
 from tasks.student.devices import autocast
+from tasks.student.model import is_causal
 from tasks.student.prefixes import EXPLAIN, JUDGE, PREDICT
 
 VERDICTS = ("correct", "wrong", "uncertain")
@@ -71,6 +72,7 @@ def generate(
     # A batch holds batch_size sequences being decoded, whatever the number of samples per input.
     step = max(1, batch_size // per_input)
     outputs: list[list[str]] = [[] for _ in inputs]
+    causal = is_causal(model)
     was_training = model.training
     model.eval()
     with Progress(disable=not progress, transient=True) as bar, torch.inference_mode():
@@ -95,8 +97,11 @@ def generate(
                     attention_mask=encoded["attention_mask"],
                     max_new_tokens=max_new_tokens,
                     num_beams=1,
+                    pad_token_id=tokenizer.pad_token_id,
                     **sampling,
                 )
+            if causal:  # a causal student's output goes on after its (left-padded) prompt
+                generated = generated[:, encoded["input_ids"].shape[1] :]
             texts = tokenizer.batch_decode(generated, skip_special_tokens=True)
             for n, i in enumerate(chunk):
                 outputs[i] = [text.strip() for text in texts[n * per_input : (n + 1) * per_input]]

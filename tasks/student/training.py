@@ -26,11 +26,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, T5ForConditionalGeneration
 
 from tasks.config import EvalConfig, StudentConfig, TrainConfig
-from tasks.student.batching import IGNORE, Encoded, batches_from, encode, task_batch
+from tasks.student.batching import IGNORE, Encoded, batches_from, causal_batch, encode, task_batch
 from tasks.student.checkpoints import RECORD, STATE, latest_checkpoint, prune_checkpoints, save_checkpoint
 from tasks.student.devices import autocast, resolve_device, use_bf16
 from tasks.student.evaluation import predict
-from tasks.student.model import load_student
+from tasks.student.model import is_causal, load_student, unwrap
 from tasks.student.prefixes import task_of
 
 MAX_GRAD_NORM = 1.0  # the Hugging Face Trainer default, so runs compare with the reference code
@@ -124,8 +124,8 @@ def _target_logits(model, inputs, targets, pad_id) -> tuple[torch.Tensor, torch.
     """
     keep = targets != IGNORE
     mask = inputs != pad_id
-    decoder_input_ids = model.prepare_decoder_input_ids_from_labels(targets)
-    if not isinstance(model, T5ForConditionalGeneration):
+    decoder_input_ids = unwrap(model).prepare_decoder_input_ids_from_labels(targets)
+    if not isinstance(model, T5ForConditionalGeneration):  # a LoRA-wrapped T5 too: peft runs its forward
         logits = model(input_ids=inputs, attention_mask=mask, decoder_input_ids=decoder_input_ids).logits
         return logits[keep], targets[keep]
     encoded = model.encoder(input_ids=inputs, attention_mask=mask).last_hidden_state
@@ -137,15 +137,34 @@ def _target_logits(model, inputs, targets, pad_id) -> tuple[torch.Tensor, torch.
     return model.lm_head(hidden), targets[keep]
 
 
+def causal_logits(model, input_ids, mask, labels, target_only: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """A causal student's logits at the positions that predict a target token ([tokens, vocab]) and
+    those targets. `target_only` runs the output head on those positions alone: the prompt's
+    positions would cost a [prompt length, vocabulary] matmul each (262k columns for Gemma 3)."""
+    keep = labels[:, 1:] != IGNORE  # position t predicts token t + 1
+    if not target_only:
+        return model(input_ids=input_ids, attention_mask=mask).logits[:, :-1][keep].float(), labels[:, 1:][keep]
+    base = unwrap(model)
+    hidden = base.get_decoder()(input_ids=input_ids, attention_mask=mask).last_hidden_state[:, :-1][keep]
+    logits = base.get_output_embeddings()(hidden)
+    if cap := getattr(base.config, "final_logit_softcapping", None):  # Gemma's, as its forward applies it
+        logits = torch.tanh(logits / cap) * cap
+    return logits, labels[:, 1:][keep]
+
+
+def _task_logits(model, inputs, targets, index, pad_id, device):
+    if is_causal(model):
+        return causal_logits(model, *causal_batch(inputs, targets, index, pad_id, device))
+    return _target_logits(model, *task_batch(inputs, targets, index, pad_id, device), pad_id)
+
+
 def _batch_loss(model, data: Encoded, index: list[int], alpha: float, pad_id: int, device) -> Loss:
-    label_logits, labels = _target_logits(
-        model, *task_batch(data.predict_inputs, data.labels, index, pad_id, device), pad_id
-    )
+    label_logits, labels = _task_logits(model, data.predict_inputs, data.labels, index, pad_id, device)
     explain = [i for i in index if data.rationales[i] is not None]
     if not explain or alpha == 1:
         return multitask_loss(label_logits, labels)
-    batch = task_batch(data.explain_inputs, data.rationales, explain, pad_id, device)
-    return multitask_loss(label_logits, labels, *_target_logits(model, *batch, pad_id), alpha)
+    rationale = _task_logits(model, data.explain_inputs, data.rationales, explain, pad_id, device)
+    return multitask_loss(label_logits, labels, *rationale, alpha)
 
 
 def _progress(enabled: bool) -> Progress:
@@ -199,7 +218,8 @@ def train_student(
     device = resolve_device(train_cfg.device)
     bf16 = use_bf16(train_cfg.bf16, device)
     model.to(device).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=train_cfg.learning_rate, weight_decay=0.0)
+    trainable = [p for p in model.parameters() if p.requires_grad]  # with LoRA, the adapters only
+    optimizer = torch.optim.AdamW(trainable, lr=train_cfg.learning_rate, weight_decay=0.0)
     if latest is not None:
         _restore_optimizer(latest, optimizer)
     data = encode(rows, tokenizer, student_cfg, explain=train_cfg.alpha < 1)
