@@ -10,12 +10,13 @@ from tasks.config import Config, resolve_config
 from tasks.ops.artifacts import publish_report
 from tasks.ops.report import write_report
 from tasks.student import evaluate_one, score_baselines
+from tasks.student.arms import seeded_name
 from tasks.student.freshness import unchanged_message
 
 
-@task(name="evaluate-arm", cache_policy=NONE, task_run_name="evaluate-{name}")
-def evaluate_arm(config: Config, name: str, force: bool = False) -> dict[str, float] | None:
-    return evaluate_one(config, name, force=force)
+@task(name="evaluate-arm", cache_policy=NONE, task_run_name="evaluate-{name}-seed-{seed}")
+def evaluate_arm(config: Config, name: str, force: bool = False, seed: int | None = None) -> dict[str, float] | None:
+    return evaluate_one(config, name, force=force, seed=seed)
 
 
 @task(name="score-baselines", cache_policy=NONE)
@@ -32,11 +33,11 @@ def report(config: Config) -> str:
 
 @flow(name="evaluate")
 def evaluate(config: Config | str, arms: list[str] | None = None, force: bool = False):
-    """Label accuracy on test for each arm; writes predictions, results and the report. An arm
-    scored before on the same inputs is skipped unless `force`."""
+    """Label accuracy on test for each arm's run with each seed; writes predictions, results and the
+    report. A run scored before on the same inputs is skipped unless `force`."""
     config = resolve_config(config)
     baselines(config)
-    skipped = [name for name in arms or [arm.name for arm in config.train.arms]
-               if evaluate_arm(config, name, force) is None]
+    skipped = [seeded_name(config, name, seed) for name in arms or [arm.name for arm in config.train.arms]
+               for seed in config.train.seed_list() if evaluate_arm(config, name, force, seed) is None]
     return Completed(message="\n".join([*(unchanged_message(name, "evaluation") for name in skipped),
                                         report(config)]))

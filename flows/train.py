@@ -11,19 +11,21 @@ from tasks.student import TrainedArm, train_one
 from tasks.student.freshness import unchanged_message
 
 
-@task(name="train-arm", cache_policy=NONE, task_run_name="train-{name}")
-def train_arm_task(config: Config, name: str, resume: bool, progress: bool, force: bool = False) -> TrainedArm:
-    return train_one(config, name, resume=resume, progress=progress, force=force)
+@task(name="train-arm", cache_policy=NONE, task_run_name="train-{name}-seed-{seed}")
+def train_arm_task(config: Config, name: str, resume: bool, progress: bool, force: bool = False,
+                   seed: int | None = None) -> TrainedArm:
+    return train_one(config, name, resume=resume, progress=progress, force=force, seed=seed)
 
 
 @flow(name="train")
 def train(config: Config | str, arms: list[str] | None = None, resume: bool = False, show_progress: bool = True,
           force: bool = False):
-    """Train each arm (stage 1 on self-evaluations where asked, stage 2 on CoTs or labels); an arm
-    trained before on the same inputs is skipped unless `force`."""
+    """Train each arm once per seed of train.seeds (stage 1 on self-evaluations where asked, stage 2
+    on CoTs or labels); a run trained before on the same inputs is skipped unless `force`."""
     config = resolve_config(config)
     names = arms or [arm.name for arm in config.train.arms]
-    trained = [train_arm_task(config, name, resume, show_progress, force) for name in names]
+    trained = [train_arm_task(config, name, resume, show_progress, force, seed)
+               for name in names for seed in config.train.seed_list()]
     return Completed(message="\n".join(
         unchanged_message(arm.arm, "training") if arm.unchanged else arm.describe() for arm in trained
     ))

@@ -284,9 +284,26 @@ class TrainConfig(Model):
     stage1_steps: int = Field(2000, ge=0, description="optimizer steps on self-evaluations")
     stage2_steps: int = Field(10000, ge=1, description="optimizer steps on chains of thought")
     eval_every: int = Field(250, ge=1, description="validate and checkpoint every N steps")
-    seed: int = 0
+    seed: int = Field(0, description="model init, batch order and replay draw of a single-seed run")
+    seeds: list[int] | None = Field(
+        None, min_length=1,
+        description="train every arm once per seed (model init, batch order, replay draw); the report gives "
+        "mean ± standard deviation over them. The run of `seed` stays in students/<arm>/, each other seed "
+        "in students/<arm>/seed-<n>/. null: one run with `seed`",
+    )
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     bf16: bool | Literal["auto"] = "auto"
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_seeds(cls, seeds: list[int] | None) -> list[int] | None:
+        if seeds is not None and len(set(seeds)) != len(seeds):
+            raise ValueError(f"train.seeds: each seed once, got {seeds}")
+        return seeds
+
+    def seed_list(self) -> list[int]:
+        """The seeds each arm is trained with."""
+        return self.seeds or [self.seed]
 
 
 DecodeMode = Literal["greedy", "self_consistency", "self_verify"]

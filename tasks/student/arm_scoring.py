@@ -12,7 +12,7 @@ from tasks.config import ArmConfig, Config
 from tasks.data.datasets import answer_type as answer_type_of
 from tasks.data.trainsets import label_set, provenances, self_eval_set
 from tasks.student import freshness
-from tasks.student.arms import arm_folder, find_arm, trained_checkpoints
+from tasks.student.arms import arm_folder, find_arm, seeded_name, trained_checkpoints
 from tasks.student.decoding import (
     SAMPLING_MODES,
     choose,
@@ -42,15 +42,18 @@ def _scored_rows(config: Config, store: Store) -> ScoredRows:
                       self_eval_set(store, "validation", None, provenances(config, store)).rows)
 
 
-def evaluate_one(config: Config, name: str, progress: bool = False, force: bool = False) -> dict[str, float] | None:
-    """Score an arm's best checkpoint on test (greedy, and each sampling mode of evaluate.decode),
+def evaluate_one(config: Config, name: str, progress: bool = False, force: bool = False,
+                 seed: int | None = None) -> dict[str, float] | None:
+    """Score the best checkpoint of an arm's run with `seed` (None: train.seed; scored under
+    tasks.student.arms.seeded_name) on test (greedy, and each sampling mode of evaluate.decode),
     and for arms with self_eval the self-evaluation agreement of their stage-1 checkpoint (and of
     the final student when stage 2 replayed self-evaluations: without replay it answers a judged
     input with an answer, not a verdict). None: skipped, the arm's scores in the store were made
     from the same inputs (unless `force`)."""
     store = Store(config.store.path)
     arm = find_arm(config, name)
-    folder = arm_folder(config, name)
+    folder = arm_folder(config, name, seed)
+    name = seeded_name(config, name, seed)
     checkpoint, self_eval_checkpoint = trained_checkpoints(folder, name)
     rows = _scored_rows(config, store)
     inputs = freshness.evaluation_inputs(config, freshness.read_record(folder, freshness.TRAINED) or {},

@@ -10,7 +10,7 @@ from storage import Store
 from tasks.config import Config
 from tasks.data.datasets import answer_type as answer_type_of
 from tasks.student import freshness
-from tasks.student.arms import ArmRows, arm_folder, arm_rows, find_arm
+from tasks.student.arms import ArmRows, arm_folder, arm_rows, find_arm, seeded_name, with_seed
 from tasks.student.devices import limit_cpu_threads
 from tasks.student.evaluation import label_accuracy
 from tasks.student.stages import ArmResult, train_arm
@@ -47,17 +47,20 @@ class TrainedArm:
 
 
 def train_one(config: Config, name: str, resume: bool = False, progress: bool = True,
-              force: bool = False) -> TrainedArm:
-    """Train arm `name` (stage 1 on self-evaluations where asked, then stage 2) and point trained.json
-    at its best checkpoints; skipped when trained.json records the same inputs (unless `force`)."""
+              force: bool = False, seed: int | None = None) -> TrainedArm:
+    """Train arm `name` with `seed` (None: train.seed), stage 1 on self-evaluations where asked, then
+    stage 2, and point trained.json at its best checkpoints; skipped when trained.json records the
+    same inputs (unless `force`)."""
     arm = find_arm(config, name)
     limit_cpu_threads()
     rows = arm_rows(config, Store(config.store.path), arm)
-    folder = arm_folder(config, name)
+    folder = arm_folder(config, name, seed)
+    run = seeded_name(config, name, seed)
+    config = with_seed(config, seed)
     inputs = freshness.training_inputs(config, arm, rows.training.rows, rows.validation, rows.self_eval_rows,
                                        rows.judged)
     if not force and (record := freshness.trained_is_current(folder, inputs)):
-        return _trained_from(record, folder)
+        return _trained_from(record, folder, run)
     kind = answer_type_of(config.dataset)
     result = train_arm(
         arm,
@@ -73,7 +76,7 @@ def train_one(config: Config, name: str, resume: bool = False, progress: bool = 
         resume=resume,
         progress=progress,
     )
-    trained = _trained(name, rows, result)
+    trained = _trained(run, rows, result)
     _record(folder, inputs, trained)
     return trained
 
@@ -105,9 +108,9 @@ def _record(folder: Path, inputs: str, trained: TrainedArm) -> None:
     })
 
 
-def _trained_from(record: dict, folder: Path) -> TrainedArm:
+def _trained_from(record: dict, folder: Path, run: str) -> TrainedArm:
     fields = {f.name for f in dataclasses.fields(TrainedArm)} & set(record)
-    arm = TrainedArm(**{key: record[key] for key in fields})
+    arm = TrainedArm(**{key: record[key] for key in fields} | {"arm": run})
     self_eval = record.get("self_eval_checkpoint")
     return dataclasses.replace(arm, checkpoint=str(folder / record["checkpoint"]),
                                self_eval_checkpoint=self_eval and str(folder / self_eval), unchanged=True)

@@ -1,7 +1,9 @@
 """An arm of a config: its entry, its folder beside the store, the rows it trains and is picked on,
 and the pointer (trained.json) to its trained checkpoints.
 
-Checkpoints live under `<store>/students/<arm>/`. Checkpoint selection uses the validation split
+Checkpoints live under `<store>/students/<arm>/`; with train.seeds, the run of train.seed stays
+there and each other seed's run lives in `<store>/students/<arm>/seed-<n>/`, scored under the name
+`<arm>/seed-<n>`, so that adding seeds to a trained config keeps its runs. Checkpoint selection uses the validation split
 (carved from train); test is only scored.
 """
 
@@ -36,11 +38,24 @@ def find_arm(config: Config, name: str) -> ArmConfig:
     raise NothingToTrain(f"no arm named {name!r}; the config has {[arm.name for arm in config.train.arms]}")
 
 
-def arm_folder(config: Config, arm: str) -> Path:
+def arm_folder(config: Config, arm: str, seed: int | None = None) -> Path:
+    """The folder of an arm's run with `seed` (None: train.seed)."""
     folder = Store(config.store.path).local_folder()
     if folder is None:
         raise NothingToTrain("training needs a local store path: checkpoints are written beside it")
-    return folder / "students" / arm
+    return folder / "students" / seeded_name(config, arm, seed)
+
+
+def seeded_name(config: Config, arm: str, seed: int | None = None) -> str:
+    """The name an arm's run with `seed` is scored under: the arm's own for train.seed."""
+    return arm if seed is None or seed == config.train.seed else f"{arm}/seed-{seed}"
+
+
+def with_seed(config: Config, seed: int | None) -> Config:
+    """The config one seed's run trains with: train.seed set to it."""
+    if seed is None or seed == config.train.seed:
+        return config
+    return config.model_copy(update={"train": config.train.model_copy(update={"seed": seed})})
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,8 @@ the student), the snapshot ids of the rows it trains and validates on, and the s
 starts from; its evaluation inputs are those plus the checkpoints scored, the evaluation settings
 and the rows scored. Each is hashed into one id, recorded beside the arm's checkpoints when the work
 finishes (trained.json, evaluated.json). A rerun whose id matches the record, and whose outputs are
-still there, does nothing; any change gives another id, and the work is done again.
+still there, does nothing; any change gives another id, and the work is done again. Each seed of
+train.seeds is a run of its own, with its own folder and records.
 """
 
 from __future__ import annotations
@@ -50,7 +51,8 @@ def training_inputs(config: Config, arm: ArmConfig, train_rows: Sequence, valida
     so adding or changing one arm retrains only that arm."""
     return _digest({
         "arm": arm.model_dump(),
-        "train": config.train.model_dump(exclude={"arms"}),
+        # the seed list too: each seed's run depends on its own seed (train.seed), not on the others
+        "train": config.train.model_dump(exclude={"arms", "seeds"}),
         "student": config.student.model_dump(),
         "student_files": student_identity(config.student.model),
         "evaluate": config.evaluate.model_dump(),  # validation decoding picks the checkpoint
