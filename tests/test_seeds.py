@@ -7,11 +7,13 @@ import csv
 import statistics
 from pathlib import Path
 
+import pytest
 import yaml
 from conftest import REPO
 
 from flows.cli import main
 from storage import Store, queries
+from tasks.config import ConfigError, load_config
 
 ARM = "cot-1"
 
@@ -85,3 +87,9 @@ def test_seeds_give_mean_and_std_and_a_new_seed_trains_alone(tmp_path, prefect_s
     out = _run(_config(tmp_path, [0]), capsys)
     assert f"{ARM}: unchanged since its last training" in out
     assert "seeds" not in _report_row(store)
+
+
+def test_a_seed_listed_twice_is_an_error_that_names_it(tmp_path):
+    path = _config(tmp_path, [0, 1, 1])
+    with pytest.raises((ConfigError, ValueError), match=r"train.seeds: each seed once, got \[0, 1, 1\]"):
+        load_config(path)
