@@ -195,8 +195,7 @@ def _write_png(rows: list[tuple], columns: Sequence[str], path: Path, title: str
     axes = panels[0][0]
     bars = axes.bar([arm for arm, _ in scored], [100 * value for _, value in scored], color="#4477aa",
                     yerr=errors if std is not None else None, capsize=4)
-    axes.bar_label(bars, fmt="%.1f", label_type="center" if std is not None else "edge", color="white"
-                   if std is not None else "black")
+    axes.bar_label(bars, fmt="%.1f")  # at the top of the error bar where there is one
     axes.set_ylabel("test accuracy (%)" + (" (mean ± std over seeds)" if std is not None else ""))
     axes.set_ylim(0, 105)
     axes.tick_params(axis="x", labelrotation=20)
