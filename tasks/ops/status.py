@@ -15,7 +15,7 @@ def run_status(config: Config) -> dict:
     report = queries.status(store).as_dict()
     rows = load_dataset(config.dataset)
     wanted = [row for row in rows if row.split in set(config.generate.splits)]
-    plan = plan_generation(store, config, answer_type(config.dataset), wanted)
+    plan = plan_generation(store, config, answer_type(config.dataset), wanted, remember_keys=False)
     report["missing"] = {
         "examples_not_stored": len(queries.new_examples(store, rows)),
         "examples_with_missing_work": len(plan.work),
