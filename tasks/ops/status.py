@@ -5,8 +5,8 @@ from __future__ import annotations
 from storage import Store, queries
 from tasks.config import Config
 from tasks.data.datasets import answer_type, load_dataset
-from tasks.generation import plan_generation
 from tasks.generation.batch import batch_status
+from tasks.generation.plan import plan_generation
 from tasks.ops.calibration import calibration_counts, describe_calibration
 
 
