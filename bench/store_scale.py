@@ -52,7 +52,10 @@ from storage import Store
 from tasks.config import load_config
 from tasks.data.datasets import answer_type
 from tasks.data.trainsets import arm_self_eval_set, arm_training_set, label_set, provenances, self_eval_set
-from tasks.student.freshness import training_inputs
+try:
+    from tasks.data.trainsets import data_snapshot
+except ImportError:  # older code keeps it beside the training loop
+    from tasks.student.training import data_snapshot
 config = load_config(sys.argv[1])
 arm = config.train.arms[0]
 store = Store(config.store.path)
@@ -61,8 +64,8 @@ training = arm_training_set(store, arm, sources, answer_type(config.dataset))
 validation = label_set(store, "validation").rows
 self_eval = arm_self_eval_set(store, arm, sources)
 judged = self_eval_set(store, "validation", arm.n_cots, sources).rows
-print(len(training.rows), len(self_eval.rows), training_inputs(config, arm, training.rows, validation,
-      self_eval.rows, judged))
+print(len(training.rows), len(self_eval.rows),
+      [data_snapshot(rows) for rows in (training.rows, validation, self_eval.rows, judged)])
 """
 
 

@@ -8,6 +8,8 @@ trained on as blank rows.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -164,3 +166,16 @@ def arm_sample_keys(store: Store, arm: ArmConfig, sources: Sequence[Provenance] 
         cots |= {pair.cot_key for pair in pairs}
         evaluations = {pair.eval_key for pair in pairs}
     return cots, evaluations
+
+
+def canonical_order(rows: Sequence) -> list:
+    """The rows sorted by content: training then depends on which rows the store holds, not their order."""
+    return sorted(rows, key=lambda r: (r.input, r.label, r.rationale or "", getattr(r, "example_id", "")))
+
+
+def data_snapshot(rows: Sequence) -> str:
+    """A hash of the training rows (input, label, rationale) that names the data a checkpoint saw."""
+    digest = hashlib.sha256()
+    for row in canonical_order(rows):
+        digest.update(json.dumps([row.input, row.label, row.rationale]).encode())
+    return digest.hexdigest()[:16]
