@@ -187,14 +187,19 @@ def main() -> None:
     parser.add_argument("--scale", type=float, default=1.0)
     parser.add_argument("--code", action="append", help="a checkout whose code runs the operations (repeatable)")
     parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--build", help=argparse.SUPPRESS)  # build the store in this folder and stop
     args = parser.parse_args()
     train = round(20_000 * args.scale)
+    if args.build:
+        return build(Path(args.build), train)
     codes = [Path(c).resolve() for c in (args.code or [str(REPO)])]
     work = Path(tempfile.mkdtemp(prefix="store-scale-"))
     server = None
     try:
         start = time.perf_counter()
-        build(work / "built", train)
+        # Built in a child process: a child forked from a large parent reports the parent's RSS as its peak.
+        subprocess.run([sys.executable, __file__, "--build", str(work / "built"), "--scale", str(args.scale)],
+                       check=True)
         size = sum(p.stat().st_size for p in (work / "built").rglob("*.parquet")) / 1e6
         print(f"built {train + TEST:,} examples, {train * N_COTS:,} CoTs, {train * N_COTS * N_EVALS:,} "
               f"evaluations, {train * (1 + N_COTS):,} calls: {size:.0f} MB in {time.perf_counter() - start:.0f} s")
