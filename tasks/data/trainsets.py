@@ -89,11 +89,13 @@ def self_eval_set(store: Store, split: str = "train", n_cots: int | None = None,
     rationale = the evaluation text; every CoT (index < n_cots) of `sources` x every evaluation of
     it (index < n_evals)."""
     pairs, excluded = queries.self_eval_rows(store, split, n_cots, sources, n_evals)
-    rows = [
-        TrainingRow(pair.example_id, format_judged_input(pair.question, pair.cot_text), pair.verdict,
-                    pair.eval_rationale)
-        for pair in pairs
-    ]
+    inputs: dict[tuple[str, str], str] = {}  # one per judged CoT, shared by its evaluations
+    rows = []
+    for pair in pairs:
+        judged = (pair.question, pair.cot_text)
+        if judged not in inputs:
+            inputs[judged] = format_judged_input(*judged)
+        rows.append(TrainingRow(pair.example_id, inputs[judged], pair.verdict, pair.eval_rationale))
     return TrainingSet(rows, excluded)
 
 
