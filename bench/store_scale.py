@@ -206,13 +206,16 @@ def main() -> None:
         server, prefect_env = prefect_server(work / "prefect")
         results: dict[tuple[str, str], list[tuple[float, float]]] = {}
         for _ in range(args.rounds):
-            for code in codes:
-                folder = work / f"run-{codes.index(code)}"
+            runs = []  # each code on its own copy of the store; operation by operation, codes alternating
+            for number, code in enumerate(codes):
+                folder = work / f"run-{number}"
                 shutil.rmtree(folder, ignore_errors=True)
                 folder.mkdir()
                 shutil.copytree(work / "built", folder / "store")
-                env = {**os.environ, **prefect_env, "PYTHONPATH": str(code)}
-                for name, command in operations(folder, train):
+                runs.append((code, operations(folder, train), {**os.environ, **prefect_env, "PYTHONPATH": str(code)}))
+            for step in range(len(runs[0][1])):
+                for code, steps, env in runs:
+                    name, command = steps[step]
                     wall, cpu, rss, last = timed(command, env)
                     results.setdefault((name, str(code)), []).append((wall, cpu, rss))
                     print(f"{code.name}: {name}: {wall:.2f} s, {cpu:.2f} s CPU, {rss:.0f} MB  [{last}]", flush=True)
