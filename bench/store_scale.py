@@ -154,10 +154,12 @@ def prefect_server(home: Path) -> tuple[subprocess.Popen, dict]:
     raise SystemExit("the Prefect server did not start")
 
 
-def timed(command: list[str], env: dict) -> tuple[float, float, float, str]:
-    """Wall seconds, CPU seconds, peak RSS in MB and the last output line of one process."""
+def timed(command: list[str], env: dict, cwd: Path) -> tuple[float, float, float, str]:
+    """Wall seconds, CPU seconds, peak RSS in MB and the last output line of one process. It runs
+    outside any checkout: `python -m` and `-c` put the working directory first on sys.path."""
     start = time.perf_counter()
-    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    process = subprocess.Popen(command, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True)
     output = process.stdout.read()
     _, status, usage = os.wait4(process.pid, 0)
     wall = time.perf_counter() - start
@@ -212,11 +214,12 @@ def main() -> None:
                 shutil.rmtree(folder, ignore_errors=True)
                 folder.mkdir()
                 shutil.copytree(work / "built", folder / "store")
-                runs.append((code, operations(folder, train), {**os.environ, **prefect_env, "PYTHONPATH": str(code)}))
+                env = {**os.environ, **prefect_env, "PYTHONPATH": str(code)}
+                runs.append((code, operations(folder, train), env, folder))
             for step in range(len(runs[0][1])):
-                for code, steps, env in runs:
+                for code, steps, env, folder in runs:
                     name, command = steps[step]
-                    wall, cpu, rss, last = timed(command, env)
+                    wall, cpu, rss, last = timed(command, env, folder)
                     results.setdefault((name, str(code)), []).append((wall, cpu, rss))
                     print(f"{code.name}: {name}: {wall:.2f} s, {cpu:.2f} s CPU, {rss:.0f} MB  [{last}]", flush=True)
         print(f"\nscale {args.scale}: best of {args.rounds} round(s): wall s, CPU s, peak RSS MB")
