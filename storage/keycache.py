@@ -25,12 +25,12 @@ FOLDER = "_keys"
 SCHEMA = pa.schema([("cot_key", pa.string()), ("eval_index", pa.int32()), ("key", pa.string())])
 
 
-def _folder(store: Store, identity: str) -> str:
+def _folder(identity: str) -> str:
     return f"{FOLDER}/evaluations-{identity}"
 
 
 def _has_files(store: Store, identity: str) -> bool:
-    selector = pafs.FileSelector(f"{store.location.path}/{_folder(store, identity)}", allow_not_found=True)
+    selector = pafs.FileSelector(f"{store.location.path}/{_folder(identity)}", allow_not_found=True)
     return any(info.base_name.startswith("part-") for info in store.location.filesystem.get_file_info(selector))
 
 
@@ -41,7 +41,7 @@ def remember(store: Store, identity: str, rows: Iterable[tuple[str, int, str]]) 
         return
     cot_keys, indices, keys = (list(column) for column in zip(*rows))
     data = pa.table([cot_keys, indices, keys], schema=SCHEMA)
-    fs, folder = store.location.filesystem, f"{store.location.path}/{_folder(store, identity)}"
+    fs, folder = store.location.filesystem, f"{store.location.path}/{_folder(identity)}"
     token = uuid.uuid4().hex
     final, temporary = f"{folder}/part-{token}.parquet", f"{folder}/.tmp-{token}.parquet"
     try:
@@ -60,7 +60,7 @@ def remember(store: Store, identity: str, rows: Iterable[tuple[str, int, str]]) 
 
 def _with_cache(store: Store, identity: str, sql: str, params, tables: dict) -> pa.Table:
     """Run sql with the cached keys as `_cache` (an empty table when there are none yet)."""
-    glob = f"{store.location.url}/{_folder(store, identity)}/part-*.parquet"
+    glob = f"{store.location.url}/{_folder(identity)}/part-*.parquet"
     cache = None if _has_files(store, identity) else SCHEMA.empty_table()
 
     def work(con: duckdb.DuckDBPyConnection) -> pa.Table:
