@@ -33,8 +33,10 @@ from transformers import DataCollatorForSeq2Seq, Seq2SeqTrainer, Seq2SeqTraining
 from tasks.config import EvalConfig, StudentConfig, TrainConfig
 from tasks.data.arithmetic import generate_problems
 from tasks.student.batching import encode
-from tasks.student.evaluation import EXPLAIN, PREDICT, evaluate_student, resolve_device, use_bf16
+from tasks.student.devices import resolve_device, use_bf16
+from tasks.student.evaluation import evaluate_student
 from tasks.student.model import build_student
+from tasks.student.prefixes import EXPLAIN, PREDICT
 from tasks.student.stages import Row
 from tasks.student.training import WARMUP, _batch_loss, train_student
 

@@ -11,11 +11,64 @@ import argparse
 import asyncio
 import json
 import os
+import signal
 import sys
+import threading
 
 
 class CommandError(Exception):
     """An expected failure whose message is the whole story."""
+
+
+class Stopped(BaseException):
+    """The command was stopped by SIGTERM; its flow run is recorded as Crashed."""
+
+
+def _run_flow(call):
+    """Run an async flow call; SIGTERM (`kill`, `docker stop`) or Ctrl-C cancels it, so Prefect
+    records the run as Crashed and the command ends instead of running on.
+
+    The flow runs on its own thread: Prefect's own SIGTERM handler, which it installs only on the
+    main thread, would raise in whatever coroutine step is running (in an async flow, one of its
+    tasks, which then fails while the run goes on). Here the main thread cancels the flow's task,
+    once, and the flow engine marks the run Crashed."""
+    running: dict = {}
+    started = threading.Event()
+
+    async def main():
+        running["loop"], running["flow"] = asyncio.get_running_loop(), asyncio.current_task()
+        started.set()
+        return await call
+
+    outcome: dict = {}
+
+    def run() -> None:
+        try:
+            outcome["state"] = asyncio.run(main())
+        except BaseException as error:  # handed to the main thread
+            outcome["error"] = error
+
+    def cancel(*_) -> None:
+        if started.is_set():
+            running["loop"].call_soon_threadsafe(running["flow"].cancel)
+
+    thread = threading.Thread(target=run, name="mindsmirror-flow")
+    previous = signal.signal(signal.SIGTERM, cancel)
+    thread.start()
+    try:
+        while thread.is_alive():
+            thread.join(0.2)
+    except BaseException:  # Ctrl-C: stop the flow the same way, then say so
+        cancel()
+        thread.join()
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    if isinstance(outcome.get("error"), asyncio.CancelledError):
+        raise Stopped()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["state"]
 
 
 def _quiet_prefect(verbose: bool) -> None:
@@ -25,6 +78,9 @@ def _quiet_prefect(verbose: bool) -> None:
         os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
         os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "WARNING")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # Heartbeats every 30 s (Prefect's default: 180): the automation `mindsmirror deploy` ships marks a
+    # run Crashed once they stop, so a run killed with SIGKILL does not show Running forever.
+    os.environ.setdefault("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", "30")
 
 
 def _announce_local_server() -> None:
@@ -61,9 +117,7 @@ def cmd_generate(args) -> None:
 
     config = _config(args.config)
     _announce_local_server()
-    state = asyncio.run(
-        generate(config, dry_run=args.dry_run, show_progress=not args.no_progress, return_state=True)
-    )
+    state = _run_flow(generate(config, dry_run=args.dry_run, show_progress=not args.no_progress, return_state=True))
     print(_finish(state).message)
 
 
@@ -72,7 +126,7 @@ def cmd_resume(args) -> None:
 
     config = _config(args.config)
     _announce_local_server()
-    state = asyncio.run(resume(config, show_progress=not args.no_progress, return_state=True))
+    state = _run_flow(resume(config, show_progress=not args.no_progress, return_state=True))
     print(_finish(state).message)
 
 
@@ -173,6 +227,13 @@ def cmd_evaluate(args) -> None:
     print(_finish(state).message)
 
 
+def cmd_export(args) -> None:
+    from tasks.student.export import export_arm
+
+    out = export_arm(_config(args.config), args.arm, args.out)
+    print(f"{args.arm}: its selected checkpoint, adapters merged, written to {out} (loads with transformers alone)")
+
+
 def cmd_report(args) -> None:
     from tasks.ops.report import write_report
 
@@ -181,7 +242,7 @@ def cmd_report(args) -> None:
 
 
 def cmd_predict(args) -> None:
-    from tasks.student.arms import answer_question
+    from tasks.student import answer_question
 
     answer = answer_question(args.model_dir, args.question, decode=args.decode, samples=args.samples,
                              temperature=args.temperature, seed=args.seed, answer_type=args.answer_type)
@@ -197,8 +258,16 @@ def cmd_run(args) -> None:
 
     config = _config(args.config)
     _announce_local_server()
-    state = asyncio.run(distill(config, show_progress=not args.no_progress, force=args.force, return_state=True))
+    state = _run_flow(distill(config, show_progress=not args.no_progress, force=args.force, return_state=True))
     print(_finish(state).message)
+
+
+def cmd_worker(args) -> None:
+    # A process started with `&` from a script inherits SIGINT ignored, and a Prefect worker stops on
+    # SIGTERM by sending itself SIGINT: it then ran on for 30 s. Restored here, one SIGTERM stops it.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    command = [sys.executable, "-m", "prefect", "worker", "start", "--pool", args.pool, *args.options]
+    os.execv(sys.executable, command)
 
 
 def cmd_deploy(args) -> None:
@@ -250,7 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("query")
     sub.add_argument("--format", choices=["markdown", "csv", "json"], default="markdown",
                      help="markdown table (default), CSV with a header row, or JSON (one object per row)")
-    command("compact", cmd_compact, "merge each table's small Parquet files into one")
+    command("compact", cmd_compact, "merge each table's small Parquet files into parts of at most 10,000 rows")
     command("repair", cmd_repair,
             "move unreadable Parquet parts to <store>/_quarantine/ and list the requests a rerun buys again")
 
@@ -266,9 +335,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub = command("evaluate", cmd_evaluate, "score each trained arm on the test split")
     sub.add_argument("--arm", action="append")
     sub.add_argument("--force", action="store_true", help=_FORCE)
+    sub = command("export", cmd_export, "write a trained arm's selected checkpoint as a standalone model folder")
+    sub.add_argument("arm")
+    sub.add_argument("out", help="a new folder")
     command("report", cmd_report, "print the results table; write it as CSV and a PNG chart beside the store")
     sub = command("predict", cmd_predict, "answer one question with a trained student", config=False)
-    sub.add_argument("model_dir")
+    sub.add_argument("model_dir", metavar="STUDENT",
+                     help="a trained arm's folder (<store folder>/students/<arm>: its selected checkpoint "
+                     "answers) or a checkpoint folder")
     sub.add_argument("question")
     sub.add_argument("--decode", choices=["greedy", "self_consistency", "self_verify"], default="greedy",
                      help="greedy; or sample --samples candidates and vote (self_consistency) or let the "
@@ -299,6 +373,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--malformed", type=float, default=0.0, help="share of replies with a broken body")
     serve.add_argument("--seed", type=int, default=0)
 
+    sub = command("worker", cmd_worker, "`prefect worker start --pool POOL [OPTIONS]` that stops at once on SIGTERM, "
+                  "also when started with & from a script", config=False)
+    sub.add_argument("pool", help="the work pool to poll (cpu or gpu)")
+    sub.add_argument("options", nargs=argparse.REMAINDER, help="more `prefect worker start` options, e.g. --limit 1")
     sub = command("deploy", cmd_deploy, "create work pools, the shared rate limit and the deployments", config=False)
     sub.add_argument("--prefect-file", default="deploy/prefect.yaml")
     sub.add_argument("--rpm", type=int, default=None, help="shared teacher requests per minute for all workers")
@@ -306,6 +384,14 @@ def build_parser() -> argparse.ArgumentParser:
                      help="the global rate limit that configs name in teacher.shared_rate_limit")
     sub.add_argument("--burst", type=int, default=None,
                      help="requests the limit lets out at once (default: one second's worth of --rpm)")
+    sub.add_argument("--gpus", type=_positive, default=1,
+                     help="runs the gpu pool may run at once (one per GPU across its workers)")
+    sub.add_argument("--crash-after", type=_positive, default=600,
+                     help="seconds without a heartbeat after which a run is marked Crashed (a killed process); "
+                     "runs started by mindsmirror or the pools send one every 30 s, others every 180 s")
+    sub.add_argument("--api-key-env", default="OPENAI_API_KEY",
+                     help="when this variable is set, store it as the Secret block openai-api-key, which every "
+                     "cpu run then gets as this variable")
     return parser
 
 
@@ -339,6 +425,13 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"mindsmirror: {error}", file=sys.stderr)
         return 1
+    except BaseException as error:
+        # SIGTERM: Stopped from an async flow, Prefect's TerminationSignal from a sync one.
+        if not isinstance(error, Stopped) and type(error).__name__ != "TerminationSignal":
+            raise
+        print("mindsmirror: stopped by SIGTERM (its Prefect run is marked Crashed); rerun the same command to "
+              "continue where it stopped", file=sys.stderr)
+        return 128 + signal.SIGTERM
     return 0
 
 

@@ -9,7 +9,7 @@ from prefect.states import Completed
 from tasks.config import Config, resolve_config
 from tasks.ops.artifacts import publish_report
 from tasks.ops.report import write_report
-from tasks.student.arms import evaluate_one, score_baselines
+from tasks.student import evaluate_one, score_baselines
 from tasks.student.freshness import unchanged_message
 
 

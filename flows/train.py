@@ -7,7 +7,7 @@ from prefect.cache_policies import NONE
 from prefect.states import Completed
 
 from tasks.config import Config, resolve_config
-from tasks.student.arms import TrainedArm, train_one
+from tasks.student import TrainedArm, train_one
 from tasks.student.freshness import unchanged_message
 
 

@@ -8,9 +8,12 @@ live lease and skips it. A lease whose owner died is taken over: at once when th
 process of this machine (same host, boot and pid namespace) that no longer runs, after expiry
 otherwise (another host or container, a machine that froze).
 
-The store is the truth, not the markers. A marker says `done` once the answer is stored; a run that
-finds one checks the store, and if the samples are not all there (a corrupt part was moved aside)
-it takes the marker over and asks again. A failed request's marker is removed so a retry may claim it.
+Once its answer is stored a lease is removed, and the request's hash is appended to its run's done
+log (`<store>/_claims/done-<owner>`, one line per request): a run that planned the same request
+before the answer was stored claims it afresh, finds the hash in a done log and skips it. The store
+is the truth, not the logs: a run that finds a hash checks the store, and if the samples are not all
+there (a corrupt part was moved aside) it asks again. A done log is kept a week after its last line
+(no run plans that long before it buys). A failed request's lease is removed so a retry may claim it.
 
 Only local stores get claims: object stores have no exclusive create here, so concurrent runs on a
 URL store may pay twice for requests planned at the same moment (the views still count each once).
@@ -31,6 +34,7 @@ from pathlib import Path
 _HOST = socket.gethostname()
 LEASE_S = 60.0  # how long a crashed owner on another machine blocks its requests
 _TAKEOVER_TOKENS_KEPT_S = 86400
+DONE_LOGS_KEPT_S = 7 * 86400
 
 
 def _machine() -> str:
@@ -77,10 +81,13 @@ class Claims:
         self._held: set[Path] = set()
         self._lock = threading.Lock()
         self._renewer: threading.Thread | None = None
+        self._done: set[str] = set()  # the hashes in every done log, as far as read
+        self._done_read: dict[str, int] = {}  # done log name -> bytes read
         if self.folder is not None:
             self._tokens = self.folder / ".takeovers"
             self._tokens.mkdir(parents=True, exist_ok=True)
             self._remove_old_tokens()
+            self._remove_old_done_logs()
 
     def _path(self, keys: Sequence[str]) -> Path:
         digest = hashlib.sha256("\n".join(sorted(keys)).encode()).hexdigest()[:32]
@@ -114,8 +121,36 @@ class Claims:
                 return False
         finally:
             temporary.unlink(missing_ok=True)
+        if self._answered(path.name, keys):  # stored by a run since this one planned
+            self._release_owned(path)
+            return False
         self._hold(path)
         return True
+
+    def _answered(self, digest: str, keys: Sequence[str]) -> bool:
+        """Whether a done log lists the request and the store holds all of its samples."""
+        if digest not in self._read_done_logs():
+            return False
+        from storage.queries import stored_sample_keys
+        from storage.store import Store
+
+        return stored_sample_keys(Store(self.root), keys) == set(keys)
+
+    def _read_done_logs(self) -> set[str]:
+        """Every hash in the done logs, reading only what was appended since the last call (a torn
+        last line, from a process killed while appending, is read once it is whole)."""
+        for log in self.folder.glob("done-*"):
+            start = self._done_read.get(log.name, 0)
+            try:
+                with open(log, "rb") as handle:
+                    handle.seek(start)
+                    tail = handle.read()
+            except FileNotFoundError:
+                continue
+            whole = tail[: tail.rfind(b"\n") + 1]
+            self._done.update(whole.decode().split())
+            self._done_read[log.name] = start + len(whole)
+        return self._done
 
     def _take_over(self, path: Path, keys: Sequence[str]) -> bool:
         try:
@@ -149,16 +184,19 @@ class Claims:
         return expired or (same_machine and not _alive(held.get("pid", 0)))
 
     def done(self, keys: Sequence[str]) -> None:
+        """The answer is stored: log the request as done, then remove its lease (in this order, so
+        a run that claims it the moment the lease goes finds it in the log)."""
         if self.folder is not None:
             path = self._path(keys)
-            with self._lock:
-                self._held.discard(path)
-                self._write(path, "done")
+            with open(self.folder / f"done-{self.owner}", "a", encoding="ascii") as log:
+                log.write(path.name + "\n")
+            self._release_owned(path)
 
     def release(self, keys: Sequence[str]) -> None:
-        if self.folder is None:
-            return
-        path = self._path(keys)
+        if self.folder is not None:
+            self._release_owned(self._path(keys))
+
+    def _release_owned(self, path: Path) -> None:
         with self._lock:
             self._held.discard(path)
             if self._owns(path):  # never remove a lease another run took over
@@ -196,11 +234,17 @@ class Claims:
                         self._held.discard(path)
 
     def _remove_old_tokens(self) -> None:
-        cutoff = time.time() - _TAKEOVER_TOKENS_KEPT_S
-        with os.scandir(self._tokens) as entries:
-            for entry in entries:
-                try:
-                    if entry.stat().st_mtime < cutoff:
-                        os.unlink(entry.path)
-                except FileNotFoundError:
-                    pass
+        _remove_older_than(self._tokens.glob("*"), _TAKEOVER_TOKENS_KEPT_S)
+
+    def _remove_old_done_logs(self) -> None:
+        _remove_older_than(self.folder.glob("done-*"), DONE_LOGS_KEPT_S)
+
+
+def _remove_older_than(paths, seconds: float) -> None:
+    cutoff = time.time() - seconds
+    for path in paths:
+        try:
+            if path.stat().st_mtime < cutoff:
+                path.unlink()
+        except FileNotFoundError:
+            pass

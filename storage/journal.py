@@ -44,6 +44,11 @@ def _encode(row) -> dict:
     return values
 
 
+def _line(rows: list) -> str:
+    return json.dumps({"table": TABLE_OF[type(rows[0])], "rows": [_encode(row) for row in rows]},
+                      ensure_ascii=False) + "\n"
+
+
 def _decode(record: type, values: dict):
     decoded = {}
     for f in dataclasses.fields(record):
@@ -69,8 +74,7 @@ class Journal:
 
     def record(self, rows: list) -> Path:
         """Append rows of one record type, durably; raises OSError when no journal folder takes them."""
-        line = json.dumps({"table": TABLE_OF[type(rows[0])], "rows": [_encode(row) for row in rows]},
-                          ensure_ascii=False) + "\n"
+        line = _line(rows)
         errors = []
         for folder in ([self.path.parent] if self.path else []) + folders(self.store):
             try:
@@ -86,6 +90,23 @@ class Journal:
             self.rows += len(rows)
             return self.path
         raise errors[-1]
+
+    def keep_only(self, groups: list[list]) -> None:
+        """Rewrite this journal to hold just `groups`, once the rest reached the store, so it lists
+        exactly what is pending. If that fails it keeps what it held, a superset that replay
+        stores harmlessly (views keep one row per key)."""
+        if self.path is None:
+            return
+        temporary = self.path.with_suffix(".jsonl.tmp")
+        try:
+            with open(temporary, "w", encoding="utf-8") as file:
+                file.writelines(_line(rows) for rows in groups)
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(temporary, self.path)
+            self.rows = sum(len(rows) for rows in groups)
+        except OSError:
+            temporary.unlink(missing_ok=True)
 
     def discard(self) -> None:
         """Forget the journal once everything in it has reached the store."""

@@ -88,7 +88,7 @@ class CallRow:
     kind: str  # cot | evaluation
     example_id: str
     keys: tuple[str, ...]  # the sample keys this request asked for
-    status: str  # ok | failed
+    status: str  # ok | failed | abandoned (sent, timed out: possibly billed; no keys)
     attempts: int
     prompt_tokens: int = field(metadata=INT64)
     completion_tokens: int = field(metadata=INT64)

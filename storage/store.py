@@ -35,6 +35,9 @@ from storage.records import PRIMARY_KEYS, SCHEMAS, to_arrow
 # A temporary file older than this belongs to a writer that died: a single append takes
 # milliseconds, so an hour leaves a wide margin before compact() removes it.
 _STALE_TMP_S = 3600
+# Rows per part after compaction: a damaged part loses at most this many rows (a rerun buys them
+# again), and a store of N rows reads N / PART_ROWS files or more.
+PART_ROWS = 10_000
 _READ_ATTEMPTS = 8  # back-to-back compactions on a loaded machine can win several races in a row
 
 # Tables whose rows are re-written for the same key on purpose: re-evaluating a retrained
@@ -150,6 +153,9 @@ class Store:
             con.execute(_FAILED_REQUESTS_VIEW)
             if sandbox:
                 con.execute("SET python_enable_replacements = false")  # no scans of Python variables
+                # DuckDB lets a sandboxed connection reach its temp folder (<cwd>/.tmp by default),
+                # which lies outside the store: no spilling, so no such folder.
+                con.execute("SET temp_directory = ''")
                 con.execute("SET allowed_directories = ?", [[self.location.url + "/"]])
                 con.execute("SET enable_external_access = false")
                 con.execute("SET autoinstall_known_extensions = false")
@@ -260,18 +266,22 @@ class Store:
 
     # ---- maintenance -----------------------------------------------------------------------
 
-    def compact(self) -> dict[str, int]:
-        """Merge each table's files into one; returns how many files were merged per table.
+    def compact(self, part_rows: int = PART_ROWS) -> dict[str, int]:
+        """Merge each table's small files into parts of at most `part_rows` rows; returns how many
+        files were merged per table.
 
-        Writes the merged file first and then deletes exactly the files it read, so concurrent
-        readers see either the old files or duplicates (which views drop), and files appended
-        meanwhile are left alone. Also removes temporary files left by writers that died."""
+        Parts are bounded so that one damaged file loses at most its own rows. A part holding at
+        least half a part's rows is left as it is (never rewritten), so compacting twice in a row
+        changes nothing. Each merged part is read back and checked before the files it replaces
+        are deleted, so concurrent readers see either the old files or duplicates (which views
+        drop), and files appended meanwhile are left alone. Also removes temporary files left by
+        writers that died."""
         merged = {}
         for table in SCHEMAS:
             self._remove_stale_temporaries(table)
             for attempt in (1, 2):
-                files = self.files(table)
-                if len(files) < 2:
+                files = self._unbounded_parts(table, part_rows)
+                if not files:
                     break
                 try:
                     data = self._read_deduplicated(table, files)
@@ -279,12 +289,46 @@ class Store:
                     if attempt == 2:  # another compaction is deleting these files right now
                         raise
                     continue
-                self._write(table, data)
+                for offset in range(0, data.num_rows, part_rows):
+                    self._write_checked(table, data.slice(offset, part_rows))
                 for path in files:
                     _delete_quietly(self.location.filesystem, path)
                 merged[table] = len(files)
                 break
         return merged
+
+    def _unbounded_parts(self, table: str, part_rows: int) -> list[str]:
+        """The parts compaction rewrites: those under half of `part_rows` rows (when there are two or
+        more to merge) and those over `part_rows` (split), oldest first; [] when nothing would change."""
+        small, large = [], []
+        for path in self.files(table):
+            try:
+                with self.location.filesystem.open_input_file(path) as handle:
+                    rows = pq.ParquetFile(handle).metadata.num_rows
+            except FileNotFoundError:
+                continue  # compacted away meanwhile
+            except (pa.ArrowException, OSError) as error:
+                raise CorruptFileError(self.root, [(path, str(error).splitlines()[0])]) from None
+            if rows > part_rows:
+                large.append(path)
+            elif rows < part_rows / 2:
+                small.append(path)
+        if len(small) < 2 and not large:
+            return []
+        return sorted(small + large)
+
+    def _write_checked(self, table: str, data: pa.Table) -> None:
+        """Write a merged part and read it back; a part that does not hold exactly `data` is removed
+        and the error raised, so the files it was to replace are kept."""
+        path = self._write(table, data)
+        try:
+            written = pq.read_table(path, filesystem=self.location.filesystem)
+            if not written.equals(data):
+                raise OSError(f"merged part {path} read back {written.num_rows} rows, not the "
+                              f"{data.num_rows} written; compaction kept the files it merged")
+        except BaseException:
+            _delete_quietly(self.location.filesystem, path)
+            raise
 
     def _read_deduplicated(self, table: str, files: list[str]) -> pa.Table:
         schema = SCHEMAS[table]

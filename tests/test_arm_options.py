@@ -13,8 +13,7 @@ from storage import ExampleRow, Store
 from tasks.config import ArmConfig, ConfigError, parse_config
 from tasks.data.noise import restate_answer
 from tasks.data.trainsets import arm_self_eval_set, arm_training_set
-from tasks.student import freshness
-from tasks.student.arms import train_one
+from tasks.student import freshness, train_one
 
 # Example i asks for (i + 2) + (i + 3); its CoT 0 answers that (right), its CoT 1 the product (wrong).
 EXAMPLES = {f"ex-{i}": (i + 2, i + 3) for i in range(4)}

@@ -11,10 +11,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import pytest
 from conftest import cot_row, evaluation_row
 
+from flows.cli import main
 from storage import ExampleRow, Store
 from tasks.config import parse_config
 from tasks.data.trainsets import answered_by, cot_set, provenances, self_eval_set
-from tasks.student.arms import NothingToTrain, train_one
+from tasks.student import NothingToTrain, freshness, train_one
 from tasks.student.checkpoints import RECORD
 from tasks.student.training import data_snapshot
 from tasks.teacher.prompts import prompt_version
@@ -140,3 +141,27 @@ def test_a_teacher_that_answered_under_another_name_is_named_in_the_error(tmp_pa
     config = _config(tmp_path, sources=[{"teacher_model": "llama-local"}])
     with pytest.raises(NothingToTrain, match="teacher_model gpt-4o-mini, prompt version equation-cot-1"):
         train_one(config, "cot-1", progress=False)
+
+
+def test_a_record_is_replaced_whole_so_a_reader_never_sees_half_of_one(tmp_path, store):
+    train_one(_config(tmp_path), "cot-1", progress=False)
+    folder = tmp_path / "store" / "students" / "cot-1"
+    with open(folder / freshness.TRAINED) as reader:  # a reader that opened the record before the rewrite
+        before = json.loads((folder / freshness.TRAINED).read_text())
+        train_one(_config(tmp_path), "cot-1", progress=False, force=True)
+        # Written in place, the open file would now be truncated and rewritten under the reader.
+        assert json.loads(reader.read()) == before
+    assert json.loads((folder / freshness.TRAINED).read_text())["inputs"] == before["inputs"]
+    assert sorted(path.name for path in folder.glob("*.json*")) == ["trained.json"]
+
+
+def test_predict_takes_an_arm_folder_and_answers_with_its_selected_checkpoint(tmp_path, store, capsys):
+    trained = train_one(_config(tmp_path), "cot-1", progress=False)
+    folder = tmp_path / "store" / "students" / "cot-1"
+    question = TRAIN[0][1]
+    assert main(["predict", str(folder), question]) == 0
+    from_arm = capsys.readouterr().out
+    assert main(["predict", trained.checkpoint, question]) == 0
+    assert capsys.readouterr().out == from_arm and from_arm.startswith("answer: ")
+    assert main(["predict", str(folder / "stage2"), question]) == 1
+    assert "neither a trained arm's folder (no trained.json) nor a student checkpoint" in capsys.readouterr().err

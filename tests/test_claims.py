@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import subprocess
 import sys
 import time
@@ -12,7 +13,7 @@ import time
 from conftest import cot_row
 
 from storage import Store
-from storage.claims import Claims
+from storage.claims import DONE_LOGS_KEPT_S, Claims
 
 KEYS = ["e1-c0", "e1-c1", "e1-c2"]
 
@@ -59,11 +60,33 @@ def test_a_released_request_can_be_claimed_again(tmp_path):
 
 def test_a_done_request_is_skipped_while_its_samples_are_stored(tmp_path):
     store = Store(str(tmp_path))
-    store.append([_stored(key) for key in KEYS])
-    claims = Claims(str(tmp_path))
+    claims, planned_meanwhile = Claims(str(tmp_path)), Claims(str(tmp_path))
     assert claims.claim(KEYS)
+    store.append([_stored(key) for key in KEYS])
     claims.done(KEYS)
+    assert not planned_meanwhile.claim(KEYS)
     assert not Claims(str(tmp_path)).claim(KEYS)
+
+
+def test_a_stored_answer_leaves_no_lease_only_a_line_in_its_runs_done_log(tmp_path):
+    Store(str(tmp_path)).append([_stored(key) for key in KEYS])
+    claims = Claims(str(tmp_path))
+    for i in range(50):
+        assert claims.claim([f"{key}-{i}" for key in KEYS])
+        claims.done([f"{key}-{i}" for key in KEYS])
+    assert [path.name for path in claims.folder.iterdir() if path.is_file()] == [f"done-{claims.owner}"]
+    assert len((claims.folder / f"done-{claims.owner}").read_text().splitlines()) == 50
+
+
+def test_done_logs_go_a_week_after_their_last_line(tmp_path):
+    old, recent = Claims(str(tmp_path)), Claims(str(tmp_path))
+    for claims, keys in ((old, KEYS), (recent, ["e2-c0"])):
+        claims.claim(keys)
+        claims.done(keys)
+    week_ago = time.time() - DONE_LOGS_KEPT_S - 60
+    os.utime(old.folder / f"done-{old.owner}", (week_ago, week_ago))
+    Claims(str(tmp_path))
+    assert sorted(path.name for path in old.folder.glob("done-*")) == [f"done-{recent.owner}"]
 
 
 def test_a_done_marker_never_hides_samples_missing_from_the_store(tmp_path):
@@ -108,7 +131,7 @@ def test_a_live_owner_renews_its_lease_past_expiry(tmp_path):
     assert json.loads(_marker(owner).read_text())["expires"] > time.time()
     owner.done(KEYS)
     time.sleep(0.4)
-    assert json.loads(_marker(owner).read_text())["state"] == "done"  # renewal stopped with the lease
+    assert not _marker(owner).exists()  # removed once stored, and renewal stopped with the lease
 
 
 def test_of_two_runs_taking_over_one_expired_lease_only_one_wins(tmp_path):
@@ -141,8 +164,8 @@ def test_claiming_leaves_no_temporary_files(tmp_path):
     claims = Claims(str(tmp_path))
     claims.claim(KEYS)
     claims.claim(KEYS)
-    claims.done(KEYS)
-    assert [path.name for path in claims.folder.iterdir() if path.is_file()] == [_marker(claims).name]
+    claims.release(KEYS)
+    assert [path.name for path in claims.folder.iterdir() if path.is_file()] == []
 
 
 def test_object_store_urls_have_no_claims(tmp_path):

@@ -73,6 +73,9 @@ def test_two_runs_on_one_store_share_the_rpm_limit_and_pay_once(tmp_path, api_ke
     report = queries.status(Store(config["store"]["path"]))
     assert report.rows["cots"] == train * 2 and report.rows["evaluations"] == train * 2
     assert report.calls_ok == needed and report.calls_failed == 0
+    leases = [path.name for path in (tmp_path / "store" / "_claims").iterdir()
+              if path.is_file() and not path.name.startswith("done-")]
+    assert leases == []  # each lease went once its answer was stored
 
 
 def test_a_missing_shared_limit_stops_the_run_before_any_call(tmp_path, api_key):

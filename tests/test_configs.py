@@ -183,3 +183,18 @@ def test_pull_steps_name_functions_a_worker_can_import():
         (fqn,) = step
         module, name = fqn.rsplit(".", 1)
         assert callable(getattr(importlib.import_module(module), name))
+
+
+def test_prefect_file_names_the_prefect_that_pyproject_allows():
+    from packaging.requirements import Requirement
+
+    data = yaml.safe_load(PREFECT_FILE.read_text())
+    [requirement] = re.findall(r'^\s*"(prefect[<>=!~][^"]*)"', (REPO / "pyproject.toml").read_text(), re.MULTILINE)
+    assert Requirement(requirement).specifier.contains(str(data["prefect-version"]))
+
+
+def test_generation_deployments_run_one_at_a_time_per_store():
+    data = yaml.safe_load(PREFECT_FILE.read_text())
+    for item in data["deployments"]:
+        if item["entrypoint"].startswith(("flows/generate.py", "flows/resume.py")):
+            assert item["concurrency_limit"] == {"limit": 1, "collision_strategy": "ENQUEUE"}, item["name"]

@@ -9,18 +9,21 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import pytest
 
 from flows.cli import main
+from tasks.answers import answers_match
 from tasks.config import ConfigError, EvalConfig, StudentConfig, TinyStudentConfig, TrainConfig, parse_config
+from tasks.student.batching import encode
 from tasks.student.decoding import (
     Candidate,
+    candidate_answer,
     choose,
     judge,
     judge_candidates,
     passes_per_question,
     sample_candidates,
 )
-from tasks.student.evaluation import generate
+from tasks.student.evaluation import generate, is_verdict
 from tasks.student.model import build_student, load_student
-from tasks.student.stages import Row, replay_rows
+from tasks.student.stages import Row, judging, replay_rows
 from tasks.student.training import train_student
 from tasks.teacher.prompts import format_judged_input
 
@@ -29,9 +32,10 @@ COTS = [Row(f"q{i}", q, f"( {a}.0 + {b}.0 )", f"{a} + {b} = {a + b}. The answer 
         for i, (q, (a, b)) in enumerate(zip(QUESTIONS, ((2, 3), (4, 1), (6, 2))))]
 WRONG = {0: "2 * 3 = 6. The answer is (2 * 3).", 1: "4 - 1 = 3. The answer is (4 - 1).",
          2: "6 - 2 = 4. The answer is (6 - 2)."}
-JUDGED = [Row(c.example_id, format_judged_input(c.input, c.rationale), "correct", "It adds up.") for c in COTS] + [
-    Row(c.example_id, format_judged_input(c.input, WRONG[i]), "wrong", "It should add.") for i, c in enumerate(COTS)
-]
+JUDGED = judging(
+    [Row(c.example_id, format_judged_input(c.input, c.rationale), "correct", "It adds up.") for c in COTS]
+    + [Row(c.example_id, format_judged_input(c.input, WRONG[i]), "wrong", "It should add.") for i, c in enumerate(COTS)]
+)
 
 
 @pytest.fixture(scope="module")
@@ -41,8 +45,8 @@ def student(tmp_path_factory):
     rows = COTS + JUDGED
     model, tokenizer = build_student(cfg, [t for r in rows for t in (r.input, r.label, r.rationale)])
     result = train_student(
-        rows, [], model=model, tokenizer=tokenizer, student_cfg=cfg, steps=120,
-        train_cfg=TrainConfig(batch_size=9, learning_rate=3e-3, stage1_steps=0, stage2_steps=120, eval_every=120),
+        rows, [], model=model, tokenizer=tokenizer, student_cfg=cfg, steps=200,
+        train_cfg=TrainConfig(batch_size=9, learning_rate=3e-3, stage1_steps=0, stage2_steps=200, eval_every=200),
         out_dir=tmp_path_factory.mktemp("student"), accuracy_fn=lambda preds, golds: 0.0, progress=False,
     )
     return result.checkpoint, *load_student(result.checkpoint)
@@ -96,6 +100,28 @@ def test_self_verify_takes_the_best_verdict_and_breaks_ties_by_majority_vote():
     assert choose(tied, "self_verify", "equation").chosen == 1  # its answer has two votes
     with pytest.raises(ValueError, match="judge_candidates"):
         choose([Candidate("a", "(2 + 3)")], "self_verify", "equation")
+
+
+def test_judging_is_its_own_task_so_answering_never_learns_verdicts(student):
+    _, model, tokenizer = student
+    data = encode([COTS[0], JUDGED[0]], tokenizer, StudentConfig(), explain=True)
+    asked = [tokenizer.decode(ids, skip_special_tokens=True) for ids in data.predict_inputs + data.explain_inputs]
+    assert [text.split(" Q:")[0].split(" Ann")[0] for text in asked] == ["predict:", "judge:", "explain:", "critique:"]
+    # Trained on both, the student answers a question with an answer, and judges a judged input.
+    answers = [texts[0] for texts in generate(model, tokenizer, QUESTIONS, max_new_tokens=12)]
+    assert not any(is_verdict(answer) for answer in answers)
+    assert [answers_match("equation", answer, row.label) for answer, row in zip(answers, COTS)] == [True] * 3
+
+
+def test_a_verdict_word_is_never_an_answer_candidate():
+    assert candidate_answer("correct", "(2 + 3)") == "(2 + 3)"
+    assert candidate_answer(None, "answer: correct") == "" and candidate_answer("Wrong.", "") == ""
+    assert candidate_answer("(2 + 3)", "correct") == "(2 + 3)"
+    # Candidates left without an answer do not outvote one that has an answer.
+    unanswered = [Candidate("r1", ""), Candidate("r2", ""), Candidate("r3", "(2 + 3)")]
+    assert choose(unanswered, "self_consistency", "equation").answer == "(2 + 3)"
+    judged = [Candidate("r1", "", "correct", 0.9), Candidate("r2", "(2 + 3)", "wrong", 0.4)]
+    assert choose(judged, "self_verify", "equation").answer == "(2 + 3)"
 
 
 def test_inference_cost_per_question_of_each_mode():

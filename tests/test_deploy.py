@@ -23,7 +23,7 @@ from simulator.server import start_simulator
 from storage import Store, queries
 from tasks.config import DatasetConfig
 from tasks.data.datasets import load_dataset
-from tasks.ops.deployment import DeployError, enter_checkout
+from tasks.ops.deployment import API_KEY_SECRET, DeployError, deploy_project, enter_checkout
 
 WORKER_ENV = {
     "MINDSMIRROR_HOME": str(REPO),
@@ -43,19 +43,12 @@ def deployed(prefect_server, tmp_path_factory):
     result = _mindsmirror("deploy", "--rpm", "6000", "--limit-name", "teacher-rpm-deploy-test")
     assert result.returncode == 0, result.stdout + result.stderr
     logs = tmp_path_factory.mktemp("workers")
-    workers = []
     for pool in ("cpu", "gpu"):
-        log = open(logs / f"{pool}.log", "w")
-        # Own session, so the flow run processes a worker starts are stopped with it.
-        process = subprocess.Popen(
-            [sys.executable, "-m", "prefect", "worker", "start", "--pool", pool, "--limit", "1"],
-            cwd=logs, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **WORKER_ENV},
-            start_new_session=True,
-        )
-        workers.append((process, log))
+        _start_worker(pool, logs)
     try:
         yield result.stdout + result.stderr, logs
     finally:
+        workers = list(WORKERS.values())
         for process, _ in workers:
             os.killpg(process.pid, signal.SIGTERM)
         for process, log in workers:
@@ -65,6 +58,20 @@ def deployed(prefect_server, tmp_path_factory):
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
             log.close()
+
+
+WORKERS: dict[str, tuple[subprocess.Popen, object]] = {}  # pool -> the worker process polling it, its log
+
+
+def _start_worker(pool: str, logs: Path) -> None:
+    log = open(logs / f"{pool}.log", "a")
+    # Own session, so the flow run processes a worker starts are stopped with it.
+    process = subprocess.Popen(
+        [sys.executable, "-m", "prefect", "worker", "start", "--pool", pool, "--limit", "1"],
+        cwd=logs, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **WORKER_ENV},
+        start_new_session=True,
+    )
+    WORKERS[pool] = (process, log)
 
 
 def _run(name: str, **parameters):
@@ -253,3 +260,110 @@ def test_deploy_without_a_server_says_how_to_start_one():
         f"mindsmirror: the Prefect server at {closed} does not answer (ConnectError); "
         "start it with `prefect server start` or fix PREFECT_API_URL"
     ]
+
+
+def _nightly(client):
+    deployment = client.read_deployment_by_name("generate/svamp")
+    [schedule] = deployment.schedules
+    return deployment, schedule
+
+
+@pytest.mark.slow  # three deploys: about a minute on 2 busy cores
+def test_redeploying_keeps_a_schedule_someone_turned_on_and_its_id(prefect_server, monkeypatch):
+    from prefect.client.orchestration import get_client
+
+    monkeypatch.chdir(REPO)
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    deploy_project(REPO / "deploy" / "prefect.yaml")
+    with get_client(sync_client=True) as client:
+        deployment, schedule = _nightly(client)
+        client.update_deployment_schedule(deployment.id, schedule.id, active=True)  # what `schedule resume` does
+
+    summary = deploy_project(REPO / "deploy" / "prefect.yaml")  # as after an edit
+
+    with get_client(sync_client=True) as client:
+        _, again = _nightly(client)
+        assert (again.id, again.active) == (schedule.id, True)
+        client.update_deployment_schedule(deployment.id, schedule.id, active=False)
+    assert "generate/svamp (pool cpu, 1 schedule(s), 1 active)" in summary.describe()
+    deploy_project(REPO / "deploy" / "prefect.yaml")
+    with get_client(sync_client=True) as client:
+        assert _nightly(client)[1].active is False  # paused stays paused too
+
+
+@pytest.mark.slow
+def test_deploy_keeps_the_api_key_in_a_secret_block_that_cpu_runs_read(prefect_server, monkeypatch):
+    import asyncio
+
+    from prefect.blocks.system import Secret
+    from prefect.client.orchestration import get_client
+    from prefect.workers.process import ProcessJobConfiguration
+
+    monkeypatch.chdir(REPO)
+    monkeypatch.setenv("OPENAI_API_KEY", API_KEY)
+    summary = deploy_project(REPO / "deploy" / "prefect.yaml", gpus=2)
+
+    assert Secret.load(API_KEY_SECRET).get() == API_KEY
+    assert f"Secret block '{API_KEY_SECRET}'" in summary.describe() and API_KEY not in summary.describe()
+    with get_client(sync_client=True) as client:
+        cpu, gpu = client.read_work_pool("cpu"), client.read_work_pool("gpu")
+        deployment = client.read_deployment_by_name("generate/svamp")
+    assert gpu.concurrency_limit == 2 and cpu.concurrency_limit is None
+    assert API_KEY not in cpu.model_dump_json() + deployment.model_dump_json()  # only a reference is stored
+
+    async def run_environment(pool):  # what the worker resolves when it starts a run
+        async with get_client() as client:
+            job = await ProcessJobConfiguration.from_template_and_values(pool.base_job_template, {}, client=client)
+        return job.env
+
+    assert asyncio.run(run_environment(cpu))["OPENAI_API_KEY"] == API_KEY
+    assert "OPENAI_API_KEY" not in asyncio.run(run_environment(gpu))
+
+
+def _children(parent_id, stage: str) -> list:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[parent_id])),
+            sort=FlowRunSort.EXPECTED_START_TIME_ASC)
+    return [run for run in runs if (run.idempotency_key or "").startswith(f"{parent_id}-{stage}")]
+
+
+@pytest.mark.slow
+def test_a_retried_parent_trains_again_after_its_gpu_worker_died(deployed, tmp_path):
+    from prefect.client.orchestration import get_client
+    from prefect.deployments import run_deployment
+    from prefect.states import Crashed
+
+    _, logs = deployed
+    config = _small_quickstart(tmp_path / "store")
+    config["train"].update(stage1_steps=40, stage2_steps=80, eval_every=40)  # long enough to be cut
+    parent = run_deployment("distill/quickstart", parameters={"config": config}, timeout=0)
+    deadline = time.monotonic() + 240
+    while not any(run.state.is_running() for run in _children(parent.id, "train")):
+        assert time.monotonic() < deadline, "training never started"
+        time.sleep(0.5)
+    worker, log = WORKERS.pop("gpu")
+    os.killpg(worker.pid, signal.SIGKILL)  # the GPU machine dies mid-training, and its run with it
+    worker.wait()
+    log.close()
+    [crashed] = _children(parent.id, "train")
+    with get_client(sync_client=True) as client:  # what the zombie automation does once heartbeats stop
+        client.set_flow_run_state(crashed.id, Crashed(message="its worker stopped sending heartbeats"), force=True)
+    failed = _wait_for_attempt(parent.id, 1)
+    assert failed.state.is_failed() and "training did not complete" in failed.state.message
+
+    _start_worker("gpu", logs)  # a replacement GPU worker, then the UI's Retry on the parent
+    retry = _mindsmirror_prefect("flow-run", "retry", str(parent.id))
+    assert retry.returncode == 0, retry.stdout + retry.stderr
+    retried = _wait_for_attempt(parent.id, 2, timeout_s=300)
+
+    assert retried.state.is_completed(), retried.state.message
+    trains = _children(parent.id, "train")
+    assert [run.state.type.value for run in trains] == ["CRASHED", "COMPLETED"]
+    assert trains[1].idempotency_key == f"{parent.id}-train-attempt-2"
+    [evaluation] = _children(parent.id, "evaluate")
+    assert evaluation.state.is_completed()

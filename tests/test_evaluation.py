@@ -10,17 +10,16 @@ import pytest
 import torch
 
 from tasks.config import EvalConfig, StudentConfig, TinyStudentConfig, TrainConfig
+from tasks.student.devices import resolve_device, use_bf16
 from tasks.student.evaluation import (
-    EXPLAIN,
     evaluate_student,
     label_accuracy,
     normalise_verdict,
     predict,
-    resolve_device,
-    use_bf16,
     verdict_accuracy,
 )
 from tasks.student.model import build_student, load_student
+from tasks.student.prefixes import EXPLAIN
 from tasks.student.stages import Row
 from tasks.student.training import train_student
 

@@ -63,7 +63,7 @@ def test_reruns_redo_only_what_changed(tmp_path, prefect_server, capsys):
         assert f"{arm}: unchanged since its last training" in out
         assert f"{arm}: unchanged since its last evaluation" in out
     assert _trained_at(store) == trained and _scored(store) == scored
-    assert "| cot-2-selfeval |" in out  # the report is still printed, from the stored scores
+    assert "\n| cot-2-selfeval " in out  # the report is still printed, from the stored scores
     with capsys.disabled():
         print(f"\nfirst run {first_seconds:.1f} s, second run {second_seconds:.1f} s")
     # Both runs pay the same fixed Prefect and process costs (several seconds on a loaded machine),

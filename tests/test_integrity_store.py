@@ -20,7 +20,7 @@ from storage.store import QUARANTINE
 from tasks.config import DatasetConfig, parse_config
 from tasks.data.datasets import load_dataset
 from tasks.ops.report import write_report
-from tasks.student.arms import evaluate_one, train_one
+from tasks.student import evaluate_one, train_one
 
 T0 = datetime(2024, 1, 1, tzinfo=timezone.utc)
 VIEWS = ("examples", "cots", "evaluations", "calls", "predictions", "results", "rejects", "failed_requests")
@@ -107,6 +107,16 @@ def test_sql_cannot_read_files_outside_the_store(store_config, tmp_path, capsys)
         code, out, err = _sql(store_config, query, capsys)
         assert code == 1 and "hunter2" not in out and "Permission Error" in err, query
         assert "Traceback" not in err
+
+
+def test_sql_cannot_read_duckdbs_temp_folder_outside_the_store(store_config, tmp_path, capsys, monkeypatch):
+    work = tmp_path / "elsewhere"
+    (work / ".tmp").mkdir(parents=True)
+    (work / ".tmp" / "secret.txt").write_text("hunter2\n")  # DuckDB's default temp folder is <cwd>/.tmp
+    monkeypatch.chdir(work)
+    for query in ("SELECT * FROM read_text('.tmp/secret.txt')", f"SELECT * FROM read_text('{work}/.tmp/secret.txt')"):
+        code, out, err = _sql(store_config, query, capsys)
+        assert code == 1 and "hunter2" not in out and "Permission Error" in err, query
 
 
 def test_sql_cannot_change_settings_or_attach_databases(store_config, tmp_path, capsys):

@@ -30,6 +30,24 @@ def _small_quickstart(tmp_path: Path) -> Path:
     return path
 
 
+def _parent_artifact_types() -> set[str]:
+    """The artifact types on the latest `distill` run (the run's own, not its subflows')."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterFlowRunId,
+        FlowFilter,
+        FlowFilterName,
+    )
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    with get_client(sync_client=True) as client:
+        [run] = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["distill"])),
+                                      sort=FlowRunSort.START_TIME_DESC, limit=1)
+        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run.id])))
+    return {artifact.type for artifact in artifacts}
+
+
 def test_run_goes_from_nothing_to_a_report(tmp_path, prefect_server):
     result = _run(_small_quickstart(tmp_path))
     assert result.returncode == 0, result.stderr
@@ -47,12 +65,20 @@ def test_run_goes_from_nothing_to_a_report(tmp_path, prefect_server):
         scored = {row.metric: row.value for row in results if row.arm == arm and row.split == "test"}
         assert {"accuracy", "accuracy:self_consistency", "accuracy:self_verify"} <= set(scored)
         assert (scored["passes:self_consistency"], scored["passes:self_verify"]) == (10, 15)  # k = 5
-    assert "| cot-3-selfeval |" in result.stdout
+    table_lines = [line for line in result.stdout.splitlines() if line.startswith("|")]
+    assert any(line.startswith("| cot-3-selfeval ") for line in table_lines)
+    assert [line for line in table_lines if len(line) > 120] == []  # the results table fits a terminal
+    assert _parent_artifact_types() == {"table", "markdown"}  # results and chart on the distill run too
     with open(tmp_path / "store" / "report.csv") as handle:
         table = list(csv.DictReader(handle))
     assert len(table) == len(arms)
     assert {"test accuracy", "test accuracy (self-consistency)", "test accuracy (self-verify)",
             "passes/question (self-verify)"} <= set(table[0])
+    # What each arm's training samples cost the teacher: gold fine-tuning bought none.
+    spend = {row["arm"]: row["teacher spend (US$)"] for row in table}
+    assert float(spend["cot-3-selfeval"]) > 0 and spend["standard-finetune"] == ""
+    assert "The teacher's self-evaluations against gold:" in result.stdout  # with its confusion matrix
+    assert "verdict     answer right  answer wrong" in result.stdout
     checkpoints = {row["arm"]: row["checkpoint"] for row in table}
     assert checkpoints["cot-3-selfeval"].startswith("students/cot-3-selfeval/stage2/")
     assert (tmp_path / "store" / "report.png").stat().st_size > 1000

@@ -1,4 +1,5 @@
 import os
+import shutil
 import signal
 import statistics
 import subprocess
@@ -218,6 +219,50 @@ def test_compact_merges_files_and_keeps_every_row_once(tmp_path):
     assert store.fetch("SELECT * FROM cots ORDER BY key") == before
     assert pq.read_table(store.files("cots")[0]).num_rows == 40
     assert store.compact() == {}
+
+
+def _rows_per_part(store: Store, table: str) -> dict[str, int]:
+    return {path: pq.read_metadata(path).num_rows for path in store.files(table)}
+
+
+def test_compact_bounds_its_parts_so_a_damaged_part_loses_only_its_own_rows(tmp_path):
+    store = Store(str(tmp_path / "store"))
+    for i in range(25):
+        store.append([cot(4 * i + j) for j in range(4)])
+    assert store.compact(part_rows=30) == {"cots": 25}
+    assert sorted(_rows_per_part(store, "cots").values()) == [10, 30, 30, 30]
+    for damaged, rows in _rows_per_part(store, "cots").items():
+        copy = tmp_path / f"copy-{Path(damaged).stem}"
+        shutil.copytree(tmp_path / "store", copy)
+        part = copy / "cots" / Path(damaged).name
+        part.write_bytes(part.read_bytes()[: part.stat().st_size // 2])  # a truncated file
+        damaged_store = Store(str(copy))
+        damaged_store.quarantine([path for path, _ in damaged_store.corrupt_files()])
+        assert count(damaged_store, "cots") == 100 - rows
+
+
+def test_compact_never_rewrites_a_part_that_is_already_bounded(tmp_path):
+    store = Store(str(tmp_path))
+    for i in range(25):
+        store.append([cot(4 * i + j) for j in range(4)])
+    store.compact(part_rows=30)
+    full = {path: os.stat(path).st_mtime_ns for path, rows in _rows_per_part(store, "cots").items() if rows == 30}
+    assert store.compact(part_rows=30) == {}  # nothing new: nothing rewritten
+    store.append([cot(200), cot(201)])
+    store.append([cot(202)])
+    assert store.compact(part_rows=30) == {"cots": 3}  # the 10-row part and the two new ones
+    after = _rows_per_part(store, "cots")
+    assert {path: os.stat(path).st_mtime_ns for path in full} == full and set(full) <= set(after)
+    assert sorted(after.values()) == [13, 30, 30, 30]
+    assert count(store, "cots") == 103
+
+
+def test_compact_splits_a_part_larger_than_the_bound(tmp_path):
+    store = Store(str(tmp_path))
+    store.append([cot(i) for i in range(70)])  # one file, as an older compaction wrote them
+    assert store.compact(part_rows=30) == {"cots": 1}
+    assert sorted(_rows_per_part(store, "cots").values()) == [10, 30, 30]
+    assert count(store, "cots") == 70
 
 
 def test_compact_while_another_process_writes_and_a_reader_counts(tmp_path):

@@ -19,6 +19,7 @@ from tasks.teacher.client import TeacherClient, estimate_tokens
 from tasks.teacher.errors import FatalError, OutputError, TransientError, retry_after_seconds, translate
 from tasks.teacher.prompts import cot_messages
 from tasks.teacher.ratelimit import RateLimiter
+from tasks.teacher.window import Window
 
 API_KEY = "sk-test-do-not-log-0123456789abcdef"
 PROBLEMS = generate_problems(10, 0, "train")
@@ -352,3 +353,20 @@ def test_every_429_lowers_the_pace_with_or_without_retry_after(retry_after):
         stats = sim.stats()
     assert pace is not None and pace < 6000
     assert stats["rate_limited"] / stats["requests"] < 0.4, stats
+
+
+def test_a_request_cancelled_while_it_waits_for_the_window_leaves_the_window_whole():
+    async def run():
+        window = Window(2)
+        await window.acquire(2)
+        waiting = [asyncio.ensure_future(window.acquire(1)) for _ in range(3)]
+        await asyncio.sleep(0)
+        waiting[0].cancel()
+        window.release(2)  # grants the two still waiting, passing the cancelled one
+        await asyncio.sleep(0)
+        results = await asyncio.gather(*waiting, return_exceptions=True)
+        window.release(2)
+        return results, await asyncio.wait_for(window.acquire(2), 1)
+
+    results, taken = asyncio.run(run())
+    assert isinstance(results[0], asyncio.CancelledError) and results[1:] == [1, 1] and taken == 2

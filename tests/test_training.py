@@ -18,7 +18,7 @@ from tasks.data.arithmetic import generate_problems
 from tasks.student.batching import IGNORE, epoch_batches
 from tasks.student.evaluation import evaluate_student, label_accuracy
 from tasks.student.model import build_student, load_student
-from tasks.student.stages import Row, replay_rows, train_arm
+from tasks.student.stages import Row, judging, replay_rows, train_arm
 from tasks.student.training import RECORD, data_snapshot, learning_rate, multitask_loss, train_student
 
 SMALL = StudentConfig(
@@ -209,7 +209,7 @@ def test_self_eval_replay_mixes_stage_1_rows_into_stage_2(tmp_path):
     )
     stage2 = json.loads((result.checkpoint / RECORD).read_text())
     assert result.replayed == stage2["self_eval_replayed"] == 4  # 4 / (16 + 4) = 0.2
-    assert stage2["rows"] == 20 and stage2["data_snapshot"] == data_snapshot([*rows, *replay_rows(judged, 16, 0.2, 0)])
+    assert stage2["rows"] == 20 and stage2["data_snapshot"] == data_snapshot([*rows, *replay_rows(judging(judged), 16, 0.2, 0)])
 
 
 def test_standard_mode_trains_on_labels_only(tmp_path):

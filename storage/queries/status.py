@@ -29,9 +29,21 @@ class StatusReport:
     calls_usage_estimated: int = 0  # calls whose token counts are estimates (the server sent no usage)
     queue_p50_s: float | None = None
     server_p50_s: float | None = None
+    # Attempts sent and timed out (calls with status `abandoned`): the server may have billed them;
+    # their estimated cost is not in cost_usd but counts against teacher.max_cost_usd.
+    abandoned_attempts: int = 0
+    possibly_billed_usd: float = 0.0
 
     def as_dict(self) -> dict[str, dict]:
         """Sections of plain values, for printing or JSON."""
+        report = self._sections()
+        if self.abandoned_attempts:
+            report["calls"]["possibly billed: timed-out attempts"] = self.abandoned_attempts
+            report["calls"]["possibly billed usd (estimated, counted against the budget)"] = round(
+                self.possibly_billed_usd, 6)
+        return report
+
+    def _sections(self) -> dict[str, dict]:
         return {
             "rows": dict(self.rows),
             "examples by split": dict(self.examples_by_split),
@@ -108,7 +120,9 @@ k AS (
         quantile_cont(server_s, 0.5) FILTER (WHERE status = 'ok') AS server_p50_s,
         coalesce(sum(prompt_tokens), 0) AS prompt_tokens,
         coalesce(sum(completion_tokens), 0) AS completion_tokens,
-        coalesce(sum(cost_usd), 0.0) AS cost_usd,
+        coalesce(sum(cost_usd) FILTER (WHERE status <> 'abandoned'), 0.0) AS cost_usd,
+        coalesce(sum(attempts) FILTER (WHERE status = 'abandoned'), 0) AS abandoned_attempts,
+        coalesce(sum(cost_usd) FILTER (WHERE status = 'abandoned'), 0.0) AS possibly_billed_usd,
         quantile_cont(latency_s, 0.5) FILTER (WHERE status = 'ok') AS latency_p50_s
     FROM calls
 )
@@ -155,4 +169,6 @@ def status(store: Source) -> StatusReport:
         calls_usage_estimated=totals["calls_usage_estimated"],
         queue_p50_s=totals["queue_p50_s"],
         server_p50_s=totals["server_p50_s"],
+        abandoned_attempts=int(totals["abandoned_attempts"]),
+        possibly_billed_usd=float(totals["possibly_billed_usd"]),
     )

@@ -179,5 +179,6 @@ def data_snapshot(rows: Sequence) -> str:
     """A hash of the training rows (input, label, rationale) that names the data a checkpoint saw."""
     digest = hashlib.sha256()
     for row in canonical_order(rows):
-        digest.update(json.dumps([row.input, row.label, row.rationale]).encode())
+        task = [row.task] if getattr(row, "task", "answer") != "answer" else []  # answer rows hash as before
+        digest.update(json.dumps([row.input, row.label, row.rationale, *task]).encode())
     return digest.hexdigest()[:16]

@@ -25,6 +25,8 @@ class Summary:
     completion_tokens: int = 0
     estimated_calls: int = 0  # calls whose token counts are estimates (the server sent no usage)
     cost_usd: float = 0.0
+    abandoned: int = 0  # attempts sent and timed out: possibly billed
+    possibly_billed_usd: float = 0.0  # their estimated cost, counted against the budget
     pending: int = 0  # answers received but not in the store (journalled after a failed write)
     journal: str | None = None  # where those pending answers are
     stopped: str | None = None
@@ -42,6 +44,8 @@ class Summary:
             f"self-evaluations ({self.unparseable} unparseable, kept with their reason); "
             f"{self.prompt_tokens + self.completion_tokens:,} tokens, ${self.cost_usd:.4f}"
             + (f"; {self.refused} refused by the content filter, kept with the reason" if self.refused else "")
+            + (f"; {self.abandoned} timed-out attempts possibly billed (about ${self.possibly_billed_usd:.4f}, "
+               "counted against the budget)" if self.abandoned else "")
             + self.tokens_note() + (SIMULATED_NOTE if simulated else "")
         )
 

@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 
 class GenerationProgress:
-    def __init__(self, total: int, enabled: bool = True):
+    """`pacing(elapsed_s)` names the client-side limit the run mostly waited on, if any (shown)."""
+
+    def __init__(self, total: int, enabled: bool = True, pacing: Callable[[float], str | None] | None = None):
+        self.pacing = pacing
         self.started = time.perf_counter()
         self.done = self.failed = self.skipped = self.unparseable = self.tokens = 0
         self.cost = 0.0
@@ -29,11 +33,13 @@ class GenerationProgress:
             TextColumn("${task.fields[cost]:.4f}"),
             TextColumn("[red]{task.fields[failed]} failed[/]"),
             TimeElapsedColumn(),
+            TextColumn("[yellow]{task.fields[note]}[/]"),
             console=Console(file=sys.stderr),
             disable=not enabled,
             transient=False,
         )
-        self._task = self._bar.add_task("teacher", total=total, rate=0.0, tokens=0, cost=0.0, failed=0)
+        self._task = self._bar.add_task("teacher", total=total, rate=0.0, tokens=0, cost=0.0, failed=0,
+                                        note="")
 
     def __enter__(self) -> GenerationProgress:
         self._bar.start()
@@ -73,4 +79,11 @@ class GenerationProgress:
             tokens=self.tokens,
             cost=self.cost,
             failed=self.failed,
+            note=self._note(elapsed),
         )
+
+    def _note(self, elapsed: float) -> str:
+        limit = self.pacing(elapsed) if self.pacing is not None else None
+        if limit is None:
+            return ""
+        return f"waiting on teacher.{limit} (client-side limit, not the server)"

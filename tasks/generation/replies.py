@@ -6,6 +6,8 @@ sample is parsed and recorded the same way whichever path bought it.
 
 from __future__ import annotations
 
+import uuid
+
 from storage import CallRow, CotRow, EvaluationRow
 from tasks.config import TeacherConfig
 from tasks.generation.plan import Request, sampling_of
@@ -59,4 +61,16 @@ def failure_record(teacher: TeacherConfig, request, call_id: str, error: str, at
         call_id=call_id, kind=request.kind, example_id=request.example_id, keys=request.keys,
         status="failed", attempts=attempts, prompt_tokens=0, completion_tokens=0, cost_usd=0.0,
         latency_s=0.0, error=error, teacher_model=teacher.model,
+    )
+
+
+def abandoned_record(teacher: TeacherConfig, request: Request, attempts: int, cost: float) -> CallRow:
+    """The `abandoned` record of a request's attempts that were sent and timed out: the server may
+    have answered (and billed) them anyway, so their estimated cost counts as spent. It holds no
+    keys: it says nothing about which samples are stored or failed."""
+    return CallRow(
+        call_id=uuid.uuid4().hex, kind=request.kind, example_id=request.example_id, keys=(), status="abandoned",
+        attempts=attempts, prompt_tokens=0, completion_tokens=0, cost_usd=cost, latency_s=0.0,
+        error=f"{attempts} attempts timed out after they were sent: possibly billed (estimated cost)",
+        teacher_model=teacher.model,
     )

@@ -28,7 +28,7 @@ from tasks.config import Config
 from tasks.generation.ledger import Budget, BudgetExceeded, Summary
 from tasks.generation.plan import ExampleWork, Request, narrow, price_usd, request_for, sampling_of
 from tasks.generation.progress import GenerationProgress
-from tasks.generation.replies import call_record, failure_record, reply_rows
+from tasks.generation.replies import abandoned_record, call_record, failure_record, reply_rows
 from tasks.teacher.client import Gate, TeacherClient, TeacherReply, estimate_tokens
 from tasks.teacher.endpoint import Endpoint
 from tasks.teacher.errors import FatalError, TeacherError
@@ -187,19 +187,19 @@ class Session:
                 admit=None if admit is None else lambda: admit(estimate),
             )
         except FatalError as error:
-            self.budget.settle(estimate, 0.0)
+            self.budget.settle(estimate, self._abandoned(request, error.abandoned, estimate, one_by_one))
             self.fatal = self.fatal or error
             self._stop(str(error))
             return []
         except TeacherError as error:
-            self.budget.settle(estimate, 0.0)
+            self.budget.settle(estimate, self._abandoned(request, error.abandoned, estimate, one_by_one))
             self._record_failure(request, call_id, f"{type(error).__name__}: {error}",
                                  getattr(error, "attempts", 0) or 0, count)
             return None
         if reply is None:
             return []  # not admitted (_admit says why)
         cost = price_usd(self.teacher, reply.prompt_tokens, reply.completion_tokens)
-        self.budget.settle(estimate, cost)
+        self.budget.settle(estimate, cost + self._abandoned(request, reply.abandoned, estimate, one_by_one))
         rows = reply_rows(self.teacher, self.answer_type, request, reply, call_id)
         got = request.keys[: len(rows)]
         # Rows first, then the call record: a crash between the two keeps the paid answer. The call
@@ -219,6 +219,17 @@ class Session:
         return rows
 
     # ---- rows and records ----------------------------------------------------------------------
+
+    def _abandoned(self, request: Request, attempts: int, estimate: float, one_by_one: bool) -> float:
+        """Record a request's timed-out attempts at their estimated cost (one attempt: the request's
+        estimate, or one sample's share of it when samples go one by one); returns that cost."""
+        if not attempts:
+            return 0.0
+        cost = attempts * estimate / (len(request.keys) if one_by_one else 1)
+        self._write([abandoned_record(self.teacher, request, attempts, cost)])
+        self.summary.abandoned += attempts
+        self.summary.possibly_billed_usd += cost
+        return cost
 
     def _record_failure(self, request: Request, call_id: str, error: str, attempts: int, count: bool) -> None:
         self._write([failure_record(self.teacher, request, call_id, error, attempts)])
@@ -284,7 +295,7 @@ class Session:
                     self._pending.remove(rows)
                 self.journal.discard()
             except OSError:
-                pass
+                self.journal.keep_only(self._pending)
             self.summary.pending = sum(len(rows) for rows in self._pending if not isinstance(rows[0], CallRow))
         if self.summary.pending:
             where = self.summary.journal or "memory only (the journal could not be written either: they are lost)"
@@ -309,7 +320,7 @@ async def open_session(store: Store, config: Config, answer_type: str, endpoint:
 
     `total_requests` is what the progress bar counts: one per prompt (Plan.progress_total)."""
     client = endpoint.chat(shared_gate(config.teacher.shared_rate_limit))
-    progress = GenerationProgress(total_requests, enabled=show_progress)
+    progress = GenerationProgress(total_requests, enabled=show_progress, pacing=client.limiter.client_limit)
     session = Session(store, config, answer_type, client, Budget(config.teacher.max_cost_usd,
                       queries.spent_usd(store)), progress, Claims(store.root))
     try:

@@ -1,12 +1,13 @@
 """Decoding with more than one try: self-consistency and self-verification by the student itself.
 
 A candidate is one sampled rationale (`explain: <question>`) and its answer: the answer sentence of
-the rationale when it has one, else one sampled `predict: <question>` output. Both sampling modes
+the rationale when it has one, else one sampled `predict: <question>` output; a verdict word is never
+an answer (a candidate left with none only answers when no candidate has one). Both sampling modes
 score the same candidates (same seed), so they differ only in judging:
 
 - self_consistency: the answer most candidates agree on (ties: the one seen first);
 - self_verify: the student judges every candidate on the stage-1 input format
-  (`predict: Q: ... Proposed answer: <rationale> Evaluation:`); a candidate's score is the
+  (`judge: Q: ... Proposed answer: <rationale> Evaluation:`); a candidate's score is the
   probability the student gives the label "correct" among the three verdict labels; the
   best-scoring candidate answers, ties broken by majority vote, then by order.
 
@@ -23,7 +24,12 @@ import torch
 
 from tasks.answers import answers_match
 from tasks.config import EvalConfig
-from tasks.student.evaluation import EXPLAIN, PREDICT, VERDICTS, autocast, generate
+from tasks.student.batching import causal_batch, target_ids
+from tasks.student.devices import autocast
+from tasks.student.evaluation import VERDICTS, generate, is_verdict
+from tasks.student.model import is_causal
+from tasks.student.prefixes import EXPLAIN, JUDGE, PREDICT
+from tasks.student.training import causal_logits
 from tasks.teacher.parsing import parse_cot
 from tasks.teacher.prompts import format_judged_input
 
@@ -65,9 +71,18 @@ def sample_candidates(
         row = []
         for text, fallback in zip(texts, predicted):
             parsed = parse_cot(text, answer_type, question=question)
-            row.append(Candidate(parsed.rationale or text, parsed.answer if parsed.answer else fallback))
+            row.append(Candidate(parsed.rationale or text, candidate_answer(parsed.answer, fallback)))
         candidates.append(row)
     return candidates
+
+
+def candidate_answer(parsed: str | None, fallback: str) -> str:
+    """A candidate's answer: its rationale's answer, else the sampled `predict:` output; "" when both
+    are missing or only a verdict word (a student that also learned to judge may say one)."""
+    for answer in (parsed, fallback):
+        if answer and not is_verdict(answer):
+            return answer
+    return ""
 
 
 def judge(
@@ -81,13 +96,15 @@ def judge(
     tokenizer makes of the words (a student that never saw them still gets a defined score).
     """
     device = torch.device(device) if device is not None else next(model.parameters()).device
-    verdict_ids = [torch.tensor(tokenizer(word)["input_ids"], device=device) for word in VERDICTS]
+    if is_causal(model):
+        return _judge_causal(model, tokenizer, judged_inputs, batch_size, device, max_input_length, bf16)
+    verdict_ids = [ids.to(device) for ids in target_ids(tokenizer, VERDICTS, 8)]
     results: list[tuple[str, float]] = []
     was_training = model.training
     model.eval()
     with torch.inference_mode():
         for start in range(0, len(judged_inputs), batch_size):
-            chunk = [PREDICT + text for text in judged_inputs[start : start + batch_size]]
+            chunk = [JUDGE + text for text in judged_inputs[start : start + batch_size]]
             encoded = tokenizer(chunk, max_length=max_input_length, truncation=True, padding=True,
                                 return_tensors="pt").to(device)
             scores = []
@@ -103,6 +120,29 @@ def judge(
                 results.append((VERDICTS[int(row.argmax())], float(row[VERDICTS.index("correct")])))
     model.train(was_training)
     return results
+
+
+def _judge_causal(model, tokenizer, judged_inputs, batch_size, device, max_input_length, bf16):
+    """judge() for a causal student: each verdict's likelihood after the prompt, one pass per verdict."""
+    verdict_ids = target_ids(tokenizer, VERDICTS, 8)
+    prompts = [torch.tensor(ids) for ids in tokenizer([JUDGE + text for text in judged_inputs],
+                                                      max_length=max_input_length, truncation=True)["input_ids"]]
+    scores = []
+    was_training = model.training
+    model.eval()
+    with torch.inference_mode(), autocast(device, bf16):
+        for ids in verdict_ids:
+            per_verdict = []
+            for start in range(0, len(prompts), batch_size):
+                index = list(range(start, min(start + batch_size, len(prompts))))
+                logits, targets = causal_logits(model, *causal_batch(prompts, [ids] * len(prompts), index,
+                                                                     tokenizer.pad_token_id, device))
+                logp = logits.float().log_softmax(-1).gather(-1, targets[:, None]).view(len(index), len(ids))
+                per_verdict.append(logp.sum(1))
+            scores.append(torch.cat(per_verdict))
+    model.train(was_training)
+    probabilities = torch.stack(scores, -1).softmax(-1).cpu()
+    return [(VERDICTS[int(row.argmax())], float(row[VERDICTS.index("correct")])) for row in probabilities]
 
 
 def judge_candidates(
@@ -130,12 +170,12 @@ def choose(candidates: Sequence[Candidate], mode: str, answer_type: str) -> Deco
         raise ValueError("choose needs at least one candidate")
     cluster = _clusters(candidates, answer_type)
     votes = [cluster.count(cluster[i]) for i in range(len(candidates))]
-    pool = range(len(candidates))
+    pool = [i for i, c in enumerate(candidates) if c.answer] or range(len(candidates))
     if mode == "self_verify":
         if any(c.score is None for c in candidates):
             raise ValueError("self_verify needs judged candidates (judge_candidates)")
-        best = max(c.score for c in candidates)
-        pool = [i for i, c in enumerate(candidates) if c.score == best]
+        best = max(candidates[i].score for i in pool)
+        pool = [i for i in pool if candidates[i].score == best]
     elif mode != "self_consistency":
         raise ValueError(f"unknown sampling decode mode {mode!r}; expected one of {SAMPLING_MODES}")
     chosen = max(pool, key=lambda i: (votes[i], -cluster[i], -i))

@@ -1,7 +1,7 @@
 """Scoring a student: batched greedy generation of labels and rationales, accuracy, agreement.
 
 Labels are generated with the "predict: " prefix, rationales with "explain: " (the prefixes the
-student was trained with, tasks.student.training.PREDICT / EXPLAIN). Accuracy uses
+student was trained with, tasks.student.prefixes). Accuracy uses
 tasks.teacher.parsing.answers_match, so an equation label is scored by its numeric value.
 """
 
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -17,36 +16,11 @@ from rich.progress import Progress
 
 from tasks.answers import answers_match
 from tasks.config import EvalConfig
+from tasks.student.devices import autocast
+from tasks.student.model import is_causal
+from tasks.student.prefixes import EXPLAIN, JUDGE, PREDICT
 
-PREDICT = "predict: "
-EXPLAIN = "explain: "
 VERDICTS = ("correct", "wrong", "uncertain")
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    """The torch device for a config value: "auto" picks CUDA, then Apple MPS, then the CPU."""
-    if name != "auto":
-        return torch.device(name)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
-def use_bf16(setting: bool | str, device: torch.device) -> bool:
-    """Whether to autocast to bf16: "auto" means on CUDA devices that support it, never on the CPU;
-    true also works on the CPU (torch autocasts matmuls there; it pays only on CPUs with bf16 units)."""
-    supported = device.type == "cuda" and torch.cuda.is_bf16_supported()
-    if setting == "auto":
-        return supported
-    if setting and not (supported or device.type == "cpu"):
-        raise ValueError(f"train.bf16 is true but {device} has no bf16 support; set it to auto or false")
-    return bool(setting)
-
-
-def autocast(device: torch.device, bf16: bool):
-    return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
 
 
 def predict(
@@ -98,6 +72,7 @@ def generate(
     # A batch holds batch_size sequences being decoded, whatever the number of samples per input.
     step = max(1, batch_size // per_input)
     outputs: list[list[str]] = [[] for _ in inputs]
+    causal = is_causal(model)
     was_training = model.training
     model.eval()
     with Progress(disable=not progress, transient=True) as bar, torch.inference_mode():
@@ -122,8 +97,11 @@ def generate(
                     attention_mask=encoded["attention_mask"],
                     max_new_tokens=max_new_tokens,
                     num_beams=1,
+                    pad_token_id=tokenizer.pad_token_id,
                     **sampling,
                 )
+            if causal:  # a causal student's output goes on after its (left-padded) prompt
+                generated = generated[:, encoded["input_ids"].shape[1] :]
             texts = tokenizer.batch_decode(generated, skip_special_tokens=True)
             for n, i in enumerate(chunk):
                 outputs[i] = [text.strip() for text in texts[n * per_input : (n + 1) * per_input]]
@@ -139,6 +117,11 @@ def label_accuracy(preds: Sequence[str], golds: Sequence[str], answer_type: str)
     if not preds:
         return 0.0
     return sum(answers_match(answer_type, p, g) for p, g in zip(preds, golds)) / len(preds)
+
+
+def is_verdict(text: str) -> bool:
+    """Whether an answer is only a verdict word ("correct", "Wrong.", "answer: uncertain")."""
+    return text.strip().lower().split(":")[-1].strip(" .,;!") in VERDICTS
 
 
 def normalise_verdict(text: str) -> str | None:
@@ -185,7 +168,8 @@ def evaluate_student(
     """Label accuracy of the student on `rows` (anything with .input and .label); rationales if `explain`.
 
     For self-evaluation rows (input from tasks.teacher.prompts.format_judged_input, label a verdict) use
-    answer_type "verdict": accuracy is then the agreement with the teacher's verdicts.
+    answer_type "verdict": the student is asked to judge, and accuracy is the agreement with the
+    teacher's verdicts.
     """
     cfg = cfg or EvalConfig()
     inputs = [row.input for row in rows]
@@ -199,7 +183,7 @@ def evaluate_student(
         "progress": progress,
     }
     started = time.perf_counter()
-    preds = predict(model, tokenizer, inputs, prefix=PREDICT, **options)
+    preds = predict(model, tokenizer, inputs, prefix=JUDGE if answer_type == "verdict" else PREDICT, **options)
     seconds = time.perf_counter() - started
     if answer_type == "verdict":
         correct = [normalise_verdict(p) == normalise_verdict(g) for p, g in zip(preds, golds)]

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
 from storage import Store, queries
 from tasks.config import ArmConfig, Config
 from tasks.data.datasets import answer_type
+from tasks.student.prefixes import PREFIXES
 from tasks.student.training import data_snapshot
 
 TRAINED = "trained.json"
@@ -57,6 +59,7 @@ def training_inputs(config: Config, arm: ArmConfig, train_rows: Sequence, valida
         "validation_rows": _snapshot(validation_rows),
         "self_eval_rows": _snapshot(self_eval_rows),
         "judged_rows": _snapshot(judged_rows),  # stage 1 is picked on them
+        "task_prefixes": PREFIXES,  # the tiny tokenizer learns them, and each is a task the student learns
     })
 
 
@@ -74,6 +77,14 @@ def evaluation_inputs(config: Config, trained: dict, checkpoints: Sequence[Path 
         "student": config.student.model_dump(),
         "scored": {name: _snapshot(rows) for name, rows in scored.items()},
     })
+
+
+def write_record(folder: Path, name: str, record: dict) -> None:
+    """Write a record file whole or not at all: to a temporary name, then renamed over the old one."""
+    path = folder / name
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(record, indent=2))
+    os.replace(tmp, path)
 
 
 def read_record(folder: Path, name: str) -> dict | None:
@@ -107,7 +118,7 @@ def evaluated_is_current(store: Store, folder: Path, arm: str, inputs: str) -> b
 def record_evaluation(folder: Path, inputs: str, results: Sequence) -> None:
     """Mark an arm's evaluation done for these inputs (written after its scores are in the store)."""
     keys = [[r.split, r.metric, r.checkpoint] for r in results]
-    (folder / EVALUATED).write_text(json.dumps({"inputs": inputs, "results": keys}, indent=2))
+    write_record(folder, EVALUATED, {"inputs": inputs, "results": keys})
 
 
 def unchanged_message(arm: str, stage: str) -> str:

@@ -1,9 +1,13 @@
-"""The student: a T5 encoder-decoder, either pretrained (a Hugging Face id or a local folder) or "tiny".
+"""The student: a seq2seq (T5 family) or a causal (decoder-only) model, pretrained or "tiny", with
+or without LoRA adapters.
 
 "tiny" is a small randomly initialised T5 with a tokenizer trained locally on the training texts, so
 the whole pipeline runs offline in CPU minutes and never touches the hub. Any other value loads
 through Hugging Face's cache like `from_pretrained` does: a hub id is downloaded once unless
-HF_HUB_OFFLINE=1 (as in the tests), where only a cached or local model loads.
+HF_HUB_OFFLINE=1 (as in the tests), where only a cached or local model loads; presets and GGUF
+files resolve to a local folder (tasks.student.pretrained). The family comes from the model's own
+config (`is_encoder_decoder`). With student.lora the pretrained weights stay frozen and checkpoints
+hold the adapter only (adapter_config.json names the base model folder).
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ from pathlib import Path
 import torch
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
     AutoModelForSeq2SeqLM,
     AutoTokenizer,
     PreTrainedModel,
@@ -27,12 +33,13 @@ from transformers import (
 )
 from transformers.utils import logging as hf_logging
 
-from tasks.config import StudentConfig, TinyStudentConfig
+from tasks.config import ConfigError, LoraSettings, StudentConfig, TinyStudentConfig
+from tasks.student.prefixes import PREFIXES
+from tasks.student.pretrained import resolve_model
 
 TINY = "tiny"
+ADAPTER = "adapter_config.json"  # a LoRA checkpoint: the adapter, its base model named inside
 PAD, EOS, UNK = "<pad>", "</s>", "<unk>"
-# The task prefixes are part of every student input, so the tiny tokenizer always learns them.
-PREFIXES = ("predict: ", "explain: ")
 # Every printable ASCII character is in the alphabet, so only exotic characters become <unk>.
 _ALPHABET = [c for c in string.printable if not c.isspace()] + ["\n", "▁"]
 
@@ -61,6 +68,7 @@ def build_tokenizer(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenize
         initial_alphabet=_ALPHABET,
         show_progress=False,
     )
+    # The task prefixes are part of every student input, so the tokenizer always learns them.
     tokenizer.train_from_iterator(list(texts) + list(PREFIXES), trainer)
     tokenizer.post_processor = processors.TemplateProcessing(
         single=f"$A {EOS}", special_tokens=[(EOS, tokenizer.token_to_id(EOS))]
@@ -100,25 +108,76 @@ def build_student(
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """The student of `cfg` and its tokenizer; `texts_for_vocab` trains the tiny tokenizer only."""
     if cfg.model == TINY:
+        if cfg.lora is not None:
+            raise ConfigError("student.lora adapts a pretrained student; the tiny student trains every weight "
+                             "(remove student.lora or name a pretrained student.model)")
         tokenizer = build_tokenizer(texts_for_vocab, cfg.tiny.vocab_size)
         return build_tiny_model(cfg.tiny, tokenizer, seed), tokenizer
-    return load_student(cfg.model)
+    model, tokenizer = load_student(resolve_model(cfg.model))
+    return (model if cfg.lora is None else with_lora(model, cfg.lora, seed)), tokenizer
+
+
+def with_lora(model: PreTrainedModel, lora: LoraSettings, seed: int = 0):
+    """`model` frozen, with trainable low-rank adapters on lora.target_modules (a peft model)."""
+    peft = _peft()
+    task = "SEQ_2_SEQ_LM" if model.config.is_encoder_decoder else "CAUSAL_LM"
+    settings = peft.LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, task_type=task,
+                          target_modules=lora.target_modules)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return peft.get_peft_model(model, settings)
+
+
+def unwrap(model) -> PreTrainedModel:
+    """The transformers model under a LoRA wrapper (its linear layers carry the adapters)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def is_causal(model) -> bool:
+    return not unwrap(model).config.is_encoder_decoder
 
 
 def load_student(model_dir: str | Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """A saved student (a checkpoint folder, a local model folder or a cached hub id) and its tokenizer."""
+    """A saved student (a checkpoint folder, a LoRA checkpoint, a local model folder or a cached hub id)
+    and its tokenizer, in float32."""
     path = str(model_dir)
+    if Path(path, ADAPTER).is_file():
+        peft = _peft()
+        base, _ = load_student(peft.LoraConfig.from_pretrained(path).base_model_name_or_path)
+        with quiet_transformers():
+            return peft.PeftModel.from_pretrained(base, path, is_trainable=True), _tokenizer(path, base)
     try:
         with quiet_transformers():
-            tokenizer = AutoTokenizer.from_pretrained(path)
-            model = AutoModelForSeq2SeqLM.from_pretrained(path)
+            family = AutoModelForSeq2SeqLM if AutoConfig.from_pretrained(path).is_encoder_decoder \
+                else AutoModelForCausalLM
+            model = family.from_pretrained(path, dtype=torch.float32)
+            tokenizer = _tokenizer(path, model)
     except OSError as error:
         raise FileNotFoundError(
             f"student {path!r}: not a local model folder and not in the Hugging Face cache (or the hub is "
-            f"unreachable); use student.model: tiny, a folder holding a saved seq2seq model, or download "
-            f"it first ({error})"
+            f"unreachable); use student.model: tiny, a folder holding a saved seq2seq or causal model, or "
+            f"download it first ({error})"
         ) from None
     return model, tokenizer
+
+
+def _peft():
+    try:
+        import peft
+    except ImportError:
+        raise ConfigError("student.lora needs the peft package: pip install 'mindsmirror[students]'") from None
+    return peft
+
+
+def _tokenizer(path: str, model) -> PreTrainedTokenizerBase:
+    """The tokenizer saved with a student; a causal student's pads on the left (generation appends on
+    the right) and pads with its end token when it has no pad token."""
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if is_causal(model):
+        tokenizer.padding_side = "left"
+    return tokenizer
 
 
 def save_student(model, tokenizer, path: str | Path) -> None:

@@ -1,8 +1,8 @@
 """One arm of the paper: stage 1 on self-evaluations (if the arm has them), then stage 2 from it.
 
 With train.self_eval_replay > 0, stage 2 also keeps training on a share of stage-1 rows, so the
-final student can both answer (`predict:` / `explain:` a question) and judge (`predict:` a
-judged input), which self-verifying decoding (tasks.student.decoding) relies on.
+final student can both answer (`predict:` / `explain:` a question) and judge (`judge:` /
+`critique:` a judged input), which self-verifying decoding (tasks.student.decoding) relies on.
 """
 
 from __future__ import annotations
@@ -20,12 +20,19 @@ from tasks.student.training import TrainResult, train_student
 
 
 class Row(NamedTuple):
-    """A training row as train_student reads it (storage.queries.TrainingRow has the same fields)."""
+    """A training row as train_student reads it (storage.queries.TrainingRow has the same fields,
+    and is a predict row)."""
 
     example_id: str
     input: str
     label: str
     rationale: str | None
+    task: str = "answer"  # or "judge": a key of tasks.student.prefixes.TASKS
+
+
+def judging(rows: Sequence) -> list[Row]:
+    """Self-evaluation rows as the judge task (their labels are verdicts)."""
+    return [Row(getattr(r, "example_id", ""), r.input, r.label, r.rationale, "judge") for r in rows]
 
 
 @dataclass(frozen=True)
@@ -73,6 +80,7 @@ def train_arm(
     checkpoint on `self_eval_validation` by verdict agreement, or takes its last one without them.
     """
     out_dir = Path(out_dir)
+    self_eval_rows, self_eval_validation = judging(self_eval_rows), judging(self_eval_validation)
     if arm.mode == "standard":
         train_rows = [Row(getattr(r, "example_id", ""), r.input, r.label, None) for r in train_rows]
     stage1_wanted = arm.self_eval and train_cfg.stage1_steps > 0
@@ -82,40 +90,24 @@ def train_arm(
         )
     vocab = [text for r in [*self_eval_rows, *train_rows] for text in (r.input, r.label, r.rationale or "")]
     model, tokenizer = build_student(student_cfg, vocab, seed=train_cfg.seed)
-    common = {"train_cfg": train_cfg, "student_cfg": student_cfg, "eval_cfg": eval_cfg, "resume": resume}
+    common = {"train_cfg": train_cfg, "student_cfg": student_cfg, "eval_cfg": eval_cfg, "resume": resume,
+              "progress": progress}
     stage1 = None
     if stage1_wanted:
         stage1 = train_student(
-            self_eval_rows,
-            self_eval_validation,
-            model=model,
-            tokenizer=tokenizer,
-            steps=train_cfg.stage1_steps,
-            out_dir=out_dir / "stage1",
-            accuracy_fn=verdict_accuracy,
-            provenance={"arm": arm.model_dump(), "stage": "self_eval", "init_from": student_cfg.model},
-            progress=progress,
-            **common,
+            self_eval_rows, self_eval_validation, model=model, tokenizer=tokenizer, steps=train_cfg.stage1_steps,
+            out_dir=out_dir / "stage1", accuracy_fn=verdict_accuracy,
+            provenance={"arm": arm.model_dump(), "stage": "self_eval", "init_from": student_cfg.model}, **common,
         )
         model, tokenizer = load_student(stage1.checkpoint)
     replayed = replay_rows(self_eval_rows, len(train_rows), train_cfg.self_eval_replay, train_cfg.seed) \
         if arm.self_eval else []
+    provenance = {"arm": arm.model_dump(), "stage": arm.mode,
+                  "init_from": str(stage1.checkpoint) if stage1 else student_cfg.model,
+                  "self_eval_replayed": len(replayed)}
     stage2 = train_student(
-        [*train_rows, *replayed],
-        validation_rows,
-        model=model,
-        tokenizer=tokenizer,
-        steps=train_cfg.stage2_steps,
-        out_dir=out_dir / "stage2",
-        accuracy_fn=accuracy_fn,
-        provenance={
-            "arm": arm.model_dump(),
-            "stage": arm.mode,
-            "init_from": str(stage1.checkpoint) if stage1 else student_cfg.model,
-            "self_eval_replayed": len(replayed),
-        },
-        progress=progress,
-        **common,
+        [*train_rows, *replayed], validation_rows, model=model, tokenizer=tokenizer, steps=train_cfg.stage2_steps,
+        out_dir=out_dir / "stage2", accuracy_fn=accuracy_fn, provenance=provenance, **common,
     )
     return ArmResult(arm=arm.name, checkpoint=stage2.checkpoint, stage1=stage1, stage2=stage2,
                      replayed=len(replayed))

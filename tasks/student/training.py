@@ -10,6 +10,7 @@ short label rows then pad to rationale length in the decoder.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import time
@@ -21,14 +22,16 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-from transformers import T5ForConditionalGeneration
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, T5ForConditionalGeneration
 
 from tasks.config import EvalConfig, StudentConfig, TrainConfig
 from tasks.data.trainsets import canonical_order, data_snapshot  # noqa: F401 - data_snapshot is part of this module's API
-from tasks.student.batching import IGNORE, Encoded, batches_from, encode, task_batch
+from tasks.student.batching import IGNORE, Encoded, batches_from, causal_batch, encode, task_batch
 from tasks.student.checkpoints import RECORD, STATE, latest_checkpoint, prune_checkpoints, save_checkpoint
-from tasks.student.evaluation import autocast, predict, resolve_device, use_bf16
-from tasks.student.model import load_student
+from tasks.student.devices import autocast, resolve_device, use_bf16
+from tasks.student.evaluation import predict
+from tasks.student.model import is_causal, load_student, unwrap
+from tasks.student.prefixes import task_of
 
 MAX_GRAD_NORM = 1.0  # the Hugging Face Trainer default, so runs compare with the reference code
 WARMUP = 0.05  # share of a stage's steps with a linearly rising learning rate (Adam from scratch needs it)
@@ -107,8 +110,8 @@ def _target_logits(model, inputs, targets, pad_id) -> tuple[torch.Tensor, torch.
     """
     keep = targets != IGNORE
     mask = inputs != pad_id
-    decoder_input_ids = model.prepare_decoder_input_ids_from_labels(targets)
-    if not isinstance(model, T5ForConditionalGeneration):
+    decoder_input_ids = unwrap(model).prepare_decoder_input_ids_from_labels(targets)
+    if not isinstance(model, T5ForConditionalGeneration):  # a LoRA-wrapped T5 too: peft runs its forward
         logits = model(input_ids=inputs, attention_mask=mask, decoder_input_ids=decoder_input_ids).logits
         return logits[keep], targets[keep]
     encoded = model.encoder(input_ids=inputs, attention_mask=mask).last_hidden_state
@@ -120,15 +123,34 @@ def _target_logits(model, inputs, targets, pad_id) -> tuple[torch.Tensor, torch.
     return model.lm_head(hidden), targets[keep]
 
 
+def causal_logits(model, input_ids, mask, labels, target_only: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """A causal student's logits at the positions that predict a target token ([tokens, vocab]) and
+    those targets. `target_only` runs the output head on those positions alone: the prompt's
+    positions would cost a [prompt length, vocabulary] matmul each (262k columns for Gemma 3)."""
+    keep = labels[:, 1:] != IGNORE  # position t predicts token t + 1
+    if not target_only:
+        return model(input_ids=input_ids, attention_mask=mask).logits[:, :-1][keep].float(), labels[:, 1:][keep]
+    base = unwrap(model)
+    hidden = base.get_decoder()(input_ids=input_ids, attention_mask=mask).last_hidden_state[:, :-1][keep]
+    logits = base.get_output_embeddings()(hidden)
+    if cap := getattr(base.config, "final_logit_softcapping", None):  # Gemma's, as its forward applies it
+        logits = torch.tanh(logits / cap) * cap
+    return logits, labels[:, 1:][keep]
+
+
+def _task_logits(model, inputs, targets, index, pad_id, device):
+    if is_causal(model):
+        return causal_logits(model, *causal_batch(inputs, targets, index, pad_id, device))
+    return _target_logits(model, *task_batch(inputs, targets, index, pad_id, device), pad_id)
+
+
 def _batch_loss(model, data: Encoded, index: list[int], alpha: float, pad_id: int, device) -> Loss:
-    label_logits, labels = _target_logits(
-        model, *task_batch(data.predict_inputs, data.labels, index, pad_id, device), pad_id
-    )
+    label_logits, labels = _task_logits(model, data.predict_inputs, data.labels, index, pad_id, device)
     explain = [i for i in index if data.rationales[i] is not None]
     if not explain or alpha == 1:
         return multitask_loss(label_logits, labels)
-    batch = task_batch(data.explain_inputs, data.rationales, explain, pad_id, device)
-    return multitask_loss(label_logits, labels, *_target_logits(model, *batch, pad_id), alpha)
+    rationale = _task_logits(model, data.explain_inputs, data.rationales, explain, pad_id, device)
+    return multitask_loss(label_logits, labels, *rationale, alpha)
 
 
 def _progress(enabled: bool) -> Progress:
@@ -167,79 +189,98 @@ def train_student(
     """
     out_dir, eval_cfg = Path(out_dir), eval_cfg or EvalConfig()
     rows = canonical_order(train)
-    snapshot = data_snapshot(rows)
     config = {"student": student_cfg.model_dump(), "train": train_cfg.model_dump(), "steps": steps}
-    record = {"format": 1, **(provenance or {}), **config, "data_snapshot": snapshot, "rows": len(rows)}
-    state = {"step": 0, "losses": [], "validation": [], "best_step": 0, "best_accuracy": None}
+    record = {"format": 1, **(provenance or {}), **config, "data_snapshot": data_snapshot(rows), "rows": len(rows)}
     latest = latest_checkpoint(out_dir) if resume else None
     if latest is not None:
-        stored = json.loads((latest / RECORD).read_text())
-        for key in ("data_snapshot", "student", "train", "steps"):
-            if stored[key] != record[key]:
-                raise ValueError(
-                    f"{out_dir}: cannot resume, its checkpoints were made with a different {key} "
-                    f"({stored[key]} != {record[key]}); use another output folder or resume=False"
-                )
-        state = {key: stored[key] for key in state}
-        model, tokenizer = load_student(latest)
-    elif out_dir.exists():
-        for path in out_dir.glob("step-*"):
-            shutil.rmtree(path)
+        state, model, tokenizer = _restore(latest, record)
+    else:
+        state = {"step": 0, "losses": [], "validation": [], "best_step": 0, "best_accuracy": None}
+        _clear(out_dir)
     if state["step"] >= steps:
-        return _result(out_dir, state, snapshot, steps, 0.0)
+        return _result(out_dir, state, record["data_snapshot"], steps, 0.0)
 
     torch.manual_seed(train_cfg.seed)
     device = resolve_device(train_cfg.device)
     bf16 = use_bf16(train_cfg.bf16, device)
     model.to(device).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=train_cfg.learning_rate, weight_decay=0.0)
+    trainable = [p for p in model.parameters() if p.requires_grad]  # with LoRA, the adapters only
+    optimizer = torch.optim.AdamW(trainable, lr=train_cfg.learning_rate, weight_decay=0.0)
     if latest is not None:
-        saved = torch.load(latest / STATE, weights_only=True)
-        optimizer.load_state_dict(saved["optimizer"])
-        torch.set_rng_state(saved["rng"]["cpu"])
-        if saved["rng"]["cuda"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(saved["rng"]["cuda"])
+        _restore_optimizer(latest, optimizer)
     data = encode(rows, tokenizer, student_cfg, explain=train_cfg.alpha < 1)
-    pad_id = tokenizer.pad_token_id
-    accum = train_cfg.grad_accum
-    batches = batches_from(data.lengths, train_cfg.batch_size, train_cfg.seed, skip=state["step"] * accum)
-
+    batches = batches_from(data.lengths, train_cfg.batch_size, train_cfg.seed, skip=state["step"] * train_cfg.grad_accum)
     trained_rows, train_seconds = 0, 0.0
     with _progress(progress) as bar:
         task = bar.add_task(f"{out_dir.parent.name} {out_dir.name}", total=steps, completed=state["step"], status="")
         while state["step"] < steps:
             started = time.perf_counter()
-            optimizer.zero_grad(set_to_none=True)
-            for group in optimizer.param_groups:
-                group["lr"] = learning_rate(train_cfg.learning_rate, state["step"], steps)
-            parts = []
-            for _ in range(accum):
-                index = next(batches)
-                with autocast(device, bf16):
-                    loss = _batch_loss(model, data, index, train_cfg.alpha, pad_id, device)
-                (loss.total / accum).backward()
-                parts.append(loss)
-                trained_rows += len(index)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), MAX_GRAD_NORM)
-            optimizer.step()
-            state["step"] += 1
-            step_loss = _mean_parts(state["step"], parts)
-            train_seconds += time.perf_counter() - started
-            state["losses"].append(
-                [step_loss.step, step_loss.loss, step_loss.label_loss, step_loss.rationale_loss]
-            )
+            step_loss, seen = _optimizer_step(model, optimizer, data, batches, train_cfg, state["step"], steps,
+                                              device, bf16, tokenizer.pad_token_id)
+            state["step"] = step_loss.step
+            trained_rows, train_seconds = trained_rows + seen, train_seconds + time.perf_counter() - started
+            state["losses"].append(list(dataclasses.astuple(step_loss)))
             speed = trained_rows / train_seconds
             bar.update(task, advance=1, status=f"loss {step_loss.loss:.3f}  {speed:.0f} rows/s")
             if state["step"] % train_cfg.eval_every == 0 or state["step"] == steps:
-                _validate(
-                    model, tokenizer, validation, accuracy_fn, eval_cfg, student_cfg, device, bf16, state
-                )
-                path = out_dir / f"step-{state['step']:06d}"
-                save_checkpoint(model, tokenizer, optimizer, path, {**record, **state, "examples_per_s": speed})
-                prune_checkpoints(out_dir, {path, out_dir / f"step-{state['best_step']:06d}"})
+                _validate(model, tokenizer, validation, accuracy_fn, eval_cfg, student_cfg, device, bf16, state)
+                _save(model, tokenizer, optimizer, out_dir, state, {**record, **state, "examples_per_s": speed})
             if on_step is not None:
                 on_step(step_loss)
-    return _result(out_dir, state, snapshot, steps, trained_rows / train_seconds if train_seconds else 0.0)
+    return _result(out_dir, state, record["data_snapshot"], steps, trained_rows / train_seconds if train_seconds else 0.0)
+
+
+def _restore(latest: Path, record: dict) -> tuple[dict, PreTrainedModel, PreTrainedTokenizerBase]:
+    """The loop state and student saved in `latest`, once its record shows it trained the same run."""
+    stored = json.loads((latest / RECORD).read_text())
+    for key in ("data_snapshot", "student", "train", "steps"):
+        if stored[key] != record[key]:
+            raise ValueError(
+                f"{latest.parent}: cannot resume, its checkpoints were made with a different {key} "
+                f"({stored[key]} != {record[key]}); use another output folder or resume=False"
+            )
+    state = {key: stored[key] for key in ("step", "losses", "validation", "best_step", "best_accuracy")}
+    return state, *load_student(latest)
+
+
+def _restore_optimizer(latest: Path, optimizer) -> None:
+    saved = torch.load(latest / STATE, weights_only=True)
+    optimizer.load_state_dict(saved["optimizer"])
+    torch.set_rng_state(saved["rng"]["cpu"])
+    if saved["rng"]["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(saved["rng"]["cuda"])
+
+
+def _clear(out_dir: Path) -> None:
+    """A fresh run does not mix with the checkpoints of an earlier one in the same folder."""
+    for path in out_dir.glob("step-*") if out_dir.exists() else ():
+        shutil.rmtree(path)
+
+
+def _optimizer_step(model, optimizer, data: Encoded, batches, cfg: TrainConfig, step: int, steps: int,
+                    device, bf16: bool, pad_id: int) -> tuple[StepLoss, int]:
+    """One optimizer step over cfg.grad_accum batches: its loss, and the rows it trained on."""
+    optimizer.zero_grad(set_to_none=True)
+    for group in optimizer.param_groups:
+        group["lr"] = learning_rate(cfg.learning_rate, step, steps)
+    parts, rows = [], 0
+    for _ in range(cfg.grad_accum):
+        index = next(batches)
+        with autocast(device, bf16):
+            loss = _batch_loss(model, data, index, cfg.alpha, pad_id, device)
+        (loss.total / cfg.grad_accum).backward()
+        parts.append(loss)
+        rows += len(index)
+    torch.nn.utils.clip_grad_norm_(model.parameters(), MAX_GRAD_NORM)
+    optimizer.step()
+    return _mean_parts(step + 1, parts), rows
+
+
+def _save(model, tokenizer, optimizer, out_dir: Path, state: dict, record: dict) -> None:
+    """A checkpoint of this step; only it and the best one so far are kept."""
+    path = out_dir / f"step-{state['step']:06d}"
+    save_checkpoint(model, tokenizer, optimizer, path, record)
+    prune_checkpoints(out_dir, {path, out_dir / f"step-{state['best_step']:06d}"})
 
 
 def _mean_parts(step: int, parts: list[Loss]) -> StepLoss:
@@ -253,7 +294,8 @@ def _mean_parts(step: int, parts: list[Loss]) -> StepLoss:
 
 
 def _validate(model, tokenizer, validation, accuracy_fn, eval_cfg, student_cfg, device, bf16, state) -> None:
-    """Score the validation rows and move the best step; without validation rows the latest is best."""
+    """Score the validation rows (one task: answers, or verdicts in stage 1) and move the best step;
+    without validation rows the latest is best."""
     if not validation:
         state["best_step"] = state["step"]
         return
@@ -264,6 +306,7 @@ def _validate(model, tokenizer, validation, accuracy_fn, eval_cfg, student_cfg, 
         eval_cfg.batch_size,
         eval_cfg.max_new_tokens,
         device,
+        prefix=task_of(validation[0]).label,
         max_input_length=student_cfg.max_input_length,
         bf16=bf16,
     )

@@ -83,6 +83,7 @@ class TeacherReply:
     server_s: float = 0.0  # time on the wire (of the longest of parallel one-sample requests)
     usage_estimated: bool = False  # the server sent no `usage`: token counts are our estimate
     refusal: str | None = None  # why the endpoint refused the prompt (content filter), if it did
+    abandoned: int = 0  # attempts sent and given up on after timeout_s: the server may bill them
 
     @property
     def queue_s(self) -> float:
@@ -245,6 +246,7 @@ class TeacherClient:
             server_s=max(part.server_s for part in parts),
             usage_estimated=any(part.usage_estimated for part in parts),
             refusal=next((part.refusal for part in parts if part.refusal), None),
+            abandoned=sum(part.abandoned for part in parts),
         )
 
     def _check_n(self, reply: TeacherReply, n: int) -> None:
@@ -278,17 +280,24 @@ class TeacherClient:
         errors = [outcome for outcome in outcomes if isinstance(outcome, BaseException)]
         fatal = [error for error in errors if not isinstance(error, TeacherError) or isinstance(error, FatalError)]
         if fatal or not parts:
-            raise (fatal or errors)[0]
+            first = (fatal or errors)[0]
+            if isinstance(first, TeacherError):
+                first.abandoned = sum(getattr(error, "abandoned", 0) for error in errors)
+            raise first
         if errors:
             log.warning("teacher: %s: %d of %d one-sample requests failed: %s", example_id, len(errors), n, errors[0])
-        return parts, sum(getattr(error, "attempts", 0) for error in errors)
+        abandoned = sum(error.abandoned for error in errors)
+        return [replace(parts[0], abandoned=parts[0].abandoned + abandoned), *parts[1:]], sum(
+            getattr(error, "attempts", 0) for error in errors)
 
     async def _with_retries(self, messages: list[dict], n: int, params: dict, example_id: str) -> TeacherReply:
         attempts = 0
         wire = [0.0]  # seconds on the wire over all attempts
+        abandoned = [0]  # attempts that timed out (before the last)
 
         def before_sleep(state: RetryCallState) -> None:
             error = state.outcome.exception()
+            abandoned[0] += getattr(error, "timed_out", False)
             log.info("teacher: retrying %s after attempt %d: %s", example_id, state.attempt_number, error)
             if self.on_retry is not None:
                 self.on_retry(error)
@@ -309,11 +318,12 @@ class TeacherClient:
             self.answered = True
             log.warning("teacher: %s", refused)
             return TeacherReply(("",) * n, ("content_filter",) * n, 0, 0, self.model, wire[0], attempts,
-                                server_s=wire[0], refusal=refused.reason)
+                                server_s=wire[0], refusal=refused.reason, abandoned=abandoned[0])
         except TeacherError as error:
             error.attempts = attempts
+            error.abandoned = abandoned[0] + getattr(error, "timed_out", False)
             raise
-        return replace(reply, attempts=attempts, server_s=wire[0])
+        return replace(reply, attempts=attempts, server_s=wire[0], abandoned=abandoned[0])
 
     async def _send(self, messages: list[dict], n: int, params: dict, example_id: str, wire: list[float]
                     ) -> TeacherReply:

@@ -31,6 +31,7 @@ class TeacherError(Exception):
         self.example_id = example_id
         self.status = status
         self.attempts = 0  # requests sent before giving up; set by the client
+        self.abandoned = 0  # of them, sent and timed out: possibly billed; set by the client
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({str(self)!r})"
@@ -47,10 +48,12 @@ class TransientError(TeacherError):
         status: int | None = None,
         retry_after: float | None = None,
         unreachable: bool = False,
+        timed_out: bool = False,
     ):
         super().__init__(message, example_id=example_id, status=status)
         self.retry_after = retry_after
         self.unreachable = unreachable  # no connection could be made (refused, unknown host)
+        self.timed_out = timed_out  # sent, then given up on: the server may still bill it
 
 
 class OutputError(TeacherError):
@@ -140,7 +143,7 @@ def translate(
         return exc
     if isinstance(exc, openai.APITimeoutError):
         return TransientError(f"{where}request timed out (raise teacher.timeout_s if this persists)",
-                              example_id=example_id)
+                              example_id=example_id, timed_out=True)
     if isinstance(exc, openai.APIConnectionError):
         cause = type(exc.__cause__).__name__ if exc.__cause__ else "connection error"
         return TransientError(f"{where}connection to {endpoint} failed or dropped ({cause})",

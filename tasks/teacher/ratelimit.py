@@ -55,6 +55,8 @@ class RateLimiter:
         self._lock: asyncio.Lock | None = None
         self._lock_loop: asyncio.AbstractEventLoop | None = None
         self.waited_s = 0.0  # total time callers spent waiting here
+        # ... of it, waiting for which limit: the client's own max_rpm / max_tpm, or the server's pauses
+        self.waited_for = {"max_rpm": 0.0, "max_tpm": 0.0, "server": 0.0}
         self.pauses = 0  # pauses requested by 429s
         self.backoff_initial_s, self.backoff_max_s = backoff_initial_s, backoff_max_s
         self._streak = 0  # 429s without Retry-After since the last success
@@ -84,9 +86,12 @@ class RateLimiter:
                 if ready_at <= now:
                     break
                 scheduled = ready_at
+                holding = self._holding(ready_at)  # before the sleep: replies settle token counts meanwhile
                 # Loop rather than trust one sleep: a pause may arrive while we wait.
                 await self._sleep(ready_at - now)
-                self.waited_s += max(0.0, self._clock() - now)
+                waited = max(0.0, self._clock() - now)
+                self.waited_s += waited
+                self.waited_for[holding] += waited
             # A caller that waited counts from the moment it was due, not from when the event loop
             # woke it, so lateness does not erode the rate; but by at most half an interval, so a
             # loop that was blocked for long does not release a burst afterwards.
@@ -96,6 +101,17 @@ class RateLimiter:
             if self._token_rate:
                 self._tokens_at = max(self._tokens_at, sent_at) + tokens / self._token_rate
             return sent_at
+
+    def _holding(self, ready_at: float) -> str:
+        if ready_at == self._paused_until or self.adaptive_rpm is not None and ready_at == self._request_at:
+            return "server"  # a 429's pause, or a pace lowered after 429s
+        return "max_tpm" if ready_at == self._tokens_at else "max_rpm"
+
+    def client_limit(self, elapsed_s: float) -> str | None:
+        """The client-side limit ("max_rpm" or "max_tpm") that held requests back for most of the
+        last `elapsed_s` seconds, if one did: then the run waits on this config, not on the server."""
+        name = max(("max_rpm", "max_tpm"), key=lambda limit: self.waited_for[limit])
+        return name if elapsed_s > 0 and self.waited_for[name] > elapsed_s / 2 else None
 
     def settle(self, estimated: int, actual: int) -> None:
         """Correct the tokens charged for a request once its reply reports the real count."""

@@ -32,7 +32,8 @@ class Window:
             if granted.done() and not granted.cancelled():
                 self.release(slots)  # granted just as the waiter was cancelled
             else:
-                self._waiting.remove(entry)
+                if entry in self._waiting:  # (_grant drops cancelled waiters it meets)
+                    self._waiting.remove(entry)
                 self._grant()
             raise
         return slots

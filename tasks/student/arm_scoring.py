@@ -1,0 +1,151 @@
+"""Score one trained arm on test (greedy and each sampling decode mode), on validation, and its
+self-evaluation agreement; scores go to the `predictions` and `results` tables."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from storage import PredictionRow, ResultRow, Store
+from tasks.answers import answers_match
+from tasks.config import ArmConfig, Config
+from tasks.data.datasets import answer_type as answer_type_of
+from tasks.data.trainsets import label_set, provenances, self_eval_set
+from tasks.student import freshness
+from tasks.student.arms import arm_folder, find_arm, trained_checkpoints
+from tasks.student.decoding import (
+    SAMPLING_MODES,
+    choose,
+    judge_candidates,
+    passes_per_question,
+    sample_candidates,
+)
+from tasks.student.devices import limit_cpu_threads, resolve_device, use_bf16
+from tasks.student.evaluation import evaluate_student
+from tasks.student.model import load_student
+
+
+@dataclass(frozen=True)
+class ScoredRows:
+    """The rows an arm is scored on, read from the store once."""
+
+    test: list
+    validation: list
+    judged: list  # every judged CoT of the validation examples, which no arm trains on
+
+    def by_name(self) -> dict[str, list]:
+        return {"test": self.test, "validation": self.validation, "judged": self.judged}
+
+
+def _scored_rows(config: Config, store: Store) -> ScoredRows:
+    return ScoredRows(label_set(store, "test").rows, label_set(store, "validation").rows,
+                      self_eval_set(store, "validation", None, provenances(config, store)).rows)
+
+
+def evaluate_one(config: Config, name: str, progress: bool = False, force: bool = False) -> dict[str, float] | None:
+    """Score an arm's best checkpoint on test (greedy, and each sampling mode of evaluate.decode),
+    and for arms with self_eval the self-evaluation agreement of their stage-1 checkpoint (and of
+    the final student when stage 2 replayed self-evaluations: without replay it answers a judged
+    input with an answer, not a verdict). None: skipped, the arm's scores in the store were made
+    from the same inputs (unless `force`)."""
+    store = Store(config.store.path)
+    arm = find_arm(config, name)
+    folder = arm_folder(config, name)
+    checkpoint, self_eval_checkpoint = trained_checkpoints(folder, name)
+    rows = _scored_rows(config, store)
+    inputs = freshness.evaluation_inputs(config, freshness.read_record(folder, freshness.TRAINED) or {},
+                                         [checkpoint, self_eval_checkpoint], rows.by_name())
+    if not force and freshness.evaluated_is_current(store, folder, name, inputs):
+        return None
+    limit_cpu_threads()
+    device = resolve_device(config.train.device)
+    options = dict(device=device, max_input_length=config.student.max_input_length,
+                   bf16=use_bf16(config.train.bf16, device), progress=progress)
+    model, tokenizer = _load(checkpoint, device)
+    scorer = _Scorer(config, name, str(checkpoint), options)
+    results = scorer.test(store, model, tokenizer, rows.test)
+    results += scorer.sampled(model, tokenizer, rows.test)
+    results += scorer.validation(model, tokenizer, rows.validation)
+    # Agreement with the teacher's verdicts, on judged CoTs of examples the student never trained on.
+    for metric, judge_checkpoint in _judges(config, arm, checkpoint, self_eval_checkpoint):
+        if rows.judged and judge_checkpoint is not None:
+            results.append(scorer.agreement(metric, judge_checkpoint, rows.judged))
+    store.append(results)
+    freshness.record_evaluation(folder, inputs, results)
+    return {f"{result.split}:{result.metric}": result.value for result in results}
+
+
+def _load(checkpoint: Path, device):
+    model, tokenizer = load_student(checkpoint)
+    model.to(device)
+    return model, tokenizer
+
+
+def _judges(config: Config, arm: ArmConfig, checkpoint: Path, self_eval_checkpoint: Path | None):
+    judges = [("self_eval_agreement", self_eval_checkpoint)]
+    if arm.self_eval and config.train.self_eval_replay > 0:
+        judges.append(("self_eval_agreement_final", checkpoint))
+    return judges
+
+
+@dataclass(frozen=True)
+class _Scorer:
+    """One arm's scores, each a ResultRow naming the checkpoint it was measured on."""
+
+    config: Config
+    arm: str
+    checkpoint: str
+    options: dict
+
+    @property
+    def kind(self) -> str:
+        return answer_type_of(self.config.dataset)
+
+    def _result(self, split: str, metric: str, value: float, n: int, checkpoint: str | None = None) -> ResultRow:
+        return ResultRow(arm=self.arm, split=split, metric=metric, value=value, n=n,
+                         checkpoint=checkpoint or self.checkpoint)
+
+    def test(self, store: Store, model, tokenizer, rows) -> list[ResultRow]:
+        """Greedy test accuracy; every prediction and rationale goes to the `predictions` table."""
+        scored = evaluate_student(model, tokenizer, rows, self.kind, self.config.evaluate, explain=True,
+                                  **self.options)
+        store.append([
+            PredictionRow(arm=self.arm, split="test", example_id=row.example_id, prediction=prediction,
+                          rationale=rationale, label=row.label, correct=correct, checkpoint=self.checkpoint)
+            for row, prediction, rationale, correct in zip(
+                rows, scored.predictions, scored.rationales, scored.correct)
+        ])
+        return [self._result("test", "accuracy", scored.accuracy, scored.n)]
+
+    def sampled(self, model, tokenizer, rows) -> list[ResultRow]:
+        """Test accuracy and passes per question of each sampling mode in evaluate.decode (greedy is
+        always scored); the modes share one set of seeded candidates."""
+        evaluate = self.config.evaluate
+        modes = [mode for mode in evaluate.decode if mode in SAMPLING_MODES]
+        if not modes or not rows:
+            return []
+        questions = [row.input for row in rows]
+        candidates = sample_candidates(model, tokenizer, questions, self.kind, evaluate, **self.options)
+        if "self_verify" in modes:
+            judging = {key: self.options[key] for key in ("device", "max_input_length", "bf16")}
+            candidates = judge_candidates(model, tokenizer, questions, candidates, evaluate.batch_size, **judging)
+        results = []
+        for mode in modes:
+            hits = sum(answers_match(self.kind, choose(row, mode, self.kind).answer, gold.label)
+                       for row, gold in zip(candidates, rows))
+            results.append(self._result("test", f"accuracy:{mode}", hits / len(rows), len(rows)))
+            results.append(self._result("test", f"passes:{mode}",
+                                        float(passes_per_question(mode, evaluate.samples)), len(rows)))
+        return results
+
+    def validation(self, model, tokenizer, rows) -> list[ResultRow]:
+        if not rows:
+            return []
+        checked = evaluate_student(model, tokenizer, rows, self.kind, self.config.evaluate, **self.options)
+        return [self._result("validation", "accuracy", checked.accuracy, checked.n)]
+
+    def agreement(self, metric: str, checkpoint: Path, judged) -> ResultRow:
+        """Verdict agreement with the teacher of the student saved at `checkpoint`."""
+        judge, tokenizer = _load(checkpoint, self.options["device"])
+        agreement = evaluate_student(judge, tokenizer, judged, "verdict", self.config.evaluate, **self.options)
+        return self._result("validation", metric, agreement.accuracy, agreement.n, str(checkpoint))
