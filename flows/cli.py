@@ -420,6 +420,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("mindsmirror: interrupted; rerun the same command to continue where it stopped", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `mindsmirror report CONFIG | head`: the reader has all it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return 0
     except Exception as error:
         if args.verbose or not _expected(error):
             raise

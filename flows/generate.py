@@ -23,8 +23,8 @@ def load_examples(store: Store, config: Config, dry_run: bool = False):
 
 
 @task(name="plan", cache_policy=NONE)
-def plan(store: Store, config: Config, examples, answer_type: str, only_failed: bool) -> Plan:
-    return plan_generation(store, config, answer_type, examples, only_failed)
+def plan(store: Store, config: Config, examples, answer_type: str, only_failed: bool, dry_run: bool = False) -> Plan:
+    return plan_generation(store, config, answer_type, examples, only_failed, remember_keys=not dry_run)
 
 
 @task(name="ask-teacher", cache_policy=NONE, task_run_name="ask-teacher-{first}")
@@ -93,7 +93,7 @@ async def generate(config: Config | str, dry_run: bool = False, only_failed: boo
         return Failed(message=f"could not store the answers journalled by an earlier run ({error.strerror or error}) "
                       f"in {store.root}: free space and rerun")
     examples, answer_type = load_examples(store, config, dry_run)
-    work = plan(store, config, examples, answer_type, only_failed)
+    work = plan(store, config, examples, answer_type, only_failed, dry_run)
     if config.teacher.mode == "batch":
         return batch_mode(store, config, examples, answer_type, work, dry_run, only_failed)
     if dry_run or not work.work:

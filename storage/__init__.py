@@ -1,6 +1,6 @@
 """Parquet files as the source of truth, DuckDB views to read them, named queries over the views."""
 
-from storage import queries
+from storage import keycache, queries
 from storage.claims import Claims
 from storage.records import (
     PRIMARY_KEYS,
@@ -22,6 +22,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "BatchRow",
     "CallRow",
+    "keycache",
     "Claims",
     "CorruptFileError",
     "CotRow",

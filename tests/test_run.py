@@ -76,7 +76,7 @@ def test_run_goes_from_nothing_to_a_report(tmp_path, prefect_server):
             "passes/question (self-verify)"} <= set(table[0])
     # What each arm's training samples cost the teacher: gold fine-tuning bought none.
     spend = {row["arm"]: row["teacher spend (US$)"] for row in table}
-    assert float(spend["cot-3-selfeval"]) > 0 and spend["standard-finetune"] == ""
+    assert float(spend["cot-3-selfeval"]) > 0 and float(spend["standard-finetune"]) == 0
     assert "The teacher's self-evaluations against gold:" in result.stdout  # with its confusion matrix
     assert "verdict     answer right  answer wrong" in result.stdout
     checkpoints = {row["arm"]: row["checkpoint"] for row in table}

@@ -33,10 +33,11 @@ class JudgedAnswer:
 def judged_answers(store: Source) -> list[JudgedAnswer]:
     """Each parsed CoT with at least one parsed self-evaluation whose example has a gold label."""
     sql = """
-        SELECT c.key AS cot_key, any_value(c.answer) AS answer, any_value(x.label) AS gold
-        FROM cots c JOIN examples x ON x.example_id = c.example_id JOIN evaluations v ON v.cot_key = c.key
-        WHERE c.answer IS NOT NULL AND nullif(trim(x.label), '') IS NOT NULL AND v.verdict IS NOT NULL
-        GROUP BY c.key ORDER BY c.key
+        SELECT c.key AS cot_key, c.answer, x.label AS gold
+        FROM cots c JOIN examples x ON x.example_id = c.example_id
+        SEMI JOIN (SELECT cot_key FROM evaluations WHERE verdict IS NOT NULL) v ON v.cot_key = c.key
+        WHERE c.answer IS NOT NULL AND nullif(trim(x.label), '') IS NOT NULL
+        ORDER BY c.key
     """
     return _records(JudgedAnswer, _run(store, sql))
 
@@ -55,22 +56,23 @@ CREATE OR REPLACE TEMP VIEW calibration AS
 WITH per_cot AS (
     SELECT teacher_model, prompt_version, cot_key, any_value(answer_right) AS answer_right, count(*) AS verdicts,
            count(*) FILTER (WHERE verdict = 'correct') AS said_correct,
-           count(*) FILTER (WHERE verdict = 'wrong') AS said_wrong
+           count(*) FILTER (WHERE verdict = 'wrong') AS said_wrong,
+           count(*) FILTER (WHERE verdict = 'uncertain') AS said_uncertain
     FROM judged_verdicts GROUP BY ALL
 ), majority AS (
     SELECT teacher_model, prompt_version, count(*) AS judged_cots,
            count(*) FILTER (WHERE (answer_right AND 2 * said_correct > verdicts)
                                OR (NOT answer_right AND 2 * said_wrong > verdicts)) AS majority_right
     FROM per_cot GROUP BY ALL
-), counts AS (
-    SELECT teacher_model, prompt_version, count(*) AS evaluations,
-           count(*) FILTER (WHERE verdict = 'correct' AND answer_right) AS correct_on_right,
-           count(*) FILTER (WHERE verdict = 'correct' AND NOT answer_right) AS correct_on_wrong,
-           count(*) FILTER (WHERE verdict = 'wrong' AND answer_right) AS wrong_on_right,
-           count(*) FILTER (WHERE verdict = 'wrong' AND NOT answer_right) AS wrong_on_wrong,
-           count(*) FILTER (WHERE verdict = 'uncertain' AND answer_right) AS uncertain_on_right,
-           count(*) FILTER (WHERE verdict = 'uncertain' AND NOT answer_right) AS uncertain_on_wrong
-    FROM judged_verdicts GROUP BY ALL
+), counts AS (  -- summed from per_cot: one pass over the evaluations
+    SELECT teacher_model, prompt_version, sum(verdicts)::BIGINT AS evaluations,
+           coalesce(sum(said_correct) FILTER (WHERE answer_right), 0)::BIGINT AS correct_on_right,
+           coalesce(sum(said_correct) FILTER (WHERE NOT answer_right), 0)::BIGINT AS correct_on_wrong,
+           coalesce(sum(said_wrong) FILTER (WHERE answer_right), 0)::BIGINT AS wrong_on_right,
+           coalesce(sum(said_wrong) FILTER (WHERE NOT answer_right), 0)::BIGINT AS wrong_on_wrong,
+           coalesce(sum(said_uncertain) FILTER (WHERE answer_right), 0)::BIGINT AS uncertain_on_right,
+           coalesce(sum(said_uncertain) FILTER (WHERE NOT answer_right), 0)::BIGINT AS uncertain_on_wrong
+    FROM per_cot GROUP BY ALL
 )
 SELECT c.*, m.judged_cots, m.majority_right,
        c.correct_on_right / nullif(c.correct_on_right + c.correct_on_wrong, 0) AS precision_correct,

@@ -84,8 +84,13 @@ def latest_results(store: Source) -> list[ResultRow]:
 
 # Failure accounting is per sample: a sample counts as failed while it is missing and the latest
 # request that asked for it failed; a later request that brought it, or asked again, clears it.
-_STATUS_SQL = """
-WITH asked AS (SELECT call_id, kind, status, created_at, unnest(keys) AS key FROM calls),
+# Only keys some failed request asked for can count, so the rest of the calls is never unnested.
+_FAILED_SQL = """
+WITH failed_keys AS (SELECT DISTINCT kind, unnest(keys) AS key FROM calls WHERE status = 'failed'),
+asked AS (
+    SELECT a.* FROM (SELECT call_id, kind, status, created_at, unnest(keys) AS key FROM calls) a
+    SEMI JOIN failed_keys f ON f.key = a.key AND f.kind = a.kind
+),
 latest AS (
     SELECT * FROM asked QUALIFY row_number() OVER (PARTITION BY kind, key ORDER BY created_at DESC, call_id) = 1
 ),
@@ -95,28 +100,38 @@ _missing_failed AS (
     ANTI JOIN stored ON stored.key = latest.key AND stored.kind = latest.kind
     WHERE latest.status = 'failed'
 )
+SELECT count(DISTINCT call_id) AS failed_requests, count(*) AS failed_samples FROM _missing_failed
+"""
+
+# One pass over each table (every view deduplicates its files: each mention costs a scan).
+_STATUS_SQL = """
+WITH c AS (SELECT count(*) AS cots, count(*) FILTER (WHERE parse_error IS NULL) AS cots_parsed FROM cots),
+e AS (
+    SELECT count(*) AS evaluations, count(*) FILTER (WHERE parse_error IS NULL) AS evaluations_parsed
+    FROM evaluations
+),
+k AS (
+    SELECT
+        count(*) AS calls,
+        count(*) FILTER (WHERE status = 'ok') AS calls_ok,
+        count(*) FILTER (WHERE status = 'failed') AS calls_failed,
+        count(*) FILTER (WHERE usage_estimated) AS calls_usage_estimated,
+        quantile_cont(queue_s, 0.5) FILTER (WHERE status = 'ok') AS queue_p50_s,
+        quantile_cont(server_s, 0.5) FILTER (WHERE status = 'ok') AS server_p50_s,
+        coalesce(sum(prompt_tokens), 0) AS prompt_tokens,
+        coalesce(sum(completion_tokens), 0) AS completion_tokens,
+        coalesce(sum(cost_usd) FILTER (WHERE status <> 'abandoned'), 0.0) AS cost_usd,
+        coalesce(sum(attempts) FILTER (WHERE status = 'abandoned'), 0) AS abandoned_attempts,
+        coalesce(sum(cost_usd) FILTER (WHERE status = 'abandoned'), 0.0) AS possibly_billed_usd,
+        quantile_cont(latency_s, 0.5) FILTER (WHERE status = 'ok') AS latency_p50_s
+    FROM calls
+)
 SELECT
     (SELECT count(*) FROM examples) AS examples,
-    (SELECT count(*) FROM cots) AS cots,
-    (SELECT count(*) FROM evaluations) AS evaluations,
-    (SELECT count(*) FROM calls) AS calls,
     (SELECT count(*) FROM predictions) AS predictions,
     (SELECT count(*) FROM results) AS results,
-    (SELECT count(*) FROM cots WHERE parse_error IS NULL) AS cots_parsed,
-    (SELECT count(*) FROM evaluations WHERE parse_error IS NULL) AS evaluations_parsed,
-    (SELECT count(*) FROM calls WHERE status = 'ok') AS calls_ok,
-    (SELECT count(*) FROM calls WHERE status = 'failed') AS calls_failed,
-    (SELECT count(DISTINCT call_id) FROM _missing_failed) AS failed_requests,
-    (SELECT count(*) FROM _missing_failed) AS failed_samples,
-    (SELECT count(*) FROM calls WHERE usage_estimated) AS calls_usage_estimated,
-    (SELECT quantile_cont(queue_s, 0.5) FROM calls WHERE status = 'ok') AS queue_p50_s,
-    (SELECT quantile_cont(server_s, 0.5) FROM calls WHERE status = 'ok') AS server_p50_s,
-    (SELECT coalesce(sum(prompt_tokens), 0) FROM calls) AS prompt_tokens,
-    (SELECT coalesce(sum(completion_tokens), 0) FROM calls) AS completion_tokens,
-    (SELECT coalesce(sum(cost_usd), 0.0) FROM calls WHERE status <> 'abandoned') AS cost_usd,
-    (SELECT coalesce(sum(attempts), 0) FROM calls WHERE status = 'abandoned') AS abandoned_attempts,
-    (SELECT coalesce(sum(cost_usd), 0.0) FROM calls WHERE status = 'abandoned') AS possibly_billed_usd,
-    (SELECT quantile_cont(latency_s, 0.5) FROM calls WHERE status = 'ok') AS latency_p50_s
+    c.*, e.*, k.*
+FROM c, e, k
 """
 
 
@@ -131,6 +146,7 @@ LEFT JOIN examples e ON e.example_id = c.example_id GROUP BY 2
 def status(store: Source) -> StatusReport:
     """Counts, spending and latency of everything stored."""
     totals = _rows(_run(store, _STATUS_SQL))[0]
+    failed = _rows(_run(store, _FAILED_SQL))[0] if totals["calls_failed"] else {}
     by_split: dict[str, dict[str, int]] = {"examples": {}, "cots": {}}
     for row in _rows(_run(store, _BY_SPLIT_SQL)):
         by_split[row["what"]][row["split"]] = row["n"]
@@ -144,12 +160,12 @@ def status(store: Source) -> StatusReport:
         evaluations_unparseable=totals["evaluations"] - totals["evaluations_parsed"],
         calls_ok=totals["calls_ok"],
         calls_failed=totals["calls_failed"],
-        failed_requests=totals["failed_requests"],
+        failed_requests=failed.get("failed_requests", 0),
         prompt_tokens=int(totals["prompt_tokens"]),
         completion_tokens=int(totals["completion_tokens"]),
         cost_usd=float(totals["cost_usd"]),
         latency_p50_s=totals["latency_p50_s"],
-        failed_samples=totals["failed_samples"],
+        failed_samples=failed.get("failed_samples", 0),
         calls_usage_estimated=totals["calls_usage_estimated"],
         queue_p50_s=totals["queue_p50_s"],
         server_p50_s=totals["server_p50_s"],

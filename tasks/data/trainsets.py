@@ -8,6 +8,8 @@ trained on as blank rows.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -87,11 +89,13 @@ def self_eval_set(store: Store, split: str = "train", n_cots: int | None = None,
     rationale = the evaluation text; every CoT (index < n_cots) of `sources` x every evaluation of
     it (index < n_evals)."""
     pairs, excluded = queries.self_eval_rows(store, split, n_cots, sources, n_evals)
-    rows = [
-        TrainingRow(pair.example_id, format_judged_input(pair.question, pair.cot_text), pair.verdict,
-                    pair.eval_rationale)
-        for pair in pairs
-    ]
+    inputs: dict[tuple[str, str], str] = {}  # one per judged CoT, shared by its evaluations
+    rows = []
+    for pair in pairs:
+        judged = (pair.question, pair.cot_text)
+        if judged not in inputs:
+            inputs[judged] = format_judged_input(*judged)
+        rows.append(TrainingRow(pair.example_id, inputs[judged], pair.verdict, pair.eval_rationale))
     return TrainingSet(rows, excluded)
 
 
@@ -164,3 +168,17 @@ def arm_sample_keys(store: Store, arm: ArmConfig, sources: Sequence[Provenance] 
         cots |= {pair.cot_key for pair in pairs}
         evaluations = {pair.eval_key for pair in pairs}
     return cots, evaluations
+
+
+def canonical_order(rows: Sequence) -> list:
+    """The rows sorted by content: training then depends on which rows the store holds, not their order."""
+    return sorted(rows, key=lambda r: (r.input, r.label, r.rationale or "", getattr(r, "example_id", "")))
+
+
+def data_snapshot(rows: Sequence) -> str:
+    """A hash of the training rows (input, label, rationale) that names the data a checkpoint saw."""
+    digest = hashlib.sha256()
+    for row in canonical_order(rows):
+        task = [row.task] if getattr(row, "task", "answer") != "answer" else []  # answer rows hash as before
+        digest.update(json.dumps([row.input, row.label, row.rationale, *task]).encode())
+    return digest.hexdigest()[:16]

@@ -1,18 +1,26 @@
-"""Generation: plan what the store lacks, then buy it in one live session."""
+"""Generation: plan what the store lacks, then buy it in one live session.
 
-from tasks.generation.ledger import Budget, BudgetExceeded, Summary
-from tasks.generation.plan import ExampleWork, Plan, Request, plan_generation, sync_examples
-from tasks.generation.session import Session, open_session
+Names load on first use: planning (status, dry runs) does not import the session's Prefect code."""
 
-__all__ = [
-    "Budget",
-    "BudgetExceeded",
-    "ExampleWork",
-    "Plan",
-    "Request",
-    "Session",
-    "Summary",
-    "open_session",
-    "plan_generation",
-    "sync_examples",
-]
+from importlib import import_module
+
+_HOMES = {
+    "Budget": "tasks.generation.ledger",
+    "BudgetExceeded": "tasks.generation.ledger",
+    "Summary": "tasks.generation.ledger",
+    "ExampleWork": "tasks.generation.plan",
+    "Plan": "tasks.generation.plan",
+    "Request": "tasks.generation.plan",
+    "plan_generation": "tasks.generation.plan",
+    "sync_examples": "tasks.generation.plan",
+    "Session": "tasks.generation.session",
+    "open_session": "tasks.generation.session",
+}
+
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name: str):
+    if name not in _HOMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(import_module(_HOMES[name]), name)

@@ -6,16 +6,18 @@ rerun after any crash asks only for what is missing.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-from storage import CotRow, ExampleRow, Store, queries
+from storage import CotRow, ExampleRow, Store, keycache, queries
 from tasks.config import Config, TeacherConfig
 from tasks.data.datasets import answer_type, load_dataset
 from tasks.generation.ledger import SIMULATED_NOTE
 from tasks.teacher.client import estimate_tokens
-from tasks.teacher.keys import SIMULATED_ENDPOINT, Sampling, endpoint_identity, sample_key
+from tasks.teacher.keys import SIMULATED_ENDPOINT, Sampling, endpoint_identity, sample_keys
 from tasks.teacher.prompts import cot_messages, eval_messages, prompt_version
 
 
@@ -96,18 +98,9 @@ def request_for(
     version = prompt_version(answer_type, kind)
     endpoint = endpoint_of(teacher)
     sampling = sampling_of(teacher, kind)
-    keys = {
-        sample_key(
-            endpoint=endpoint,
-            model=teacher.model,
-            prompt_version=version,
-            messages=messages,
-            sampling=sampling,
-            index=i,
-            judged=cot.key if cot is not None else None,
-        ): i
-        for i in range(wanted)
-    }
+    derived = sample_keys(endpoint=endpoint, model=teacher.model, prompt_version=version, messages=messages,
+                          sampling=sampling, indices=range(wanted), judged=cot.key if cot is not None else None)
+    keys = {key: i for i, key in enumerate(derived)}
     request = Request(kind, example.example_id, example.input, messages, tuple(keys.values()), tuple(keys), cot)
     return request, keys
 
@@ -121,27 +114,64 @@ def narrow(request: Request, missing: set[str]) -> Request | None:
 
 
 def plan_generation(
-    store: Store, config: Config, answer_type: str, examples: Sequence[ExampleRow], only_failed: bool = False
+    store: Store, config: Config, answer_type: str, examples: Sequence[ExampleRow], only_failed: bool = False,
+    remember_keys: bool = True,
 ) -> Plan:
     """What to ask the teacher: every wanted sample whose key the store does not hold.
 
     With only_failed, just the samples of requests recorded as failed (and evaluations of their CoTs).
+    remember_keys: keep the evaluation keys derived for new CoTs in the store's key cache (a dry run
+    and status write nothing).
     """
     teacher = config.teacher
     failed = queries.failed_keys(store) if only_failed else None
     cots = wanted_cots(teacher, answer_type, examples)
     missing_cots = missing(store, "cots", cots.values(), failed)
-    stored = queries.cots_by_keys(store, sorted({key for r in cots.values() for key in r.keys} - missing_cots))
-    evals = wanted_evaluations(teacher, answer_type, examples, stored)
-    missing_evals = missing(store, "evaluations", [r for requests in evals.values() for r in requests], failed)
+    judged = sorted({key for r in cots.values() for key in r.keys} - missing_cots)
+    evals = evaluation_requests(store, teacher, answer_type, examples, judged, failed, remember_keys)
     work = []
     for example in examples:
         cot_request = narrow(cots[example.example_id], missing_cots)
-        eval_requests = tuple(narrowed for request in evals.get(example.example_id, [])
-                              if (narrowed := narrow(request, missing_evals)) is not None)
+        eval_requests = tuple(evals.get(example.example_id, ()))
         if cot_request is not None or eval_requests:
             work.append(ExampleWork(example, cot_request, eval_requests))
     return estimate(teacher, tuple(work))
+
+
+def evaluation_identity(teacher: TeacherConfig, answer_type: str) -> str:
+    """Everything an evaluation key hashes besides the judged CoT and the index: names the key cache."""
+    sampling = sampling_of(teacher, "evaluation")
+    template = eval_messages(answer_type, "{question}", "{cot}")
+    identity = [endpoint_of(teacher), teacher.model, prompt_version(answer_type, "evaluation"), template,
+                sampling.temperature, sampling.top_p, sampling.max_tokens]
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def evaluation_requests(store: Store, teacher: TeacherConfig, answer_type: str, examples: Sequence[ExampleRow],
+                        judged: Sequence[str], failed: set[str] | None, remember: bool) -> dict[str, list[Request]]:
+    """The evaluation requests, narrowed to their missing keys, for the `judged` CoT keys that are
+    stored and parseable, by example id. Keys are derived in Python only for CoTs the key cache
+    lacks; the rest is an anti-join in DuckDB, so a plan costs what changed since the last one."""
+    if not teacher.n_evals:
+        return {}
+    identity, n = evaluation_identity(teacher, answer_type), teacher.n_evals
+    new = queries.cots_by_keys(store, keycache.uncached_cots(store, identity, judged, n))
+    derived = [r for requests in wanted_evaluations(teacher, answer_type, examples, new).values() for r in requests]
+    if remember:
+        keycache.remember(store, identity, ((r.cot.key, i, k) for r in derived for i, k in zip(r.indices, r.keys)))
+    lacking = keycache.missing_evaluations(store, identity, judged, n)
+    judging = {key: r.cot.key for r in derived for key in r.keys}  # new CoTs' keys, cached or not
+    lacking.update((key, judging[key]) for key in queries.missing_keys(store, "evaluations", list(judging)))
+    if failed is not None:
+        lacking = {key: cot for key, cot in lacking.items() if key in failed}
+    needing = set(lacking.values())
+    known = {cot.key for cot in new}
+    stored = [cot for cot in new if cot.key in needing] + queries.cots_by_keys(store, sorted(needing - known))
+    stored.sort(key=lambda cot: (cot.example_id, cot.cot_index, cot.key))
+    requests: dict[str, list[Request]] = {}
+    for example_id, asked in wanted_evaluations(teacher, answer_type, examples, stored).items():
+        requests[example_id] = [r for request in asked if (r := narrow(request, lacking)) is not None]
+    return requests
 
 
 def wanted_cots(teacher: TeacherConfig, answer_type: str, examples: Sequence[ExampleRow]) -> dict[str, Request]:

@@ -1,7 +1,22 @@
-"""Operating the pipeline: deployment to a Prefect server, store status and result reports."""
+"""Operating the pipeline: deployment to a Prefect server, store status and result reports.
 
-from tasks.ops.deployment import DeployError, deploy
-from tasks.ops.report import markdown_table, write_report
-from tasks.ops.status import describe_status, run_status
+Names load on first use, so `status` and `sql` do not import Prefect for the deployment code."""
 
-__all__ = ["DeployError", "deploy", "describe_status", "markdown_table", "run_status", "write_report"]
+from importlib import import_module
+
+_HOMES = {
+    "DeployError": "tasks.ops.deployment",
+    "deploy": "tasks.ops.deployment",
+    "markdown_table": "tasks.ops.report",
+    "write_report": "tasks.ops.report",
+    "describe_status": "tasks.ops.status",
+    "run_status": "tasks.ops.status",
+}
+
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name: str):
+    if name not in _HOMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(import_module(_HOMES[name]), name)

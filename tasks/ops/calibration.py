@@ -16,7 +16,14 @@ from tasks.answers import answers_match
 
 def cot_truth(store: Store, answer_type: str) -> dict[str, bool]:
     """CoT key -> whether its answer equals its example's gold label, for every judged CoT."""
-    return {row.cot_key: answers_match(answer_type, row.answer, row.gold) for row in queries.judged_answers(store)}
+    matches: dict[tuple[str, str], bool] = {}  # few distinct (answer, gold) pairs; matching evaluates equations
+    truth = {}
+    for row in queries.judged_answers(store):
+        pair = (row.answer, row.gold)
+        if pair not in matches:
+            matches[pair] = answers_match(answer_type, row.answer, row.gold)
+        truth[row.cot_key] = matches[pair]
+    return truth
 
 
 def calibration_counts(store: Store, answer_type: str) -> list[dict]:

@@ -136,9 +136,10 @@ def results_table(store: Store, spends: dict[str, float] | None = None,
         if result.split == "test" and result.metric == "accuracy":
             row["n"], row["checkpoint"] = result.n, checkpoint
     _pool_seeds(table, seeds or {})
-    for arm, usd in (spends or {}).items():
-        if arm in table and usd > 0:
-            table[arm][SPEND[1]] = usd
+    if any(usd > 0 for usd in (spends or {}).values()):  # gold-only runs bought nothing: no column
+        for arm, usd in spends.items():
+            if arm in table:
+                table[arm][SPEND[1]] = usd
     present = {key for row in table.values() for key in row}
     several = any(row.get(SEEDED[1][1], 1) > 1 for row in table.values())
     shown = [BASE[0], *(SEEDED if several else ()), *BASE[1:],
@@ -207,7 +208,7 @@ def _write_png(rows: list[tuple], columns: Sequence[str], path: Path, title: str
         cost.set_xlabel("teacher spend of the training samples (US$)")
         cost.set_ylabel("test accuracy (%)")
         cost.set_ylim(0, 105)
-        cost.set_xlim(left=0)
+        cost.set_xlim(0, 1.3 * max(usd for _, usd, _ in priced))  # room for the labels
     figure.suptitle(title, fontsize=9)
     figure.tight_layout()
     figure.savefig(path, dpi=120)

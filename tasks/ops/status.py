@@ -5,8 +5,8 @@ from __future__ import annotations
 from storage import Store, queries
 from tasks.config import Config
 from tasks.data.datasets import answer_type, load_dataset
-from tasks.generation import plan_generation
 from tasks.generation.batch import batch_status
+from tasks.generation.plan import plan_generation
 from tasks.ops.calibration import calibration_counts, describe_calibration
 
 
@@ -15,7 +15,7 @@ def run_status(config: Config) -> dict:
     report = queries.status(store).as_dict()
     rows = load_dataset(config.dataset)
     wanted = [row for row in rows if row.split in set(config.generate.splits)]
-    plan = plan_generation(store, config, answer_type(config.dataset), wanted)
+    plan = plan_generation(store, config, answer_type(config.dataset), wanted, remember_keys=False)
     report["missing"] = {
         "examples_not_stored": len(queries.new_examples(store, rows)),
         "examples_with_missing_work": len(plan.work),

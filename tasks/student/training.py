@@ -11,7 +11,6 @@ short label rows then pad to rationale length in the decoder.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import shutil
 import time
@@ -26,6 +25,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, T5ForConditionalGeneration
 
 from tasks.config import EvalConfig, StudentConfig, TrainConfig
+from tasks.data.trainsets import canonical_order, data_snapshot  # noqa: F401 - data_snapshot is part of this module's API
 from tasks.student.batching import IGNORE, Encoded, batches_from, causal_batch, encode, task_batch
 from tasks.student.checkpoints import RECORD, STATE, latest_checkpoint, prune_checkpoints, save_checkpoint
 from tasks.student.devices import autocast, resolve_device, use_bf16
@@ -100,20 +100,6 @@ class TrainResult:
     validation: tuple[tuple[int, float], ...]  # (step, accuracy)
     data_snapshot: str
     examples_per_s: float  # training rows per second over the optimizer steps of this call
-
-
-def canonical_order(rows: Sequence) -> list:
-    """The rows sorted by content: training then depends on which rows the store holds, not their order."""
-    return sorted(rows, key=lambda r: (r.input, r.label, r.rationale or "", getattr(r, "example_id", "")))
-
-
-def data_snapshot(rows: Sequence) -> str:
-    """A hash of the training rows (input, label, rationale) that names the data a checkpoint saw."""
-    digest = hashlib.sha256()
-    for row in canonical_order(rows):
-        task = [row.task] if getattr(row, "task", "answer") != "answer" else []  # answer rows hash as before
-        digest.update(json.dumps([row.input, row.label, row.rationale, *task]).encode())
-    return digest.hexdigest()[:16]
 
 
 def _target_logits(model, inputs, targets, pad_id) -> tuple[torch.Tensor, torch.Tensor]:

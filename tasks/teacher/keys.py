@@ -39,18 +39,42 @@ def sample_key(
 ) -> str:
     """`judged` is the key of the chain of thought an evaluation judges: two CoTs with the same text
     are still two samples, each with its own evaluations."""
+    return sample_keys(endpoint=endpoint, model=model, prompt_version=prompt_version, messages=messages,
+                       sampling=sampling, indices=[index], judged=judged)[0]
+
+
+def sample_keys(
+    *,
+    endpoint: str,
+    model: str,
+    prompt_version: str,
+    messages: list[dict],
+    sampling: Sampling,
+    indices,
+    judged: str | None = None,
+) -> list[str]:
+    """The sample keys of one prompt at each of `indices`: the JSON of everything but the index is
+    written and hashed once, and each key hashes on from there (a plan derives millions of them)."""
+    dump = {"ensure_ascii": False, "sort_keys": True, "separators": (",", ":")}
+    head = json.dumps(
+        [endpoint, model, prompt_version, messages, sampling.temperature, sampling.top_p, sampling.max_tokens],
+        **dump,
+    )
+    prefix = hashlib.sha256(head[:-1].encode("utf-8"))
+    tail = "," + json.dumps(judged, **dump) + "]"
+    keys = []
+    for index in indices:
+        digest = prefix.copy()
+        digest.update(f",{int(index)}{tail}".encode())  # an int's JSON is its decimal form
+        keys.append(digest.hexdigest()[:32])
+    return keys
+
+
+def _reference_key(endpoint, model, prompt_version, messages, sampling, index, judged) -> str:
+    """The key as defined: one JSON payload hashed whole (sample_keys must give exactly this)."""
     payload = json.dumps(
-        [
-            endpoint,
-            model,
-            prompt_version,
-            messages,
-            sampling.temperature,
-            sampling.top_p,
-            sampling.max_tokens,
-            index,
-            judged,
-        ],
+        [endpoint, model, prompt_version, messages, sampling.temperature, sampling.top_p, sampling.max_tokens,
+         index, judged],
         ensure_ascii=False,
         sort_keys=True,
         separators=(",", ":"),

@@ -1,0 +1,84 @@
+"""Planning derives each evaluation key once: later plans anti-join the kept keys in DuckDB and
+plan exactly what a plan deriving every key would."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from storage import CotRow, EvaluationRow, Store, keycache
+from tasks.config import parse_config
+from tasks.generation.plan import plan_generation, request_for, sync_examples
+from tasks.teacher.keys import Sampling, _reference_key, sample_keys
+
+
+def _config(root: Path, n_evals: int = 3):
+    return parse_config({
+        "dataset": {"name": "arithmetic", "arithmetic": {"train": 12, "test": 2}},
+        "teacher": {"model": "simulated-teacher", "simulate": True, "n_cots": 2, "n_evals": n_evals},
+        "store": {"path": str(root)},
+    })
+
+
+def _store_cots(store: Store, config, examples, kind) -> list[CotRow]:
+    cots = []
+    for example in examples:
+        request, _ = request_for(config.teacher, kind, "cot", example, None, 2)
+        for index, key in zip(request.indices, request.keys):
+            answer = None if index == 1 and example.example_id.endswith("3") else example.label
+            cots.append(CotRow(key, example.example_id, index, f"So {answer}.", answer,
+                               f"So {answer}." if answer else None, None if answer else "no answer", "stop",
+                               "simulated-teacher", "v", 0.7, 1.0, 256, "teacher", "call"))
+    store.append(cots)
+    return cots
+
+
+def _answer_some(store: Store, config, examples, kind, cots: list[CotRow]) -> int:
+    """Every other parseable CoT gets its first evaluation; returns how many did."""
+    by_id = {example.example_id: example for example in examples}
+    rows = []
+    for cot in cots[::2]:
+        if cot.parse_error is None:
+            request, _ = request_for(config.teacher, kind, "evaluation", by_id[cot.example_id], cot, 1)
+            rows.append(EvaluationRow(request.keys[0], cot.example_id, cot.cot_index, cot.key, 0, "ok", "correct",
+                                      "ok", None, "stop", "simulated-teacher", "e", 0.7, 1.0, 64, "teacher", "c"))
+    store.append(rows)
+    return len(rows)
+
+
+def _requests(plan) -> list[tuple]:
+    return [(r.kind, r.example_id, r.indices, r.keys, r.cot.key if r.cot else None)
+            for work in plan.work for r in ([work.cot_request] if work.cot_request else []) + list(work.eval_requests)]
+
+
+def test_sample_keys_of_one_prompt_are_the_keys_of_each_index():
+    messages = [{"role": "system", "content": 'say "é"\n\u2028'}, {"role": "user", "content": "2 + 2"}]
+    for judged in (None, "cot-key"):
+        sampling = Sampling(0.7, 0.95, 256)
+        keys = sample_keys(endpoint="e", model="m", prompt_version="v", messages=messages, sampling=sampling,
+                           indices=range(11), judged=judged)
+        assert keys == [_reference_key("e", "m", "v", messages, sampling, i, judged) for i in range(11)]
+
+
+def test_plans_with_kept_keys_match_plans_that_derive_every_key(tmp_path):
+    config = _config(tmp_path / "store")
+    store = Store(config.store.path)
+    examples, kind = sync_examples(store, config)
+    cots = _store_cots(store, config, examples, kind)
+    answered = _answer_some(store, config, examples, kind, cots)
+    judged = sum(cot.parse_error is None for cot in cots)
+
+    dry = plan_generation(store, config, kind, examples, remember_keys=False)
+    assert not (tmp_path / "store" / keycache.FOLDER).exists()  # a dry run writes nothing
+    first = plan_generation(store, config, kind, examples)
+    assert (tmp_path / "store" / keycache.FOLDER).is_dir()
+    again = plan_generation(store, config, kind, examples)  # every key from the cache now
+    assert _requests(dry) == _requests(first) == _requests(again)
+    assert dry.eval_requests == judged and dry.cot_requests == 0
+    assert sum(len(r[2]) for r in _requests(again)) == judged * 3 - answered
+
+    # More evaluations per CoT: the kept keys cover indices 0-2 only, the rest are derived.
+    more = _config(tmp_path / "store", n_evals=5)
+    grown = plan_generation(store, more, kind, examples)
+    shutil.rmtree(tmp_path / "store" / keycache.FOLDER)
+    assert _requests(grown) == _requests(plan_generation(store, more, kind, examples, remember_keys=False))
