@@ -83,6 +83,21 @@ def evaluation_row(judged: CotRow, index: int, verdict: str | None, rationale: s
     )
 
 
+def kill_training_after_a_checkpoint(config_file: Path, stage: Path) -> None:
+    """`mindsmirror train` in its own process, killed (SIGKILL) once `stage` has a checkpoint."""
+    process = subprocess.Popen([sys.executable, "-m", "flows.cli", "train", str(config_file)], cwd=REPO,
+                               env=dict(os.environ), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                               start_new_session=True)
+    deadline = time.monotonic() + 300
+    while not list(stage.glob("step-*/mindsmirror.json")):
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            pytest.fail(f"training stopped before its first checkpoint: {process.stderr.read().decode()[-2000:]}")
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

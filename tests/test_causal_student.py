@@ -7,16 +7,14 @@ from __future__ import annotations
 import json
 import math
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from conftest import REPO
+from conftest import kill_training_after_a_checkpoint
 from transformers import Gemma3ForCausalLM, Gemma3TextConfig, LlamaConfig, LlamaForCausalLM
 
 from flows.cli import main
@@ -69,20 +67,6 @@ def _config_file(tmp_path: Path, model: Path, lora: dict | None, arm: dict) -> P
     return path
 
 
-def _kill_training_after_a_checkpoint(config_file: Path, stage: Path) -> None:
-    """`mindsmirror train` in its own process, killed (SIGKILL) once `stage` has a checkpoint."""
-    process = subprocess.Popen([sys.executable, "-m", "flows.cli", "train", str(config_file)], cwd=REPO,
-                               env=dict(os.environ), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                               start_new_session=True)
-    deadline = time.monotonic() + 300
-    while not list(stage.glob("step-*/mindsmirror.json")):
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            pytest.fail(f"training stopped before its first checkpoint: {process.stderr.read().decode()[-2000:]}")
-        time.sleep(0.05)
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
-
 
 def _reload_with_transformers_alone(folder: Path) -> str:
     """Load an exported folder in a fresh interpreter that imports transformers only, and greedily
@@ -125,7 +109,7 @@ def test_a_llama_shaped_student_with_lora_trains_resumes_decodes_predicts_and_ex
     assert main(["generate", str(config_file), "--no-progress"]) == 0
     arm = tmp_path / "store" / "students" / "cot-1-selfeval"
 
-    _kill_training_after_a_checkpoint(config_file, arm / "stage2")
+    kill_training_after_a_checkpoint(config_file, arm / "stage2")
     assert not (arm / "trained.json").exists()
     assert main(["train", str(config_file), "--resume"]) == 0
     trained = json.loads((arm / "trained.json").read_text())

@@ -11,17 +11,12 @@ for 32,100 tokens in the real one).
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from conftest import REPO
+from conftest import kill_training_after_a_checkpoint
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import AutoConfig, PreTrainedTokenizerFast, T5Config, T5ForConditionalGeneration
 
@@ -108,20 +103,6 @@ def _config_file(tmp_path: Path, model_folder: Path) -> Path:
     return path
 
 
-def _kill_training_after_a_checkpoint(config_file: Path, stage: Path) -> None:
-    """`mindsmirror train` in its own process, killed (SIGKILL) once it has written a checkpoint."""
-    process = subprocess.Popen([sys.executable, "-m", "flows.cli", "train", str(config_file)], cwd=REPO,
-                               env=dict(os.environ), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                               start_new_session=True)
-    deadline = time.monotonic() + 300
-    while not list(stage.glob("step-*/mindsmirror.json")):
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            pytest.fail(f"training stopped before its first checkpoint: {process.stderr.read().decode()[-2000:]}")
-        time.sleep(0.05)
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
-
 
 def test_train_resume_evaluate_predict_with_a_t5_v1_1_shaped_folder(tmp_path, t5_v1_1_folder, prefect_server,
                                                                     capsys):
@@ -132,7 +113,7 @@ def test_train_resume_evaluate_predict_with_a_t5_v1_1_shaped_folder(tmp_path, t5
     questions = [row.input for row in queries.label_rows(Store(str(tmp_path / "store")), "train")]
     assert max(len(tokenizer("predict: " + q)["input_ids"]) for q in questions) > MAX_INPUT  # truncation is real
 
-    _kill_training_after_a_checkpoint(config_file, arm / "stage2")
+    kill_training_after_a_checkpoint(config_file, arm / "stage2")
     killed_at = max(int(p.name.split("-")[1]) for p in (arm / "stage2").glob("step-*") if (p / "mindsmirror.json").exists())
     assert killed_at < STEPS and not (arm / "trained.json").exists()
 

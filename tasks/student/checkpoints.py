@@ -8,6 +8,7 @@ snapshot id, step, validation scores) and, in the latest one only, the optimizer
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -17,15 +18,23 @@ from tasks.student.model import save_student
 
 RECORD = "mindsmirror.json"  # written last into a checkpoint folder: its presence marks it complete
 STATE = "trainer_state.pt"  # optimizer and RNG state, kept only in the latest checkpoint
+_STEP = re.compile(r"step-\d+")
+
+
+def checkpoint_folders(out_dir: Path) -> list[Path]:
+    """The checkpoint folders of a stage, by step; a folder still being written (`.tmp-step-…`) is none."""
+    if not out_dir.exists():
+        return []
+    return sorted(path for path in out_dir.iterdir() if _STEP.fullmatch(path.name))
 
 
 def latest_checkpoint(out_dir: Path) -> Path | None:
-    done = sorted(path for path in out_dir.glob("step-*") if (path / RECORD).is_file())
+    done = [path for path in checkpoint_folders(out_dir) if (path / RECORD).is_file()]
     return done[-1] if done else None
 
 
 def save_checkpoint(model, tokenizer, optimizer, path: Path, record: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f".tmp-{path.name}")
     shutil.rmtree(tmp, ignore_errors=True)
     save_student(model, tokenizer, tmp)
     rng = {
@@ -41,7 +50,7 @@ def save_checkpoint(model, tokenizer, optimizer, path: Path, record: dict) -> No
 def prune_checkpoints(out_dir: Path, keep: set[Path]) -> None:
     """Delete checkpoints other than `keep`; optimizer state stays only in the latest one."""
     latest = max(keep)
-    for path in out_dir.glob("step-*"):
+    for path in checkpoint_folders(out_dir):
         if path not in keep:
             shutil.rmtree(path)
         elif path != latest:

@@ -27,7 +27,14 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, T5ForConditio
 from tasks.config import EvalConfig, StudentConfig, TrainConfig
 from tasks.data.trainsets import canonical_order, data_snapshot  # noqa: F401 - data_snapshot is part of this module's API
 from tasks.student.batching import IGNORE, Encoded, batches_from, causal_batch, encode, task_batch
-from tasks.student.checkpoints import RECORD, STATE, latest_checkpoint, prune_checkpoints, save_checkpoint
+from tasks.student.checkpoints import (
+    RECORD,
+    STATE,
+    checkpoint_folders,
+    latest_checkpoint,
+    prune_checkpoints,
+    save_checkpoint,
+)
 from tasks.student.devices import autocast, resolve_device, use_bf16
 from tasks.student.evaluation import predict
 from tasks.student.model import is_causal, load_student, unwrap
@@ -253,7 +260,7 @@ def _restore_optimizer(latest: Path, optimizer) -> None:
 
 def _clear(out_dir: Path) -> None:
     """A fresh run does not mix with the checkpoints of an earlier one in the same folder."""
-    for path in out_dir.glob("step-*") if out_dir.exists() else ():
+    for path in checkpoint_folders(out_dir):
         shutil.rmtree(path)
 
 
