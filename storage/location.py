@@ -10,7 +10,11 @@ import pyarrow.fs as pafs
 
 # Object stores publish an upload only when it completes, and their "rename" is a copy + delete,
 # so there a direct write is already all-or-nothing and cheaper.
-_NATIVE_OBJECT_STORES = {"s3": "s3", "gs": "gs", "gcs": "gs"}
+_OBJECT_STORES = {"s3": ("s3", "s3fs", "s3"), "gs": ("gs", "gcsfs", "gcs"), "gcs": ("gs", "gcsfs", "gcs")}
+
+
+class MissingFilesystemError(RuntimeError):
+    """A URL store whose scheme needs a package that is not installed."""
 
 
 @dataclass(frozen=True)
@@ -21,23 +25,44 @@ class Location:
     path: str  # the root inside `filesystem`
     url: str  # the root as DuckDB addresses it
     rename_into_place: bool
-    fsspec_filesystem: object | None = None  # registered with DuckDB for schemes it lacks
+    fsspec_filesystem: object | None = None  # registered with DuckDB, so it needs no extension
+
+    @property
+    def is_object_store(self) -> bool:
+        return urlparse(self.url).scheme in ("s3", "gs")
 
 
 def locate(root: str) -> Location:
-    """Map a store root (folder or URL) to filesystems; nothing is created or contacted."""
+    """Map a store root (folder or URL) to filesystems; nothing is created or contacted.
+
+    s3:// and gs:// go through fsspec (s3fs, gcsfs) for pyarrow and DuckDB alike: DuckDB reads them
+    through the registered filesystem, with no httpfs extension to download, and the SDKs take
+    credentials and endpoints (AWS_ENDPOINT_URL) from their usual environment and profile chain."""
     parsed = urlparse(root)
     scheme = parsed.scheme.lower()
     if len(scheme) <= 1 or scheme == "file":  # no scheme, a Windows drive letter, or file://
         local = Path(parsed.path if scheme == "file" else root).expanduser().absolute()
         return Location(pafs.LocalFileSystem(), local.as_posix(), local.as_posix(), rename_into_place=True)
-    bucket_path = f"{parsed.netloc}{parsed.path}".rstrip("/")
-    if scheme in _NATIVE_OBJECT_STORES:
-        native = _NATIVE_OBJECT_STORES[scheme]
-        filesystem = pafs.S3FileSystem() if native == "s3" else pafs.GcsFileSystem()
-        return Location(filesystem, bucket_path, f"{native}://{bucket_path}", rename_into_place=False)
+    if scheme in _OBJECT_STORES:
+        native, package, extra = _OBJECT_STORES[scheme]
+        fs = _object_filesystem(native, package, extra)
+        bucket_path = f"{parsed.netloc}{parsed.path}".rstrip("/")
+        handler = pafs.PyFileSystem(pafs.FSSpecHandler(fs))
+        return Location(handler, bucket_path, f"{native}://{bucket_path}", False, fs)
     import fsspec
 
     fs = fsspec.filesystem(scheme)
     handler = pafs.PyFileSystem(pafs.FSSpecHandler(fs))
     return Location(handler, fs._strip_protocol(root).rstrip("/"), root.rstrip("/"), True, fs)
+
+
+def _object_filesystem(native: str, package: str, extra: str):
+    import fsspec
+
+    try:
+        __import__(package)
+    except ImportError:
+        raise MissingFilesystemError(
+            f"a {native}:// store needs {package}: pip install 'mindsmirror[{extra}]'") from None
+    # Other processes write the same bucket: a cached listing would hide their parts.
+    return fsspec.filesystem(native, use_listings_cache=False, skip_instance_cache=True)

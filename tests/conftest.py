@@ -169,3 +169,46 @@ def api_key(monkeypatch) -> str:
     monkeypatch.setenv("OPENAI_API_KEY", API_KEY)
     monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
     return API_KEY
+
+
+S3_SECRET = "s3-secret-do-not-log-9876543210fedcba"
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A real S3-compatible HTTP server (moto's standalone server) on 127.0.0.1: its endpoint URL."""
+    pytest.importorskip("moto", reason="the S3 tests need moto[server] (the dev extra)")
+    port = _free_port()
+    process = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while socket.socket().connect_ex(("127.0.0.1", port)) != 0:
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"moto server did not start on {url}")
+            time.sleep(0.2)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+@pytest.fixture
+def s3_env(monkeypatch, s3_server) -> dict[str, str]:
+    """The AWS_* variables that point the SDKs (and child processes) at the test server."""
+    env = {"AWS_ENDPOINT_URL": s3_server, "AWS_ACCESS_KEY_ID": "mindsmirror-test",
+           "AWS_SECRET_ACCESS_KEY": S3_SECRET, "AWS_DEFAULT_REGION": "us-east-1"}
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return env
+
+
+@pytest.fixture
+def s3_bucket(s3_env, request) -> str:
+    """A fresh bucket for this test on the S3 server: its s3:// URL."""
+    import boto3
+
+    name = "t-" + "".join(c for c in request.node.name.lower() if c.isalnum())[:40] + f"-{os.getpid()}"
+    boto3.client("s3").create_bucket(Bucket=name)
+    return f"s3://{name}"

@@ -17,7 +17,7 @@ import pytest
 from conftest import cot_row
 
 from storage import SCHEMAS, CallRow, CotRow, ExampleRow, Store
-from storage.store import locate
+from storage.location import MissingFilesystemError, locate
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -341,14 +341,21 @@ def test_relative_roots_are_anchored_at_the_working_directory(tmp_path, monkeypa
     assert locate("runs/x").path == (tmp_path / "runs" / "x").as_posix()
 
 
-def test_object_store_urls_map_to_native_filesystems_without_rename():
+def test_object_store_urls_go_through_fsspec_without_rename(s3_env):
     s3 = locate("s3://bucket/runs/svamp/")
-    assert isinstance(s3.filesystem, pafs.S3FileSystem)
+    assert type(s3.fsspec_filesystem).__name__ == "S3FileSystem" and s3.is_object_store
     assert (s3.path, s3.url, s3.rename_into_place) == ("bucket/runs/svamp", "s3://bucket/runs/svamp", False)
-    gcs = locate("gs://bucket/runs")
-    assert isinstance(gcs.filesystem, pafs.GcsFileSystem)
-    assert (gcs.path, gcs.url, gcs.rename_into_place) == ("bucket/runs", "gs://bucket/runs", False)
     assert Store("s3://bucket/runs").local_folder() is None
+
+
+def test_a_gcs_store_without_gcsfs_names_the_extra_to_install():
+    try:
+        import gcsfs  # noqa: F401
+    except ImportError:
+        with pytest.raises(MissingFilesystemError, match=r"pip install 'mindsmirror\[gcs\]'"):
+            locate("gs://bucket/runs")
+    else:
+        assert locate("gs://bucket/runs").url == "gs://bucket/runs"
 
 
 def test_any_fsspec_url_round_trips(tmp_path):
@@ -363,3 +370,16 @@ def test_any_fsspec_url_round_trips(tmp_path):
     ]
     assert store.compact() == {"examples": 2}
     assert count(store, "examples") == 3 and len(store.files("examples")) == 1
+
+
+def test_a_store_on_a_real_s3_server_round_trips_without_a_duckdb_extension(s3_bucket):
+    store = Store(f"{s3_bucket}/runs/svamp")
+    store.append([example(1), example(2)])
+    store.append([example(2, input="duplicate"), example(3)])
+    assert store.fetch("SELECT example_id, input FROM examples ORDER BY 1")[1] == [
+        ("e1", "question 1"),
+        ("e2", "question 2"),
+        ("e3", "question 3"),
+    ]
+    loaded = store.fetch("SELECT extension_name FROM duckdb_extensions() WHERE loaded")[1]
+    assert ("httpfs",) not in loaded
