@@ -14,7 +14,9 @@ i.e. Prefect's and the CLI's fixed costs), and files created per 1,000 answers (
 in one separate, untimed round), with the ratio generate / bare.
 
 Run: python bench/generation_ceiling.py [--problems 1000] [--rounds 3] [--in-flight 128] [--latency-ms 300]
-(about 3 minutes on 2 idle cores; needs taskset and, for the files column, strace).
+[--baseline CHECKOUT] (about 3 minutes on 2 idle cores; needs taskset and, for the files column,
+strace). --baseline adds a third client to every round: `generate` of another checkout of this
+repository (an older commit, e.g. from `git worktree add`), for a before/after ratio.
 """
 
 from __future__ import annotations
@@ -165,6 +167,7 @@ def _rate(arrivals: list[float], latency_s: float) -> float:
 
 
 def _generate_round(args, folder: Path, env: dict, tag: str) -> dict:
+    """One `generate` run on a fresh store (the code on env's PYTHONPATH)."""
     server = Server(args.latency_ms / 1000, folder)
     store = folder / f"store-{tag}"
     config = folder / f"config-{tag}.yaml"
@@ -227,6 +230,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--in-flight", type=int, default=128)
     parser.add_argument("--latency-ms", type=float, default=300)
+    parser.add_argument("--baseline", type=Path, help="another checkout whose generate runs in each round too")
     parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--log", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -238,8 +242,13 @@ def main() -> None:
         env = {**os.environ, "OPENAI_API_KEY": "bench", "PYTHONPATH": str(REPO)}
         env.pop("PREFECT_API_URL", None)  # each run starts Prefect's temporary server, as a bare CLI does
         results: dict[str, list[dict]] = {"generate": [], "bare": []}
+        if args.baseline:
+            results["baseline"] = []
         for round_ in range(args.rounds):
             results["generate"].append(_generate_round(args, folder, env, str(round_)))
+            if args.baseline:
+                old = {**env, "PYTHONPATH": str(args.baseline.resolve())}
+                results["baseline"].append(_generate_round(args, folder, old, f"baseline-{round_}"))
             results["bare"].append(_bare_round(args, folder, env, str(round_)))
             print(f"round {round_ + 1}: " + "; ".join(
                 f"{name} {rows[-1]['rate']:.0f} req/s, {rows[-1]['cpu_ms']:.2f} CPU ms/req"
@@ -261,6 +270,13 @@ def main() -> None:
     rate = statistics.median(r["rate"] for r in gen) / statistics.median(r["rate"] for r in bare)
     cpu = statistics.median(r["cpu_ms"] for r in gen) / statistics.median(r["cpu_ms"] for r in bare)
     print(f"| ratio generate / bare | {rate:.2f} | {cpu:.2f} | |")
+    if args.baseline:
+        old = results["baseline"]
+        print(f"| `generate` of {args.baseline.name} (baseline) | {span(old, 'rate', '.0f')} | "
+              f"{span(old, 'cpu_ms', '.2f')} | |")
+        rate = statistics.median(r["rate"] for r in gen) / statistics.median(r["rate"] for r in old)
+        cpu = statistics.median(r["cpu_ms"] for r in gen) / statistics.median(r["cpu_ms"] for r in old)
+        print(f"| ratio generate / baseline | {rate:.2f} | {cpu:.2f} | |")
     print(f"\ngenerate's fixed CPU (a rerun that plans nothing, subtracted above): "
           f"{statistics.median(r['fixed_cpu'] for r in gen):.1f} s")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from prefect import flow, task
+from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NONE
 from prefect.states import Completed, Failed
 
@@ -92,8 +92,12 @@ async def generate(config: Config | str, dry_run: bool = False, only_failed: boo
     except OSError as error:
         return Failed(message=f"could not store the answers journalled by an earlier run ({error.strerror or error}) "
                       f"in {store.root}: free space and rerun")
-    examples, answer_type = load_examples(store, config, dry_run)
-    work = plan(store, config, examples, answer_type, only_failed, dry_run)
+    try:
+        examples, answer_type = load_examples(store, config, dry_run)
+        work = plan(store, config, examples, answer_type, only_failed, dry_run)
+    except OSError as error:
+        return Failed(message=f"could not write to the store {store.root} ({error.strerror or error}): "
+                      "free space and rerun")
     if config.teacher.mode == "batch":
         return batch_mode(store, config, examples, answer_type, work, dry_run, only_failed)
     if dry_run or not work.work:
@@ -105,7 +109,10 @@ async def generate(config: Config | str, dry_run: bool = False, only_failed: boo
     if crashed:  # a bug, not a teacher error: those are recorded and counted, never raised
         return Failed(message=f"{len(crashed)} batches crashed: {crashed[0].message}")
     if not session.summary.pending:
-        compact_store(store)
+        try:
+            compact_store(store)
+        except OSError as error:  # every answer is stored: merging parts can wait for the next run
+            get_run_logger().warning("compaction skipped: %s", error.strerror or error)
     if (failure := session.failure()) is not None:
         return Failed(message=failure, data=session.summary)
     return Completed(message=session.summary.describe(config.teacher.simulate), data=session.summary)

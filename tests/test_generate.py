@@ -234,3 +234,46 @@ def test_kill_9_mid_run_loses_nothing_and_pays_twice_at_most_the_requests_in_fli
         assert paid - needed <= config["teacher"]["max_concurrency"], (served_before, paid)
     finally:
         server.close()
+
+
+def _writing(store: Path) -> bool:
+    """Whether a part of answers is being written now (its temporary file exists)."""
+    for table in ("cots", "evaluations"):
+        try:
+            if any(entry.name.startswith(".tmp-") for entry in os.scandir(store / table)):
+                return True
+        except FileNotFoundError:
+            pass
+    return False
+
+
+def test_kill_9_during_a_group_commit_buys_again_at_most_a_window_of_requests(tmp_path, api_key):
+    rows = _problems(40)
+    server = start_simulator(examples={row.input: row.label for row in rows}, answer_type="equation",
+                             seed=3, latency_ms=60)
+    try:
+        config = _config(tmp_path, server.url, dataset={"arithmetic": {"train": 40, "test": 4}},
+                         teacher={"max_concurrency": 24}, generate={"batch_size": 20})
+        config_file = tmp_path / "run.yaml"
+        config_file.write_text(yaml.safe_dump(config))
+        store = tmp_path / "store"
+        process = subprocess.Popen(
+            [sys.executable, "-m", "flows.cli", "generate", str(config_file), "--no-progress"],
+            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        )
+        deadline = time.monotonic() + 120
+        # Killed the moment a group of answers is being written, after some groups are stored.
+        while not (server.stats()["completions_served"] > 30 and _writing(store)):
+            assert time.monotonic() < deadline and process.poll() is None, "no group commit caught in flight"
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+        assert _counts(str(store))["cots"] < 36 * 3, "the kill came after the run had finished"
+
+        result = _cli("generate", str(config_file), "--no-progress")
+        assert result.returncode == 0, result.stderr
+        counts = _counts(str(store))
+        assert (counts["cots"], counts["evaluations"]) == (36 * 3, 36 * 3 * 2)
+        bought_twice = server.stats()["requests"] - 36 * (1 + 3)
+        assert 0 <= bought_twice <= 24, bought_twice
+    finally:
+        server.close()

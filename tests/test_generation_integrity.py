@@ -214,6 +214,8 @@ def test_a_full_disk_stops_dispatch_and_keeps_every_paid_answer(tmp_path, api_ke
     disk = tmp_path / "disk"
     disk.mkdir()
     _mount_tmpfs(disk, "512k")
+    # Answers written in groups take less room than one part each: ballast makes the disk fill mid-run.
+    (disk / "ballast").write_bytes(bytes(192 * 1024))
     monkeypatch.setenv("MINDSMIRROR_JOURNAL_DIR", str(tmp_path / "journal"))
     try:
         with _simulator() as server:

@@ -1,7 +1,8 @@
 """The live part of generation: asking the teacher and writing each response as it arrives.
 
 Each response is on disk (rows, then its call record) before it counts as done; `kill -9` loses at
-most the requests in flight. Admission is per request: the teacher client's one window of
+most the requests in flight. Responses arriving while the store is being written share the next
+write (tasks.generation.commits), so a busy run writes one part per table per group, not per answer. Admission is per request: the teacher client's one window of
 teacher.max_concurrency slots is shared by every example coroutine of every batch, so a slow or
 failing request holds up one slot, never a whole batch. A request claims its keys only once the
 window admits it, so at most a window of requests is ever claimed and unanswered.
@@ -25,6 +26,7 @@ from prefect.concurrency.asyncio import ConcurrencySlotAcquisitionError, rate_li
 from storage import CallRow, Claims, CotRow, Store, queries
 from storage.journal import Journal
 from tasks.config import Config
+from tasks.generation.commits import CommitFailed, GroupCommit
 from tasks.generation.ledger import Budget, BudgetExceeded, Summary
 from tasks.generation.plan import ExampleWork, Request, narrow, price_usd, request_for, sampling_of
 from tasks.generation.progress import GenerationProgress
@@ -54,6 +56,7 @@ class Session:
         self.summary = Summary()
         self.fatal: FatalError | None = None
         self.journal = Journal(store)
+        self.commits = GroupCommit(store.append)
         self.window = client.window.size  # how many requests to keep queued for the client's window
         self._announced = 0  # requests announced and not yet admitted (or given up)
         self._room = asyncio.Event()  # set when a queued request leaves the queue
@@ -180,32 +183,31 @@ class Session:
         if admit is None and not self._reserve(estimate):
             return []
         call_id = uuid.uuid4().hex
+        stored: list[list] = []
+
+        async def keep(reply: TeacherReply) -> None:  # runs while the request still holds its window slots
+            stored.append(await self._store_reply(request, reply, call_id, estimate, one_by_one, count))
+
         try:
             reply = await self.client.complete(
                 request.messages, n=n, temperature=sampling.temperature, top_p=sampling.top_p,
                 max_tokens=sampling.max_tokens, example_id=request.example_id,
-                admit=None if admit is None else lambda: admit(estimate),
+                admit=None if admit is None else lambda: admit(estimate), keep=keep,
             )
         except FatalError as error:
-            self.budget.settle(estimate, self._abandoned(request, error.abandoned, estimate, one_by_one))
+            self.budget.settle(estimate, await self._abandoned(request, error.abandoned, estimate, one_by_one))
             self.fatal = self.fatal or error
             self._stop(str(error))
             return []
         except TeacherError as error:
-            self.budget.settle(estimate, self._abandoned(request, error.abandoned, estimate, one_by_one))
-            self._record_failure(request, call_id, f"{type(error).__name__}: {error}",
-                                 getattr(error, "attempts", 0) or 0, count)
+            self.budget.settle(estimate, await self._abandoned(request, error.abandoned, estimate, one_by_one))
+            await self._record_failure(request, call_id, f"{type(error).__name__}: {error}",
+                                       getattr(error, "attempts", 0) or 0, count)
             return None
         if reply is None:
             return []  # not admitted (_admit says why)
-        cost = price_usd(self.teacher, reply.prompt_tokens, reply.completion_tokens)
-        self.budget.settle(estimate, cost + self._abandoned(request, reply.abandoned, estimate, one_by_one))
-        rows = reply_rows(self.teacher, self.answer_type, request, reply, call_id)
+        rows = stored[0]
         got = request.keys[: len(rows)]
-        # Rows first, then the call record: a crash between the two keeps the paid answer. The call
-        # claims only the keys that came back, so no `ok` record hides a missing sample.
-        self._write(rows, [call_record(self.teacher, request, call_id, got, reply, cost)])
-        self._count(rows, reply, cost, count)
         if len(rows) == n:
             return rows
         rest = narrow(request, set(request.keys) - set(got))
@@ -213,26 +215,39 @@ class Session:
             # The client found that the server ignores `n`: ask again for the rest, one by one.
             more = await self._buy(rest, count=False)
             return rows + (more or [])
-        self._record_failure(rest, uuid.uuid4().hex, f"TeacherError: {request.example_id}: {len(rows)} of {n} "
-                             "samples came back; the rest are missing (rerun or `mindsmirror resume` asks again)",
-                             0, count=False)
+        await self._record_failure(rest, uuid.uuid4().hex, f"TeacherError: {request.example_id}: {len(rows)} of {n} "
+                                   "samples came back; the rest are missing (rerun or `mindsmirror resume` asks "
+                                   "again)", 0, count=False)
+        return rows
+
+    async def _store_reply(self, request: Request, reply: TeacherReply, call_id: str, estimate: float,
+                           one_by_one: bool, count: bool) -> list:
+        """Settle a reply's cost and write its rows, then its call record; returns the rows."""
+        cost = price_usd(self.teacher, reply.prompt_tokens, reply.completion_tokens)
+        self.budget.settle(estimate, cost + await self._abandoned(request, reply.abandoned, estimate, one_by_one))
+        rows = reply_rows(self.teacher, self.answer_type, request, reply, call_id)
+        got = request.keys[: len(rows)]
+        # Rows first, then the call record: a crash between the two keeps the paid answer. The call
+        # claims only the keys that came back, so no `ok` record hides a missing sample.
+        await self._write(rows, [call_record(self.teacher, request, call_id, got, reply, cost)])
+        self._count(rows, reply, cost, count)
         return rows
 
     # ---- rows and records ----------------------------------------------------------------------
 
-    def _abandoned(self, request: Request, attempts: int, estimate: float, one_by_one: bool) -> float:
+    async def _abandoned(self, request: Request, attempts: int, estimate: float, one_by_one: bool) -> float:
         """Record a request's timed-out attempts at their estimated cost (one attempt: the request's
         estimate, or one sample's share of it when samples go one by one); returns that cost."""
         if not attempts:
             return 0.0
         cost = attempts * estimate / (len(request.keys) if one_by_one else 1)
-        self._write([abandoned_record(self.teacher, request, attempts, cost)])
+        await self._write([abandoned_record(self.teacher, request, attempts, cost)])
         self.summary.abandoned += attempts
         self.summary.possibly_billed_usd += cost
         return cost
 
-    def _record_failure(self, request: Request, call_id: str, error: str, attempts: int, count: bool) -> None:
-        self._write([failure_record(self.teacher, request, call_id, error, attempts)])
+    async def _record_failure(self, request: Request, call_id: str, error: str, attempts: int, count: bool) -> None:
+        await self._write([failure_record(self.teacher, request, call_id, error, attempts)])
         if len(self.summary.errors) < 5:
             self.summary.errors.append(error.split(": ", 1)[-1])  # the message starts with the example id
         self.summary.requests_failed += 1
@@ -257,17 +272,20 @@ class Session:
 
     # ---- writing, and what happens when the store cannot take it --------------------------------
 
-    def _write(self, *groups: list) -> None:
-        """Append each group of rows, in order; after a failed write, journal them instead."""
-        for index, rows in enumerate(groups):
-            if self._write_error is None:
-                try:
-                    self.store.append(rows)
-                    continue
-                except OSError as error:
-                    self._write_failed(error)
-            self._keep(list(groups[index:]))
-            return
+    async def _write(self, *groups: list) -> None:
+        """Append the groups of rows (in order, in the next group commit); once a write has failed,
+        journal them instead (the ones a failed commit did not store)."""
+        groups = [rows for rows in groups if rows]
+        if self._write_error is None:
+            try:
+                await self.commits.commit(*groups)
+                return
+            except CommitFailed as failed:
+                if not isinstance(failed.error, OSError):
+                    raise failed.error from None
+                self._write_failed(failed.error)
+                groups = failed.unstored
+        self._keep(groups)
 
     def _write_failed(self, error: OSError) -> None:
         if self._write_error is None:

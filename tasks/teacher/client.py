@@ -188,20 +188,25 @@ class TeacherClient:
         max_tokens: int,
         example_id: str,
         admit: Callable[[], bool] | None = None,
+        keep: Callable[[TeacherReply], Awaitable[None]] | None = None,
     ) -> TeacherReply | None:
         """n samples for one prompt; raises FatalError, OutputError or TransientError (retries spent).
 
         The request waits for its slots in the concurrency window first; then `admit` (when given)
         decides whether it is still to be sent (the caller claims its keys and reserves its cost
-        there): None when it says no."""
+        there): None when it says no. `keep` (when given) stores the reply before its slots free up,
+        so the window also bounds the answers paid for and not yet stored (what kill -9 loses)."""
         started = time.perf_counter()
         held = await self.window.acquire(1 if self.use_n else n)
         alone = await self._alone_until_answered()
         try:
             if admit is not None and not admit():
                 return None
-            return await self._complete(messages, n, temperature, top_p, max_tokens, example_id, started,
-                                        held if self.answered else 1)
+            reply = await self._complete(messages, n, temperature, top_p, max_tokens, example_id, started,
+                                         held if self.answered else 1)
+            if keep is not None:
+                await keep(reply)
+            return reply
         except TransientError as error:
             if error.unreachable and not self.answered:
                 raise FatalError(f"cannot connect to the teacher at {self._where()} ({getattr(error, 'attempts', 1)} attempts in "
