@@ -116,12 +116,21 @@ def _config(url: str, store: Path, problems: int, in_flight: int) -> str:
 
 
 def _bare_requests(problems: int) -> list[dict]:
-    """The same request shapes and count as `generate` sends for `problems` problems."""
-    cot = {"model": "gpt-3.5-turbo", "n": 3, "temperature": 0.7, "max_tokens": 256,
-           "messages": [{"role": "user", "content": "Q: Tom has 3 apples and buys 4 more. How many? A:"}]}
-    judge = {"model": "gpt-3.5-turbo", "n": 2, "temperature": 0.7, "max_tokens": 256,
-             "messages": [{"role": "user", "content": "Judge it. End with: Evaluation result: ..."}]}
-    return [request for _ in range(problems) for request in (cot, judge, judge, judge)]
+    """The same requests `generate` sends for `problems` problems: its prompts (few-shot chat
+    messages), per problem one chain-of-thought request with n=3 and three judging ones with n=2."""
+    sys.path.insert(0, str(REPO))
+    from tasks.config import DatasetConfig
+    from tasks.data import load_dataset
+    from tasks.teacher.prompts import cot_messages, eval_messages
+
+    rows = load_dataset(DatasetConfig(name="arithmetic", arithmetic={"train": problems, "test": 10, "max_number": 30}))
+    questions = [row.input for row in rows if row.split == "train"][:problems]
+    sampling = {"model": "gpt-3.5-turbo", "temperature": 0.7, "top_p": 1.0, "max_tokens": 256}
+    requests = []
+    for question in questions:
+        requests.append({**sampling, "n": 3, "messages": cot_messages("equation", question)})
+        requests += [{**sampling, "n": 2, "messages": eval_messages("equation", question, _COT)}] * 3
+    return requests
 
 
 def _run(command: list[str], env: dict) -> tuple[float, float]:

@@ -25,6 +25,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 
+import httpx2
 import openai
 from tenacity import RetryCallState
 
@@ -342,9 +343,11 @@ class TeacherClient:
         sent_at = await self.limiter.acquire(estimated)
         started = time.perf_counter()
         try:
-            raw = await self._client.chat.completions.with_raw_response.create(
-                model=self.model, messages=messages, n=n, **params
-            )
+            # The SDK's generic POST (documented for endpoints it has no method for): the same
+            # request, auth, timeout and errors as chat.completions.create without its per-request
+            # type transform of every message, which was a third of this client's CPU per request.
+            raw = await self._client.post("/chat/completions", cast_to=httpx2.Response,
+                                          body={"model": self.model, "messages": messages, "n": n, **params})
             body = json.loads(raw.text)
         except Exception as exc:  # translated into our error tree (or re-raised) just below
             error = self._translate(exc, example_id)
