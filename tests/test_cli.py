@@ -6,6 +6,7 @@ import json
 
 import pytest
 import yaml
+from conftest import API_KEY
 
 from flows.cli import main
 from simulator.server import start_simulator
@@ -13,9 +14,11 @@ from tasks.config import DatasetConfig
 from tasks.data.datasets import load_dataset
 
 
-@pytest.fixture
-def generated(tmp_path, api_key, prefect_server):
-    """A config file whose store holds a finished generation run (9 train examples, 2 CoTs, 1 evaluation)."""
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory, prefect_server):
+    """A config file whose store holds a finished generation run (9 train examples, 2 CoTs, 1
+    evaluation); shared by the tests that only read it."""
+    tmp_path = tmp_path_factory.mktemp("generated")
     rows = load_dataset(DatasetConfig(name="arithmetic", arithmetic={"train": 10, "test": 2}))
     server = start_simulator(examples={row.input: row.label for row in rows}, answer_type="equation")
     config = {
@@ -25,7 +28,10 @@ def generated(tmp_path, api_key, prefect_server):
     }
     path = tmp_path / "run.yaml"
     path.write_text(yaml.safe_dump(config))
-    assert main(["generate", str(path), "--no-progress"]) == 0
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("OPENAI_API_KEY", API_KEY)
+        patch.delenv("OPENAI_BASE_URL", raising=False)
+        assert main(["generate", str(path), "--no-progress"]) == 0
     yield path
     server.close()
 
