@@ -189,6 +189,7 @@ def test_a_run_killed_on_one_machine_resumes_from_its_last_upload_on_another(tmp
     assert sorted(_keys(s3_bucket, "students/arm/stage2/")) == sorted(
         f"students/arm/stage2/step-000006/{path.relative_to(resumed.latest).as_posix()}"
         for path in resumed.latest.rglob("*") if path.is_file())
+    assert not [key for key, body in _objects(s3_bucket).items() if S3_SECRET.encode() in body]
 
 
 def test_a_half_uploaded_checkpoint_is_never_taken(tmp_path, s3_bucket, monkeypatch, capsys):
