@@ -341,8 +341,8 @@ def build_parser() -> argparse.ArgumentParser:
     command("report", cmd_report, "print the results table; write it as CSV and a PNG chart beside the store")
     sub = command("predict", cmd_predict, "answer one question with a trained student", config=False)
     sub.add_argument("model_dir", metavar="STUDENT",
-                     help="a trained arm's folder (<store folder>/students/<arm>: its selected checkpoint "
-                     "answers) or a checkpoint folder")
+                     help="a trained arm's folder (<store>/students/<arm>, a folder or a URL such as "
+                     "s3://bucket/runs/svamp/students/<arm>: its selected checkpoint answers) or a checkpoint folder")
     sub.add_argument("question")
     sub.add_argument("--decode", choices=["greedy", "self_consistency", "self_verify"], default="greedy",
                      help="greedy; or sample --samples candidates and vote (self_consistency) or let the "
@@ -404,6 +404,7 @@ _EXPECTED = (
     ("storage.queries", "QueryError"),
     ("storage.store", "CorruptFileError"),
     ("tasks.student.arms", "NothingToTrain"),
+    ("tasks.student.folders", "MissingCheckpoint"),
 )
 
 

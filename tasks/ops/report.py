@@ -1,5 +1,6 @@
-"""The results table of every trained arm: a compact table on the terminal, CSV and a PNG chart beside
-the store, the full-named table for Prefect artifacts."""
+"""The results table of every trained arm: a compact table on the terminal, CSV and a PNG chart at the
+store's root (report.csv, report.png: a folder's files, or objects in an object store), the
+full-named table for Prefect artifacts."""
 
 from __future__ import annotations
 
@@ -57,9 +58,10 @@ class Report:
     columns: tuple[str, ...]
     rows: list[tuple]
     markdown: str  # the compact terminal table and its legend
-    csv_path: str | None
+    csv_path: str | None  # a path, or a URL in the store's object store
     png_path: str | None
     title: str = ""  # what the chart shows: dataset, test problems, teacher
+    png: bytes | None = None  # the chart, for the artifact that embeds it
 
 
 def _cell(value) -> str:
@@ -129,6 +131,8 @@ def results_table(store: Store, spends: dict[str, float] | None = None,
         checkpoint = result.checkpoint
         if folder is not None and checkpoint.startswith(str(folder)):
             checkpoint = str(Path(checkpoint).relative_to(folder))
+        elif folder is None and checkpoint.startswith(f"{store.location.url}/"):  # a checkpoint in the bucket
+            checkpoint = checkpoint[len(store.location.url) + 1:]
         row = table.setdefault(result.arm, {})
         value = int(result.value) if result.metric.startswith("passes:") else result.value
         row[f"{result.split}:{result.metric}"] = value
@@ -177,7 +181,7 @@ def chart_title(config: Config, rows: list[tuple], columns: Sequence[str]) -> st
             f"(n = {', '.join(str(value) for value in sorted(n)) or '?'} test problems, {teacher})")
 
 
-def _write_png(rows: list[tuple], columns: Sequence[str], path: Path, title: str) -> None:
+def _png(rows: list[tuple], columns: Sequence[str], title: str) -> bytes:
     """Test accuracy per arm; beside it, when arms have a teacher spend, accuracy against dollars."""
     import matplotlib
 
@@ -211,8 +215,10 @@ def _write_png(rows: list[tuple], columns: Sequence[str], path: Path, title: str
         cost.set_xlim(0, 1.3 * max(usd for _, usd, _ in priced))  # room for the labels
     figure.suptitle(title, fontsize=9)
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    image = io.BytesIO()
+    figure.savefig(image, format="png", dpi=120)
     plt.close(figure)
+    return image.getvalue()
 
 
 def _spends(config: Config) -> dict[str, float]:
@@ -249,15 +255,23 @@ def write_report(config: Config) -> Report:
     if not rows:
         return Report(columns, rows, "no results yet: run `mindsmirror evaluate CONFIG` first", None, None)
     markdown = terminal_table(columns, rows) + _calibration_block(config, store)
-    folder = store.local_folder()
-    if folder is None:
-        return Report(columns, rows, markdown, None, None)
-    csv_path, png_path = folder / "report.csv", folder / "report.png"
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(columns)
     writer.writerows(rows)
-    csv_path.write_text(buffer.getvalue(), encoding="utf-8")
     title = chart_title(config, rows, columns)
-    _write_png(rows, columns, png_path, title)
-    return Report(columns, rows, markdown, str(csv_path), str(png_path), title)
+    png = _png(rows, columns, title)
+    csv_path = _put(store, "report.csv", buffer.getvalue().encode("utf-8"))
+    return Report(columns, rows, markdown, csv_path, _put(store, "report.png", png), title, png)
+
+
+def _put(store: Store, name: str, data: bytes) -> str:
+    """Write a file at the store's root (a folder, or one object in an object store): its path or URL."""
+    folder = store.local_folder()
+    if folder is not None:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(data)
+        return str(folder / name)
+    location = store.location
+    location.fsspec_filesystem.pipe_file(f"{location.path}/{name}", data)
+    return f"{location.url}/{name}"

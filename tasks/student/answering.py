@@ -8,9 +8,11 @@ from pathlib import Path
 from tasks.config import EvalConfig
 from tasks.student import freshness
 from tasks.student.arms import NothingToTrain, trained_checkpoints
+from tasks.student.checkpoints import RECORD
 from tasks.student.decoding import Candidate, choose, judge_candidates, sample_candidates
 from tasks.student.devices import limit_cpu_threads
 from tasks.student.evaluation import predict
+from tasks.student.folders import ArmFolder, is_url
 from tasks.student.model import ADAPTER, load_student
 from tasks.student.prefixes import EXPLAIN, PREDICT
 
@@ -24,7 +26,10 @@ class Answer:
 
 
 def student_checkpoint(path: str | Path) -> Path:
-    """A checkpoint folder as given, or the checkpoint an arm's folder selected (its trained.json)."""
+    """A checkpoint folder as given, or the checkpoint an arm's folder selected (its trained.json);
+    a URL (an arm's folder or a checkpoint in an object store) is read through its local mirror."""
+    if is_url(path):
+        return _stored_checkpoint(ArmFolder.at(str(path)))
     folder = Path(path)
     if (folder / "config.json").is_file() or (folder / ADAPTER).is_file():
         return folder
@@ -32,6 +37,16 @@ def student_checkpoint(path: str | Path) -> Path:
         return trained_checkpoints(folder, folder.name)[0]
     raise NothingToTrain(f"{path}: neither a trained arm's folder (no {freshness.TRAINED}) nor a student "
                          "checkpoint (no config.json); give <store folder>/students/<arm> or one of its step folders")
+
+
+def _stored_checkpoint(folder: ArmFolder) -> Path:
+    if folder.exists(RECORD):
+        return folder.pull_folder()
+    folder.pull_record(freshness.TRAINED)
+    if (folder.local / freshness.TRAINED).is_file():
+        return folder.pull_checkpoint(trained_checkpoints(folder.local, folder.local.name)[0])
+    raise NothingToTrain(f"{folder.url}: neither a trained arm's folder (no {freshness.TRAINED}) nor a complete "
+                         f"checkpoint (no {RECORD}); give <store>/students/<arm> or one of its step folders")
 
 
 def answer_question(model_dir: str, question: str, max_new_tokens: int = 128, *, decode: str = "greedy",

@@ -54,27 +54,31 @@ def evaluate_one(config: Config, name: str, progress: bool = False, force: bool 
     arm = find_arm(config, name)
     folder = arm_folder(config, name, seed)
     name = seeded_name(config, name, seed)
-    checkpoint, self_eval_checkpoint = trained_checkpoints(folder, name)
+    folder.pull_record(freshness.TRAINED)
+    checkpoints = trained_checkpoints(folder.local, name)
     rows = _scored_rows(config, store)
-    inputs = freshness.evaluation_inputs(config, freshness.read_record(folder, freshness.TRAINED) or {},
-                                         [checkpoint, self_eval_checkpoint], rows.by_name())
-    if not force and freshness.evaluated_is_current(store, folder, name, inputs):
+    inputs = freshness.evaluation_inputs(config, freshness.read_record(folder.local, freshness.TRAINED) or {},
+                                         [folder.identity(path) for path in checkpoints], rows.by_name())
+    folder.pull_record(freshness.EVALUATED)
+    if not force and freshness.evaluated_is_current(store, folder.local, name, inputs):
         return None
+    checkpoint, self_eval_checkpoint = (folder.pull_checkpoint(path) if path else None for path in checkpoints)
     limit_cpu_threads()
     device = resolve_device(config.train.device)
     options = dict(device=device, max_input_length=config.student.max_input_length,
                    bf16=use_bf16(config.train.bf16, device), progress=progress)
     model, tokenizer = _load(checkpoint, device)
-    scorer = _Scorer(config, name, str(checkpoint), options)
+    scorer = _Scorer(config, name, folder.public(checkpoint), options)
     results = scorer.test(store, model, tokenizer, rows.test)
     results += scorer.sampled(model, tokenizer, rows.test)
     results += scorer.validation(model, tokenizer, rows.validation)
     # Agreement with the teacher's verdicts, on judged CoTs of examples the student never trained on.
     for metric, judge_checkpoint in _judges(config, arm, checkpoint, self_eval_checkpoint):
         if rows.judged and judge_checkpoint is not None:
-            results.append(scorer.agreement(metric, judge_checkpoint, rows.judged))
+            results.append(scorer.agreement(metric, judge_checkpoint, folder.public(judge_checkpoint), rows.judged))
     store.append(results)
-    freshness.record_evaluation(folder, inputs, results)
+    freshness.record_evaluation(folder.local, inputs, results)
+    folder.push_record(freshness.EVALUATED)
     return {f"{result.split}:{result.metric}": result.value for result in results}
 
 
@@ -147,8 +151,8 @@ class _Scorer:
         checked = evaluate_student(model, tokenizer, rows, self.kind, self.config.evaluate, **self.options)
         return [self._result("validation", "accuracy", checked.accuracy, checked.n)]
 
-    def agreement(self, metric: str, checkpoint: Path, judged) -> ResultRow:
-        """Verdict agreement with the teacher of the student saved at `checkpoint`."""
+    def agreement(self, metric: str, checkpoint: Path, name: str, judged) -> ResultRow:
+        """Verdict agreement with the teacher of the student saved at `checkpoint` (recorded as `name`)."""
         judge, tokenizer = _load(checkpoint, self.options["device"])
         agreement = evaluate_student(judge, tokenizer, judged, "verdict", self.config.evaluate, **self.options)
-        return self._result("validation", metric, agreement.accuracy, agreement.n, str(checkpoint))
+        return self._result("validation", metric, agreement.accuracy, agreement.n, name)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from pathlib import Path
 
 from storage import Store
 from tasks.config import Config
@@ -13,6 +12,7 @@ from tasks.student import freshness
 from tasks.student.arms import ArmRows, arm_folder, arm_rows, find_arm, seeded_name, with_seed
 from tasks.student.devices import limit_cpu_threads
 from tasks.student.evaluation import label_accuracy
+from tasks.student.folders import ArmFolder
 from tasks.student.stages import ArmResult, train_arm
 
 
@@ -59,8 +59,11 @@ def train_one(config: Config, name: str, resume: bool = False, progress: bool = 
     config = with_seed(config, seed)
     inputs = freshness.training_inputs(config, arm, rows.training.rows, rows.validation, rows.self_eval_rows,
                                        rows.judged)
-    if not force and (record := freshness.trained_is_current(folder, inputs)):
+    folder.pull_record(freshness.TRAINED)
+    if not force and (record := freshness.trained_is_current(folder.local, inputs, folder.has_checkpoint)):
         return _trained_from(record, folder, run)
+    if resume:
+        folder.pull_resumable()
     kind = answer_type_of(config.dataset)
     result = train_arm(
         arm,
@@ -71,25 +74,26 @@ def train_one(config: Config, name: str, resume: bool = False, progress: bool = 
         train_cfg=config.train,
         student_cfg=config.student,
         eval_cfg=config.evaluate,
-        out_dir=folder,
+        out_dir=folder.local,
         accuracy_fn=lambda predictions, golds: label_accuracy(predictions, golds, kind),
         resume=resume,
         progress=progress,
+        on_checkpoint=folder.push_checkpoint,
     )
-    trained = _trained(run, rows, result)
-    _record(folder, inputs, trained)
+    trained = _trained(run, rows, result, folder)
+    _record(folder, inputs, trained, result)
     return trained
 
 
-def _trained(name: str, rows: ArmRows, result: ArmResult) -> TrainedArm:
+def _trained(name: str, rows: ArmRows, result: ArmResult, folder: ArmFolder) -> TrainedArm:
     return TrainedArm(
         arm=name,
-        checkpoint=str(result.checkpoint),
+        checkpoint=folder.public(result.checkpoint),
         validation_accuracy=result.stage2.best_accuracy,
         train_rows=len(rows.training.rows),
         excluded_rows=rows.excluded,
         examples_per_s=result.stage2.examples_per_s,
-        self_eval_checkpoint=str(result.stage1.checkpoint) if result.stage1 else None,
+        self_eval_checkpoint=folder.public(result.stage1.checkpoint) if result.stage1 else None,
         validation_rows=len(rows.validation),
         self_eval_agreement=result.stage1.best_accuracy if result.stage1 else None,
         self_eval_validation_rows=len(rows.judged),
@@ -97,20 +101,23 @@ def _trained(name: str, rows: ArmRows, result: ArmResult) -> TrainedArm:
     )
 
 
-def _record(folder: Path, inputs: str, trained: TrainedArm) -> None:
-    """trained.json: the pointer evaluation follows, relative so the store can move between machines."""
-    self_eval = trained.self_eval_checkpoint
-    freshness.write_record(folder, freshness.TRAINED, {
+def _record(folder: ArmFolder, inputs: str, trained: TrainedArm, result: ArmResult) -> None:
+    """trained.json: the pointer evaluation follows, relative so the store can move between machines;
+    with a URL store it is uploaded after the checkpoints it names."""
+    stage1 = result.stage1
+    freshness.write_record(folder.local, freshness.TRAINED, {
         "inputs": inputs,
         **dataclasses.asdict(trained),
-        "checkpoint": str(Path(trained.checkpoint).relative_to(folder)),
-        "self_eval_checkpoint": self_eval and str(Path(self_eval).relative_to(folder)),
+        "checkpoint": str(result.checkpoint.relative_to(folder.local)),
+        "self_eval_checkpoint": stage1 and str(stage1.checkpoint.relative_to(folder.local)),
     })
+    folder.push_record(freshness.TRAINED)
 
 
-def _trained_from(record: dict, folder: Path, run: str) -> TrainedArm:
+def _trained_from(record: dict, folder: ArmFolder, run: str) -> TrainedArm:
     fields = {f.name for f in dataclasses.fields(TrainedArm)} & set(record)
     arm = TrainedArm(**{key: record[key] for key in fields} | {"arm": run})
     self_eval = record.get("self_eval_checkpoint")
-    return dataclasses.replace(arm, checkpoint=str(folder / record["checkpoint"]),
-                               self_eval_checkpoint=self_eval and str(folder / self_eval), unchanged=True)
+    return dataclasses.replace(arm, checkpoint=folder.public(folder.local / record["checkpoint"]),
+                               self_eval_checkpoint=self_eval and folder.public(folder.local / self_eval),
+                               unchanged=True)

@@ -1,7 +1,8 @@
 """An arm of a config: its entry, its folder beside the store, the rows it trains and is picked on,
 and the pointer (trained.json) to its trained checkpoints.
 
-Checkpoints live under `<store>/students/<arm>/`; with train.seeds, the run of train.seed stays
+Checkpoints live under `<store>/students/<arm>/` (in the object store of a URL store, see
+tasks.student.folders); with train.seeds, the run of train.seed stays
 there and each other seed's run lives in `<store>/students/<arm>/seed-<n>/`, scored under the name
 `<arm>/seed-<n>`, so that adding seeds to a trained config keeps its runs. Checkpoint selection uses the validation split
 (carved from train); test is only scored.
@@ -25,6 +26,7 @@ from tasks.data.trainsets import (
     self_eval_set,
 )
 from tasks.student import freshness
+from tasks.student.folders import ArmFolder
 
 
 class NothingToTrain(ValueError):
@@ -38,12 +40,10 @@ def find_arm(config: Config, name: str) -> ArmConfig:
     raise NothingToTrain(f"no arm named {name!r}; the config has {[arm.name for arm in config.train.arms]}")
 
 
-def arm_folder(config: Config, arm: str, seed: int | None = None) -> Path:
-    """The folder of an arm's run with `seed` (None: train.seed)."""
-    folder = Store(config.store.path).local_folder()
-    if folder is None:
-        raise NothingToTrain("training needs a local store path: checkpoints are written beside it")
-    return folder / "students" / seeded_name(config, arm, seed)
+def arm_folder(config: Config, arm: str, seed: int | None = None) -> ArmFolder:
+    """The folder of an arm's run with `seed` (None: train.seed): beside a local store, or in an
+    object store with a local mirror (tasks.student.folders)."""
+    return ArmFolder.of_store(Store(config.store.path), f"students/{seeded_name(config, arm, seed)}")
 
 
 def seeded_name(config: Config, arm: str, seed: int | None = None) -> str:

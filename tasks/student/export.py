@@ -11,6 +11,7 @@ from pathlib import Path
 
 from tasks.config import Config
 from tasks.student.arms import NothingToTrain, arm_folder, find_arm, trained_checkpoints
+from tasks.student.freshness import TRAINED
 from tasks.student.model import load_student, quiet_transformers
 
 
@@ -20,7 +21,9 @@ def export_arm(config: Config, name: str, out: str | Path) -> Path:
     out = Path(out)
     if out.exists():
         raise NothingToTrain(f"{out} exists; give a new folder to export arm {name!r} into")
-    checkpoint, _ = trained_checkpoints(arm_folder(config, name), name)
+    folder = arm_folder(config, name)
+    folder.pull_record(TRAINED)
+    checkpoint = folder.pull_checkpoint(trained_checkpoints(folder.local, name)[0])
     model, tokenizer = load_student(checkpoint)
     if hasattr(model, "merge_and_unload"):
         model = model.merge_and_unload()

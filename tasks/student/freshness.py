@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from storage import Store, queries
@@ -65,14 +65,15 @@ def training_inputs(config: Config, arm: ArmConfig, train_rows: Sequence, valida
     })
 
 
-def evaluation_inputs(config: Config, trained: dict, checkpoints: Sequence[Path | None],
+def evaluation_inputs(config: Config, trained: dict, checkpoints: Sequence[object],
                       scored: dict[str, Sequence]) -> str:
-    """The id of everything an arm's scores depend on: its training inputs, the checkpoints scored,
-    the evaluation settings and the rows of each scored set."""
+    """The id of everything an arm's scores depend on: its training inputs, the checkpoints scored
+    (their identities, tasks.student.folders.ArmFolder.identity), the evaluation settings and the
+    rows of each scored set."""
     return _digest({
         "trained": trained.get("inputs"),
         # by their files too: retraining with --force rewrites a checkpoint under the same name
-        "checkpoints": [student_identity(str(path)) if path else None for path in checkpoints],
+        "checkpoints": list(checkpoints),
         "evaluate": config.evaluate.model_dump(),
         "device": config.train.device,
         "bf16": config.train.bf16,
@@ -97,13 +98,15 @@ def read_record(folder: Path, name: str) -> dict | None:
         return None
 
 
-def trained_is_current(folder: Path, inputs: str) -> dict | None:
-    """trained.json when it records these inputs and its checkpoints are still on disk."""
+def trained_is_current(folder: Path, inputs: str, present: Callable[[str], bool] | None = None) -> dict | None:
+    """trained.json when it records these inputs and its checkpoints are still there (`present`
+    tells, given a checkpoint's path relative to `folder`; default: on disk)."""
     record = read_record(folder, TRAINED)
     if not record or record.get("inputs") != inputs:
         return None
     wanted = [record.get("checkpoint"), record.get("self_eval_checkpoint")]
-    if not all((folder / path).is_dir() for path in wanted if path):
+    present = present or (lambda path: (folder / path).is_dir())
+    if not all(present(path) for path in wanted if path):
         return None
     return record
 

@@ -72,12 +72,14 @@ def train_arm(
     eval_cfg: EvalConfig | None = None,
     resume: bool = False,
     progress: bool = True,
+    on_checkpoint: Callable[[Path], None] | None = None,
 ) -> ArmResult:
     """Train one arm: stage 1 on self-evaluations (if arm.self_eval), then stage 2 continuing from it.
 
     `train_rows` are CoT rows (mode "cot") or label rows (mode "standard", whose rationales are
     ignored); `validation_rows` carry gold labels and pick stage 2's checkpoint. Stage 1 picks its
     checkpoint on `self_eval_validation` by verdict agreement, or takes its last one without them.
+    `on_checkpoint(path)` follows each checkpoint saved (tasks.student.training.train_student).
     """
     out_dir = Path(out_dir)
     self_eval_rows, self_eval_validation = judging(self_eval_rows), judging(self_eval_validation)
@@ -91,7 +93,7 @@ def train_arm(
     vocab = [text for r in [*self_eval_rows, *train_rows] for text in (r.input, r.label, r.rationale or "")]
     model, tokenizer = build_student(student_cfg, vocab, seed=train_cfg.seed)
     common = {"train_cfg": train_cfg, "student_cfg": student_cfg, "eval_cfg": eval_cfg, "resume": resume,
-              "progress": progress}
+              "progress": progress, "on_checkpoint": on_checkpoint}
     stage1 = None
     if stage1_wanted:
         stage1 = train_student(

@@ -186,6 +186,7 @@ def train_student(
     resume: bool = False,
     progress: bool = True,
     on_step: Callable[[StepLoss], None] | None = None,
+    on_checkpoint: Callable[[Path], None] | None = None,
 ) -> TrainResult:
     """Train `model` for `steps` optimizer steps on `train` rows (anything with input/label/rationale).
 
@@ -193,6 +194,7 @@ def train_student(
     `accuracy_fn(predictions, golds)` scores them, and a checkpoint is written to out_dir/step-NNNNNN;
     the best one on validation accuracy is kept. `resume=True` continues from the latest checkpoint in
     out_dir, giving the same losses an uninterrupted run would have; a finished run is not repeated.
+    `on_checkpoint(path)` is called after each checkpoint is saved (and older ones pruned).
     """
     out_dir, eval_cfg = Path(out_dir), eval_cfg or EvalConfig()
     rows = canonical_order(train)
@@ -231,7 +233,9 @@ def train_student(
             bar.update(task, advance=1, status=f"loss {step_loss.loss:.3f}  {speed:.0f} rows/s")
             if state["step"] % train_cfg.eval_every == 0 or state["step"] == steps:
                 _validate(model, tokenizer, validation, accuracy_fn, eval_cfg, student_cfg, device, bf16, state)
-                _save(model, tokenizer, optimizer, out_dir, state, {**record, **state, "examples_per_s": speed})
+                saved = _save(model, tokenizer, optimizer, out_dir, state, {**record, **state, "examples_per_s": speed})
+                if on_checkpoint is not None:
+                    on_checkpoint(saved)
             if on_step is not None:
                 on_step(step_loss)
     return _result(out_dir, state, record["data_snapshot"], steps, trained_rows / train_seconds if train_seconds else 0.0)
@@ -283,11 +287,12 @@ def _optimizer_step(model, optimizer, data: Encoded, batches, cfg: TrainConfig, 
     return _mean_parts(step + 1, parts), rows
 
 
-def _save(model, tokenizer, optimizer, out_dir: Path, state: dict, record: dict) -> None:
+def _save(model, tokenizer, optimizer, out_dir: Path, state: dict, record: dict) -> Path:
     """A checkpoint of this step; only it and the best one so far are kept."""
     path = out_dir / f"step-{state['step']:06d}"
     save_checkpoint(model, tokenizer, optimizer, path, record)
     prune_checkpoints(out_dir, {path, out_dir / f"step-{state['best_step']:06d}"})
+    return path
 
 
 def _mean_parts(step: int, parts: list[Loss]) -> StepLoss:
