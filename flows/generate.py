@@ -9,7 +9,7 @@ from prefect.cache_policies import NONE
 from prefect.states import Completed, Failed
 
 from simulator import simulated_teacher
-from storage import Store, journal
+from storage import ClaimsUnavailable, Store, journal
 from tasks.config import Config, resolve_config
 from tasks.generation import ExampleWork, Plan, Session, open_session, plan_generation, sync_examples
 from tasks.generation.batch import at_batch_prices, run_batch_pass
@@ -71,7 +71,7 @@ def batch_mode(store: Store, config: Config, examples, answer_type: str, work: P
                          data=at_batch_prices(work, config.teacher))
     try:
         summary = batch_pass(store, config, examples, answer_type, only_failed)
-    except FatalError as error:
+    except (FatalError, ClaimsUnavailable) as error:
         return Failed(message=str(error))
     message = summary.describe(simulated)
     if summary.stopped:
@@ -100,7 +100,7 @@ async def generate(config: Config | str, dry_run: bool = False, only_failed: boo
         return Completed(message=work.describe(config.teacher.simulate), data=work)
     try:
         session, crashed = await dispatch(store, config, examples, answer_type, work, show_progress)
-    except FatalError as error:
+    except (FatalError, ClaimsUnavailable) as error:
         return Failed(message=str(error))
     if crashed:  # a bug, not a teacher error: those are recorded and counted, never raised
         return Failed(message=f"{len(crashed)} batches crashed: {crashed[0].message}")

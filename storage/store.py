@@ -11,8 +11,9 @@ written wins for what the teacher was paid for, the newest for what evaluation r
 A part that cannot be read raises CorruptFileError naming it; `quarantine` moves such parts to
 ``<root>/_quarantine/<table>/`` so the rest of the store reads again.
 
-The root is a local folder or a URL: ``s3://`` and ``gs://`` use pyarrow's native filesystems (and
-DuckDB's httpfs to read), any other scheme goes through fsspec (registered with DuckDB too).
+The root is a local folder or a URL (storage.location): ``s3://``, ``gs://`` and any other fsspec
+scheme are written through fsspec and read by DuckDB through the same filesystem, registered with it.
+Object stores publish an upload only once it completes, so there parts are written in place.
 """
 
 from __future__ import annotations
@@ -219,6 +220,13 @@ class Store:
             except duckdb.InvalidInputException as error:
                 self._raise_if_corrupt(error, thorough=True)
                 raise
+            except duckdb.Error as error:
+                # A URL store's files are read through a registered fsspec filesystem, whose
+                # FileNotFoundError reaches here as a plain duckdb.Error (at bind time, maybe in a
+                # view over the view that read the file): the same vanished file, the same retry.
+                if not _vanished(error) or attempt == _READ_ATTEMPTS:
+                    raise
+                time.sleep(0.02 * attempt)
             finally:
                 if con is not None:
                     con.close()
@@ -368,6 +376,11 @@ class Store:
                 and info.mtime.timestamp() < cutoff
             ):
                 _delete_quietly(self.location.filesystem, info.path)
+
+
+def _vanished(error: Exception) -> bool:
+    text = str(error)
+    return "FileNotFoundError" in text or "No files found that match" in text
 
 
 def _is_part(info: pafs.FileInfo) -> bool:
