@@ -36,7 +36,7 @@ async def ask_teacher(session: Session, batch: tuple[ExampleWork, ...], first: s
 @task(name="batch-pass", cache_policy=NONE)
 def batch_pass(store: Store, config: Config, examples, answer_type: str, only_failed: bool):
     """Collect finished batches, then submit what is still missing (teacher.mode: batch)."""
-    simulated = simulated_teacher(config.teacher, examples, answer_type, store.local_folder())
+    simulated = simulated_teacher(config.teacher, examples, answer_type, store.machine_state("simulator"))
     with open_endpoint(config.teacher, simulated) as endpoint:
         return run_batch_pass(store, config, answer_type, examples, endpoint, only_failed)
 
@@ -54,7 +54,7 @@ def compact_store(store: Store) -> None:
 
 async def dispatch(store: Store, config: Config, examples, answer_type: str, work: Plan, show_progress: bool):
     """One task run per batch of examples, on one live session; returns the session once all are done."""
-    simulated = simulated_teacher(config.teacher, examples, answer_type, store.local_folder())
+    simulated = simulated_teacher(config.teacher, examples, answer_type, store.machine_state("simulator"))
     with open_endpoint(config.teacher, simulated) as endpoint:
         async with open_session(store, config, answer_type, endpoint, work.progress_total, show_progress) as session:
             states = await session.dispatch(work.batches(config.generate.batch_size), lambda batch: ask_teacher(

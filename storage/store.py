@@ -30,7 +30,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from storage.location import locate
+from storage.location import locate, machine_folder
 from storage.records import PRIMARY_KEYS, SCHEMAS, to_arrow
 
 # A temporary file older than this belongs to a writer that died: a single append takes
@@ -92,6 +92,12 @@ class Store:
         if isinstance(self.location.filesystem, pafs.LocalFileSystem):
             return Path(self.location.path)
         return None
+
+    def machine_state(self, what: str) -> Path:
+        """A local folder for `what` of this store that only this machine needs: ``<root>/_<what>``
+        for a local store, a folder of this machine (storage.location.machine_folder) for a URL."""
+        folder = self.local_folder()
+        return folder / f"_{what}" if folder is not None else machine_folder(self.root, what)
 
     # ---- writing ---------------------------------------------------------------------------
 
