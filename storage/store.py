@@ -112,14 +112,18 @@ class Store:
     def _write(self, table: str, data: pa.Table) -> str:
         fs = self.location.filesystem
         folder = f"{self.location.path}/{table}"
-        if folder not in self._made_dirs:
-            fs.create_dir(folder, recursive=True)
-            self._made_dirs.add(folder)
         token = uuid.uuid4().hex
         final = f"{folder}/part-{_utc_stamp()}-{token}.parquet"
         if not self.location.rename_into_place:
-            pq.write_table(data, final, filesystem=fs)
+            try:
+                self._make_dir(folder)
+                pq.write_table(data, final, filesystem=fs)
+            except OSError:
+                raise
+            except Exception as error:  # an SDK's own error (a dropped connection): still a failed write
+                raise OSError(f"{type(error).__name__}: {error}") from error
             return final
+        self._make_dir(folder)
         temporary = f"{folder}/.tmp-{token}.parquet"
         try:
             pq.write_table(data, temporary, filesystem=fs)
@@ -128,6 +132,11 @@ class Store:
             _delete_quietly(fs, temporary)
             raise
         return final
+
+    def _make_dir(self, folder: str) -> None:
+        if folder not in self._made_dirs:
+            self.location.filesystem.create_dir(folder, recursive=True)
+            self._made_dirs.add(folder)
 
     # ---- reading ---------------------------------------------------------------------------
 
