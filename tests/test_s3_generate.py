@@ -18,6 +18,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import boto3
+import pyarrow.parquet as pq
 import pytest
 import yaml
 from conftest import API_KEY, S3_SECRET, cot_row
@@ -246,3 +247,65 @@ def test_an_s3_server_refusing_writes_loses_no_paid_answer(tmp_path, s3_bucket, 
         assert_no_secret_in(s3_bucket, out, err, rerun.stdout, rerun.stderr)
     finally:
         flaky.close()
+
+
+@pytest.mark.slow
+def test_every_generation_command_works_on_an_s3_store(tmp_path, s3_bucket, teacher, api_key):
+    store = f"{s3_bucket}/runs/svamp"
+    folder, env = machine(tmp_path, "here", store, teacher.url)
+    first = cli(folder, env, "generate", "run.yaml", "--no-progress")
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert cli(folder, env, "resume", "run.yaml", "--no-progress").returncode == 0  # nothing failed: nothing to do
+
+    # A part lost on the server: every command says so in one line, repair moves it aside, and a
+    # generate run on another machine buys back just its requests.
+    parts = Store(store).files("cots")
+    lost = len(set(pq.read_table(parts[-1], filesystem=Store(store).location.filesystem).column("example_id")))
+    boto3.client("s3").put_object(Bucket=s3_bucket.removeprefix("s3://"), Key=parts[-1].split("/", 1)[1],
+                                  Body=b"not parquet")
+    status = cli(folder, env, "status", "run.yaml")
+    assert status.returncode == 1 and "mindsmirror repair" in status.stderr.strip(), status.stderr
+    repaired = cli(folder, env, "repair", "run.yaml")
+    assert repaired.returncode == 0 and "_quarantine" in repaired.stdout, repaired.stderr
+    there, env_there = machine(tmp_path, "there", store, teacher.url)
+    again = cli(there, env_there, "generate", "run.yaml", "--no-progress")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert counts(store)[0] == TRAIN * N_COTS  # (the lost CoTs' evaluations stay: they judged other text)
+    # Just the lost part's requests: its CoTs, then an evaluation of each new parseable one.
+    assert NEEDED + lost < teacher.stats()["requests"] <= NEEDED + lost * (1 + N_COTS)
+
+    for index in range(3):  # small parts, as many runs would leave them
+        Store(store).append([cot_row(f"extra{index}", 0, "1", "1 = 1.")])
+    assert len(Store(store).files("cots")) >= 4
+    compacted = cli(folder, env, "compact", "run.yaml")
+    assert compacted.returncode == 0, compacted.stderr
+    assert len(Store(store).files("cots")) == 1  # merged, read back, then the sources deleted
+    assert counts(store)[0] == TRAIN * N_COTS + 3
+
+
+@pytest.mark.slow
+def test_batch_mode_and_imports_on_an_s3_store(tmp_path, s3_bucket, api_key):
+    store = f"{s3_bucket}/runs/batch"
+    folder, env = machine(tmp_path, "here", store, "http://127.0.0.1:9/v1", simulate=True, mode="batch")
+    config = yaml.safe_load((folder / "run.yaml").read_text())
+    del config["teacher"]["base_url"]
+    (folder / "run.yaml").write_text(yaml.safe_dump(config))
+    for _ in range(4):  # submit CoTs; collect them and submit evaluations; collect those
+        passed = cli(folder, env, "generate", "run.yaml", "--no-progress")
+        assert passed.returncode == 0, passed.stderr[-3000:]
+        if "no batch open" in passed.stdout and counts(store)[1]:
+            break
+    assert counts(store) == (TRAIN * N_COTS, TRAIN * N_COTS * N_EVALS)
+
+    fixtures = Path(__file__).resolve().parent / "fixtures"
+    imported = tmp_path / "tot"
+    imported.mkdir()
+    (imported / "run.yaml").write_text(yaml.safe_dump({
+        "dataset": {"name": "custom", "splits": ["train"], "validation_fraction": 0.0,
+                    "custom": {"files": {"train": str(fixtures / "data_tot_questions.jsonl")}, "id_field": "id",
+                               "label_type": "equation"}},
+        "store": {"path": f"{s3_bucket}/runs/tot"},
+    }))
+    result = cli(imported, env, "import", "tot", "run.yaml", str(fixtures / "data_tot_sample.json"))
+    assert result.returncode == 0, result.stderr
+    assert counts(f"{s3_bucket}/runs/tot") == (5, 8)
