@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import threading
 import time
 
 import boto3
@@ -107,3 +108,22 @@ def test_a_live_owner_renews_its_lease_and_lets_go_of_one_taken_over(s3_bucket):
     assert _lease(s3_bucket)["owner"] == "elsewhere"  # the renewal's If-Match failed: not overwritten
     owner.release(KEYS)
     assert _lease(s3_bucket)["owner"] == "elsewhere"  # and a release never removes another run's lease
+
+
+def test_two_runs_racing_for_the_same_requests_each_win_a_request_once(s3_bucket):
+    root = f"{s3_bucket}/runs"
+    runs = [open_claims(root), open_claims(root)]
+    requests = [[f"e{i}-c0", f"e{i}-c1"] for i in range(40)]
+    won: list[list[int]] = [[], []]
+
+    def race(run: int) -> None:
+        for index, keys in enumerate(requests):
+            if runs[run].claim(keys):
+                won[run].append(index)
+
+    threads = [threading.Thread(target=race, args=(run,)) for run in (0, 1)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(won[0] + won[1]) == list(range(40))  # every request claimed, none by both

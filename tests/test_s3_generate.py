@@ -83,6 +83,7 @@ def assert_no_secret_in(bucket: str, *outputs: str) -> None:
         assert API_KEY not in output and S3_SECRET not in output
 
 
+@pytest.mark.slow  # about 70 s on 2 loaded cores; tests/test_s3_claims.py races claims by default
 def test_two_machines_generating_on_one_bucket_buy_each_answer_once(tmp_path, s3_bucket, teacher, api_key):
     store = f"{s3_bucket}/runs/svamp"
     machines = [machine(tmp_path, name, store, teacher.url) for name in ("here", "there")]
