@@ -50,6 +50,7 @@ class S3Claims:
         self._held: dict[str, str] = {}  # lease object -> the ETag of this run's last write
         self._lock = threading.Lock()
         self._renewer: threading.Thread | None = None
+        self._check_conditional_writes()
         self._remove_old_done()
 
     def _lease(self, keys: Sequence[str]) -> str:
@@ -106,6 +107,22 @@ class S3Claims:
         except ClientError:
             return False
         return True
+
+    def _check_conditional_writes(self) -> None:
+        """Refuse a server that ignores If-None-Match (an older S3-compatible one): there every
+        run would win every lease, and two runs would pay twice."""
+        from storage.claims import ClaimsUnavailable
+
+        probe = f"{self.prefix}/probe-{self.owner}"
+        try:
+            self._put(probe, b"", IfNoneMatch="*")
+            ignored = self._put(probe, b"", IfNoneMatch="*") is not None
+        finally:
+            self._call("delete_object", Key=probe)
+        if ignored:
+            raise ClaimsUnavailable(
+                f"the S3 server of {self.root} ignores conditional writes (If-None-Match), which claims need "
+                "so that two runs never pay twice: use a server that supports them (AWS S3, MinIO, ...)")
 
     # ---- the claims interface ------------------------------------------------------------------
 

@@ -24,7 +24,7 @@ import yaml
 from conftest import API_KEY, S3_SECRET, cot_row
 
 from simulator.server import start_simulator
-from storage import Store, queries
+from storage import ClaimsUnavailable, Store, open_claims, queries
 from tasks.config import DatasetConfig
 from tasks.data.datasets import load_dataset
 
@@ -159,7 +159,8 @@ def test_kill_9_on_one_machine_and_a_rerun_on_another_lose_nothing(tmp_path, s3_
 
 class FlakyS3:
     """An HTTP proxy in front of the S3 server that, while `failing`, answers the uploads of Parquet
-    parts with 503 SlowDown (or drops the connection) and passes everything else through."""
+    parts with 503 SlowDown (or drops the connection) and passes everything else through; in mode
+    "unconditional" it passes writes on without their conditions, as an older server ignores them."""
 
     def __init__(self, upstream: str, mode: str):
         self.upstream = urlparse(upstream)
@@ -189,7 +190,8 @@ class FlakyS3:
                     self.wfile.write(error)
                     return
                 upstream = http.client.HTTPConnection(proxy.upstream.hostname, proxy.upstream.port, timeout=30)
-                headers = {key: value for key, value in self.headers.items() if key.lower() != "host"}
+                dropped = {"host"} | ({"if-none-match", "if-match"} if proxy.mode == "unconditional" else set())
+                headers = {key: value for key, value in self.headers.items() if key.lower() not in dropped}
                 headers["Host"] = proxy.upstream.netloc
                 upstream.request(self.command, self.path, body=body, headers=headers)
                 answer = upstream.getresponse()
@@ -310,3 +312,14 @@ def test_batch_mode_and_imports_on_an_s3_store(tmp_path, s3_bucket, api_key):
     result = cli(imported, env, "import", "tot", "run.yaml", str(fixtures / "data_tot_sample.json"))
     assert result.returncode == 0, result.stderr
     assert counts(f"{s3_bucket}/runs/tot") == (5, 8)
+
+
+def test_a_server_that_ignores_conditional_writes_gets_no_claims(s3_bucket, s3_server, monkeypatch):
+    flaky = FlakyS3(s3_server, "unconditional")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", flaky.url)
+    try:
+        with pytest.raises(ClaimsUnavailable, match="ignores conditional writes"):
+            open_claims(f"{s3_bucket}/runs")
+        assert [key for key in objects(s3_bucket) if "/_claims/" in key] == []  # the probe is gone
+    finally:
+        flaky.close()
