@@ -147,7 +147,7 @@ def cmd_batch_cancel(args) -> None:
     config = _config(args.config)
     store = _store(config)
     simulated = simulated_teacher(config.teacher, load_dataset(config.dataset), answer_type(config.dataset),
-                                  store.local_folder())
+                                  store.machine_state("simulator"))
     with open_endpoint(config.teacher, simulated) as endpoint:
         cancelled = cancel_batches(store, endpoint)
     print(f"asked to cancel {len(cancelled)} batches; `mindsmirror generate` stores what they returned and "

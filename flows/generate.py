@@ -9,7 +9,7 @@ from prefect.cache_policies import NONE
 from prefect.states import Completed, Failed
 
 from simulator import simulated_teacher
-from storage import Store, journal
+from storage import ClaimsUnavailable, Store, journal
 from tasks.config import Config, resolve_config
 from tasks.generation import ExampleWork, Plan, Session, open_session, plan_generation, sync_examples
 from tasks.generation.batch import at_batch_prices, run_batch_pass
@@ -36,7 +36,7 @@ async def ask_teacher(session: Session, batch: tuple[ExampleWork, ...], first: s
 @task(name="batch-pass", cache_policy=NONE)
 def batch_pass(store: Store, config: Config, examples, answer_type: str, only_failed: bool):
     """Collect finished batches, then submit what is still missing (teacher.mode: batch)."""
-    simulated = simulated_teacher(config.teacher, examples, answer_type, store.local_folder())
+    simulated = simulated_teacher(config.teacher, examples, answer_type, store.machine_state("simulator"))
     with open_endpoint(config.teacher, simulated) as endpoint:
         return run_batch_pass(store, config, answer_type, examples, endpoint, only_failed)
 
@@ -54,7 +54,7 @@ def compact_store(store: Store) -> None:
 
 async def dispatch(store: Store, config: Config, examples, answer_type: str, work: Plan, show_progress: bool):
     """One task run per batch of examples, on one live session; returns the session once all are done."""
-    simulated = simulated_teacher(config.teacher, examples, answer_type, store.local_folder())
+    simulated = simulated_teacher(config.teacher, examples, answer_type, store.machine_state("simulator"))
     with open_endpoint(config.teacher, simulated) as endpoint:
         async with open_session(store, config, answer_type, endpoint, work.progress_total, show_progress) as session:
             states = await session.dispatch(work.batches(config.generate.batch_size), lambda batch: ask_teacher(
@@ -71,7 +71,7 @@ def batch_mode(store: Store, config: Config, examples, answer_type: str, work: P
                          data=at_batch_prices(work, config.teacher))
     try:
         summary = batch_pass(store, config, examples, answer_type, only_failed)
-    except FatalError as error:
+    except (FatalError, ClaimsUnavailable) as error:
         return Failed(message=str(error))
     message = summary.describe(simulated)
     if summary.stopped:
@@ -104,7 +104,7 @@ async def generate(config: Config | str, dry_run: bool = False, only_failed: boo
         return Completed(message=work.describe(config.teacher.simulate), data=work)
     try:
         session, crashed = await dispatch(store, config, examples, answer_type, work, show_progress)
-    except FatalError as error:
+    except (FatalError, ClaimsUnavailable) as error:
         return Failed(message=str(error))
     if crashed:  # a bug, not a teacher error: those are recorded and counted, never raised
         return Failed(message=f"{len(crashed)} batches crashed: {crashed[0].message}")

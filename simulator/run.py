@@ -9,22 +9,20 @@ from pathlib import Path
 from simulator.batches import configure_batches
 from simulator.server import start_simulator
 from tasks.config import TeacherConfig
-from tasks.teacher.errors import FatalError
 
 
 @contextmanager
 def simulated_teacher(teacher: TeacherConfig, examples: Sequence, answer_type: str,
-                      store_folder: Path | None) -> Iterator[str]:
+                      state_folder: Path) -> Iterator[str]:
     """Yields the base URL of a simulated teacher that knows `examples` (rows with .input and .label).
 
-    In batch mode its files and batches live in `<store>/_simulator`, so that the next pass finds them."""
+    In batch mode its files and batches live in `state_folder` (Store.machine_state("simulator")), so
+    that the next pass on this machine finds them."""
     settings = teacher.simulator
     batch = teacher.mode == "batch"
-    if batch and store_folder is None:
-        raise FatalError("teacher.simulate with teacher.mode: batch needs a local store.path")
     options = {} if batch else {"latency_ms": settings.latency_ms}
     with start_simulator(examples={example.input: example.label for example in examples}, answer_type=answer_type,
                          seed=settings.seed, wrong_rate=settings.wrong_rate, **options) as running:
         if batch:
-            configure_batches(running.teacher, state_dir=store_folder / "_simulator", delay_s=settings.batch_delay_s)
+            configure_batches(running.teacher, state_dir=state_folder, delay_s=settings.batch_delay_s)
         yield running.url

@@ -1,7 +1,7 @@
 """Parquet files as the source of truth, DuckDB views to read them, named queries over the views."""
 
 from storage import keycache, queries
-from storage.claims import Claims
+from storage.claims import Claims, ClaimsUnavailable, LocalClaims, open_claims
 from storage.records import (
     PRIMARY_KEYS,
     SCHEMA_VERSION,
@@ -24,6 +24,9 @@ __all__ = [
     "CallRow",
     "keycache",
     "Claims",
+    "ClaimsUnavailable",
+    "LocalClaims",
+    "open_claims",
     "CorruptFileError",
     "CotRow",
     "EvaluationRow",

@@ -15,8 +15,9 @@ is the truth, not the logs: a run that finds a hash checks the store, and if the
 there (a corrupt part was moved aside) it asks again. A done log is kept a week after its last line
 (no run plans that long before it buys). A failed request's lease is removed so a retry may claim it.
 
-Only local stores get claims: object stores have no exclusive create here, so concurrent runs on a
-URL store may pay twice for requests planned at the same moment (the views still count each once).
+Local stores and s3:// stores get claims (`open_claims` picks the kind from the store's location):
+a local lease is created with link(), an S3 lease with a conditional write (storage.s3_claims).
+Other URL stores have no exclusive create here, so generation refuses them (ClaimsUnavailable).
 """
 
 from __future__ import annotations
@@ -28,8 +29,10 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Protocol
+from urllib.parse import urlparse
 
 _HOST = socket.gethostname()
 LEASE_S = 60.0  # how long a crashed owner on another machine blocks its requests
@@ -72,35 +75,101 @@ def _parse(raw: bytes) -> dict | None:
     return held if isinstance(held, dict) else None
 
 
-class Claims:
+def digest(keys: Sequence[str]) -> str:
+    """A request's name among the leases, whatever the order of its keys."""
+    return hashlib.sha256("\n".join(sorted(keys)).encode()).hexdigest()[:32]
+
+
+def lease(owner: str, lease_s: float, state: str = "inflight") -> bytes:
+    """A lease's content: who holds it, on which machine and process, and until when."""
+    now = time.time()
+    return json.dumps({
+        "state": state, "owner": owner, "host": _HOST, "machine": _MACHINE, "pid": os.getpid(),
+        "renewed": now, "expires": now + lease_s,
+    }).encode()
+
+
+def replaceable(held: dict | None, owner: str, written_at: float, lease_s: float,
+                stored: Callable[[], bool]) -> bool:
+    """Whether another run's lease may be taken over: unreadable, a done marker whose samples are
+    not all stored, expired, or held by a process of this machine that no longer runs."""
+    if held is None:  # a torn marker of an older version, which wrote in place
+        return True
+    if held.get("state") == "done":
+        return not stored()
+    if held.get("owner") == owner:
+        return False
+    # Markers of older versions carry neither machine nor expiry: their host and write time stand in.
+    same_machine = held["machine"] == _MACHINE if "machine" in held else held.get("host") == _HOST
+    expired = time.time() > held.get("expires", written_at + lease_s)
+    return expired or (same_machine and not _alive(held.get("pid", 0)))
+
+
+def all_stored(root: str, keys: Sequence[str]) -> bool:
+    from storage.queries import stored_sample_keys
+    from storage.store import Store
+
+    return stored_sample_keys(Store(root), keys) == set(keys)
+
+
+class Claims(Protocol):
+    """Leases on teacher requests (see the module docstring); one per run."""
+
+    owner: str
+
+    def claim(self, keys: Sequence[str]) -> bool:
+        """True if this process may send the request for these keys."""
+
+    def done(self, keys: Sequence[str]) -> None:
+        """The answer is stored: remember the request as done, then remove its lease."""
+
+    def release(self, keys: Sequence[str]) -> None:
+        """The request failed or was not sent: remove its lease so a retry may claim it."""
+
+
+class ClaimsUnavailable(RuntimeError):
+    """A store whose filesystem offers no atomic create to build leases on."""
+
+
+def open_claims(root: str, lease_s: float = LEASE_S) -> Claims:
+    """The claims of the store at `root`: files beside a local store, conditional writes on S3."""
+    scheme = urlparse(root).scheme.lower()
+    if len(scheme) <= 1 or scheme == "file":
+        return LocalClaims(root, lease_s)
+    if scheme == "s3":
+        from storage.s3_claims import S3Claims
+
+        return S3Claims(root, lease_s)
+    raise ClaimsUnavailable(
+        f"generation needs claims (leases) on its store, and a {scheme}:// store has none here, so two runs "
+        "could pay twice for one answer: set store.path to a local folder or an s3:// URL")
+
+
+class LocalClaims:
     def __init__(self, root: str, lease_s: float = LEASE_S):
+        if "://" in root and not root.startswith("file://"):
+            raise ValueError(f"local claims need a local store, not {root}")
         self.root = root
         self.lease_s = lease_s
         self.owner = uuid.uuid4().hex
-        self.folder = None if "://" in root else Path(root) / "_claims"
+        self.folder = Path(urlparse(root).path if root.startswith("file://") else root) / "_claims"
         self._held: set[Path] = set()
         self._lock = threading.Lock()
         self._renewer: threading.Thread | None = None
         self._done: set[str] = set()  # the hashes in every done log, as far as read
         self._done_read: dict[str, int] = {}  # done log name -> bytes read
-        if self.folder is not None:
-            self._tokens = self.folder / ".takeovers"
-            self._tokens.mkdir(parents=True, exist_ok=True)
-            self._remove_old_tokens()
-            self._remove_old_done_logs()
+        self._tokens = self.folder / ".takeovers"
+        self._tokens.mkdir(parents=True, exist_ok=True)
+        self._remove_old_tokens()
+        self._remove_old_done_logs()
 
     def _path(self, keys: Sequence[str]) -> Path:
-        digest = hashlib.sha256("\n".join(sorted(keys)).encode()).hexdigest()[:32]
-        return self.folder / digest
+        return self.folder / digest(keys)
 
     def _marker(self, state: str) -> Path:
         """A complete marker under a temporary name, to be linked or renamed into place."""
-        now = time.time()
         temporary = self.folder / f".tmp-{uuid.uuid4().hex}"
-        temporary.write_text(json.dumps({
-            "state": state, "owner": self.owner, "host": _HOST, "machine": _MACHINE, "pid": os.getpid(),
-            "renewed": now, "expires": now + self.lease_s,
-        }))
+        temporary.write_bytes(lease(self.owner, self.lease_s, state))
         return temporary
 
     def _write(self, path: Path, state: str) -> None:
@@ -108,8 +177,6 @@ class Claims:
 
     def claim(self, keys: Sequence[str]) -> bool:
         """True if this process may send the request for these keys."""
-        if self.folder is None:
-            return True
         path = self._path(keys)
         temporary = self._marker("inflight")
         try:
@@ -127,14 +194,9 @@ class Claims:
         self._hold(path)
         return True
 
-    def _answered(self, digest: str, keys: Sequence[str]) -> bool:
+    def _answered(self, name: str, keys: Sequence[str]) -> bool:
         """Whether a done log lists the request and the store holds all of its samples."""
-        if digest not in self._read_done_logs():
-            return False
-        from storage.queries import stored_sample_keys
-        from storage.store import Store
-
-        return stored_sample_keys(Store(self.root), keys) == set(keys)
+        return name in self._read_done_logs() and all_stored(self.root, keys)
 
     def _read_done_logs(self) -> set[str]:
         """Every hash in the done logs, reading only what was appended since the last call (a torn
@@ -158,8 +220,7 @@ class Claims:
             mtime = path.stat().st_mtime
         except FileNotFoundError:
             return False  # released this instant: its owner's retry may claim it again
-        held = _parse(raw)  # None: a torn marker of an older version, which wrote in place
-        if held is not None and not self._replaceable(held, mtime, keys):
+        if not replaceable(_parse(raw), self.owner, mtime, self.lease_s, lambda: all_stored(self.root, keys)):
             return False
         # Of several runs that judged this same marker replaceable, the one that creates its token wins.
         token = self._tokens / f"{path.name}-{hashlib.sha256(raw).hexdigest()[:16]}"
@@ -186,15 +247,13 @@ class Claims:
     def done(self, keys: Sequence[str]) -> None:
         """The answer is stored: log the request as done, then remove its lease (in this order, so
         a run that claims it the moment the lease goes finds it in the log)."""
-        if self.folder is not None:
-            path = self._path(keys)
-            with open(self.folder / f"done-{self.owner}", "a", encoding="ascii") as log:
-                log.write(path.name + "\n")
-            self._release_owned(path)
+        path = self._path(keys)
+        with open(self.folder / f"done-{self.owner}", "a", encoding="ascii") as log:
+            log.write(path.name + "\n")
+        self._release_owned(path)
 
     def release(self, keys: Sequence[str]) -> None:
-        if self.folder is not None:
-            self._release_owned(self._path(keys))
+        self._release_owned(self._path(keys))
 
     def _release_owned(self, path: Path) -> None:
         with self._lock:

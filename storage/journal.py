@@ -4,9 +4,10 @@ When a store write fails, generation stops dispatching and appends every answer 
 (rows, then their call record) here as JSON lines, each flushed and fsynced, instead of dropping them.
 `replay(store)` writes them into the store before the next run plans, so nothing paid is bought again.
 
-The journal lives beside the store (``<store>/_journal/``); when that filesystem is the full one, it
-falls back to a folder on another: $MINDSMIRROR_JOURNAL_DIR, else ~/.local/state/mindsmirror/journal,
-in a subfolder named for the store. Replaying rows the store already holds is harmless: views keep
+The journal lives beside a local store (``<store>/_journal/``); when that filesystem is the full one,
+and always for a store in object storage, it lives in a folder of this machine:
+$MINDSMIRROR_JOURNAL_DIR, else ~/.local/state/mindsmirror/journal, in a subfolder named for the store.
+It stays on the machine that received the answers: the next run there replays it. Replaying rows the store already holds is harmless: views keep
 one row per key.
 """
 
@@ -20,6 +21,7 @@ import uuid
 from datetime import datetime
 from pathlib import Path
 
+from storage.location import machine_folder
 from storage.records import TABLE_OF
 from storage.store import Store
 
@@ -27,8 +29,10 @@ RECORDS = {table: record for record, table in TABLE_OF.items()}
 
 
 def fallback_folder(store: Store) -> Path:
-    base = os.environ.get("MINDSMIRROR_JOURNAL_DIR") or Path.home() / ".local" / "state" / "mindsmirror" / "journal"
-    return Path(base) / hashlib.sha256(store.root.encode()).hexdigest()[:16]
+    """Where the journal goes when the store's own filesystem cannot take it, or is a bucket."""
+    if base := os.environ.get("MINDSMIRROR_JOURNAL_DIR"):
+        return Path(base) / hashlib.sha256(store.root.encode()).hexdigest()[:16]
+    return machine_folder(store.root, "journal")
 
 
 def folders(store: Store) -> list[Path]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
@@ -66,3 +68,11 @@ def _object_filesystem(native: str, package: str, extra: str):
             f"a {native}:// store needs {package}: pip install 'mindsmirror[{extra}]'") from None
     # Other processes write the same bucket: a cached listing would hide their parts.
     return fsspec.filesystem(native, use_listings_cache=False, skip_instance_cache=True)
+
+
+def machine_folder(root: str, what: str) -> Path:
+    """A folder on this machine for `what` of the store at `root` that only this machine needs (the
+    journal of answers received but not yet stored, a simulated teacher's batches):
+    $MINDSMIRROR_STATE_DIR, else ~/.local/state/mindsmirror, then `what`, then a hash of the root."""
+    base = os.environ.get("MINDSMIRROR_STATE_DIR") or Path.home() / ".local" / "state" / "mindsmirror"
+    return Path(base) / what / hashlib.sha256(root.encode()).hexdigest()[:16]

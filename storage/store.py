@@ -11,8 +11,9 @@ written wins for what the teacher was paid for, the newest for what evaluation r
 A part that cannot be read raises CorruptFileError naming it; `quarantine` moves such parts to
 ``<root>/_quarantine/<table>/`` so the rest of the store reads again.
 
-The root is a local folder or a URL: ``s3://`` and ``gs://`` use pyarrow's native filesystems (and
-DuckDB's httpfs to read), any other scheme goes through fsspec (registered with DuckDB too).
+The root is a local folder or a URL (storage.location): ``s3://``, ``gs://`` and any other fsspec
+scheme are written through fsspec and read by DuckDB through the same filesystem, registered with it.
+Object stores publish an upload only once it completes, so there parts are written in place.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from storage.location import locate
+from storage.location import locate, machine_folder
 from storage.records import PRIMARY_KEYS, SCHEMAS, to_arrow
 
 # A temporary file older than this belongs to a writer that died: a single append takes
@@ -92,6 +93,12 @@ class Store:
             return Path(self.location.path)
         return None
 
+    def machine_state(self, what: str) -> Path:
+        """A local folder for `what` of this store that only this machine needs: ``<root>/_<what>``
+        for a local store, a folder of this machine (storage.location.machine_folder) for a URL."""
+        folder = self.local_folder()
+        return folder / f"_{what}" if folder is not None else machine_folder(self.root, what)
+
     # ---- writing ---------------------------------------------------------------------------
 
     def append(self, rows: Sequence) -> None:
@@ -105,14 +112,18 @@ class Store:
     def _write(self, table: str, data: pa.Table) -> str:
         fs = self.location.filesystem
         folder = f"{self.location.path}/{table}"
-        if folder not in self._made_dirs:
-            fs.create_dir(folder, recursive=True)
-            self._made_dirs.add(folder)
         token = uuid.uuid4().hex
         final = f"{folder}/part-{_utc_stamp()}-{token}.parquet"
         if not self.location.rename_into_place:
-            pq.write_table(data, final, filesystem=fs)
+            try:
+                self._make_dir(folder)
+                pq.write_table(data, final, filesystem=fs)
+            except OSError:
+                raise
+            except Exception as error:  # an SDK's own error (a dropped connection): still a failed write
+                raise OSError(f"{type(error).__name__}: {error}") from error
             return final
+        self._make_dir(folder)
         temporary = f"{folder}/.tmp-{token}.parquet"
         try:
             pq.write_table(data, temporary, filesystem=fs)
@@ -121,6 +132,11 @@ class Store:
             _delete_quietly(fs, temporary)
             raise
         return final
+
+    def _make_dir(self, folder: str) -> None:
+        if folder not in self._made_dirs:
+            self.location.filesystem.create_dir(folder, recursive=True)
+            self._made_dirs.add(folder)
 
     # ---- reading ---------------------------------------------------------------------------
 
@@ -219,6 +235,13 @@ class Store:
             except duckdb.InvalidInputException as error:
                 self._raise_if_corrupt(error, thorough=True)
                 raise
+            except duckdb.Error as error:
+                # A URL store's files are read through a registered fsspec filesystem, whose
+                # FileNotFoundError reaches here as a plain duckdb.Error (at bind time, maybe in a
+                # view over the view that read the file): the same vanished file, the same retry.
+                if not _vanished(error) or attempt == _READ_ATTEMPTS:
+                    raise
+                time.sleep(0.02 * attempt)
             finally:
                 if con is not None:
                     con.close()
@@ -368,6 +391,11 @@ class Store:
                 and info.mtime.timestamp() < cutoff
             ):
                 _delete_quietly(self.location.filesystem, info.path)
+
+
+def _vanished(error: Exception) -> bool:
+    text = str(error)
+    return "FileNotFoundError" in text or "No files found that match" in text
 
 
 def _is_part(info: pafs.FileInfo) -> bool:

@@ -64,7 +64,7 @@ def _pass(config: dict):
     parsed = parse_config(config)
     store = Store(parsed.store.path)
     examples, kind = sync_examples(store, parsed)
-    with open_endpoint(parsed.teacher, simulated_teacher(parsed.teacher, examples, kind, store.local_folder())
+    with open_endpoint(parsed.teacher, simulated_teacher(parsed.teacher, examples, kind, store.machine_state("simulator"))
                        ) as endpoint:
         return run_batch_pass(store, parsed, kind, examples, endpoint)
 

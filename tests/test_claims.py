@@ -10,10 +10,12 @@ import subprocess
 import sys
 import time
 
+import pytest
 from conftest import cot_row
 
 from storage import Store
-from storage.claims import DONE_LOGS_KEPT_S, Claims
+from storage.claims import DONE_LOGS_KEPT_S, ClaimsUnavailable, open_claims
+from storage.claims import LocalClaims as Claims
 
 KEYS = ["e1-c0", "e1-c1", "e1-c2"]
 
@@ -168,6 +170,6 @@ def test_claiming_leaves_no_temporary_files(tmp_path):
     assert [path.name for path in claims.folder.iterdir() if path.is_file()] == []
 
 
-def test_object_store_urls_have_no_claims(tmp_path):
-    claims = Claims("s3://bucket/runs/svamp")
-    assert claims.folder is None and claims.claim(KEYS) and claims.claim(KEYS)
+def test_a_url_store_without_an_atomic_create_has_no_claims_and_says_what_to_use():
+    with pytest.raises(ClaimsUnavailable, match=r"store\.path to a local folder or an s3:// URL"):
+        open_claims("memory://bucket/runs/svamp")

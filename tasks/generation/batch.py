@@ -27,7 +27,7 @@ import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
-from storage import BatchRow, CallRow, Claims, CotRow, ExampleRow, Store, queries
+from storage import BatchRow, CallRow, CotRow, ExampleRow, Store, open_claims, queries
 from storage.records import utcnow
 from tasks.config import Config, TeacherConfig
 from tasks.generation.plan import Plan, Request, plan_generation, price_usd, sampling_of
@@ -117,7 +117,7 @@ class BatchRun:
         self.answer_type = answer_type
         self.examples = {example.example_id: example for example in examples}
         self.api = api
-        self.claims = Claims(store.root)
+        self.claims = open_claims(store.root)
         self.summary = BatchSummary()
 
     def _record(self, latest: BatchRow, event: str, **changes) -> BatchRow:

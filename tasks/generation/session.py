@@ -23,7 +23,7 @@ from typing import TypeVar
 
 from prefect.concurrency.asyncio import ConcurrencySlotAcquisitionError, rate_limit
 
-from storage import CallRow, Claims, CotRow, Store, queries
+from storage import CallRow, Claims, CotRow, Store, open_claims, queries
 from storage.journal import Journal
 from tasks.config import Config
 from tasks.generation.commits import CommitFailed, GroupCommit
@@ -340,7 +340,7 @@ async def open_session(store: Store, config: Config, answer_type: str, endpoint:
     client = endpoint.chat(shared_gate(config.teacher.shared_rate_limit))
     progress = GenerationProgress(total_requests, enabled=show_progress, pacing=client.limiter.client_limit)
     session = Session(store, config, answer_type, client, Budget(config.teacher.max_cost_usd,
-                      queries.spent_usd(store)), progress, Claims(store.root))
+                      queries.spent_usd(store)), progress, open_claims(store.root))
     try:
         with progress:
             yield session
