@@ -16,7 +16,8 @@ in one separate, untimed round), with the ratio generate / bare.
 Run: python bench/generation_ceiling.py [--problems 1000] [--rounds 3] [--in-flight 128] [--latency-ms 300]
 [--baseline CHECKOUT] (about 3 minutes on 2 idle cores; needs taskset and, for the files column,
 strace). --baseline adds a third client to every round: `generate` of another checkout of this
-repository (an older commit, e.g. from `git worktree add`), for a before/after ratio.
+repository (an older commit, e.g. from `git worktree add`), for a before/after ratio. --store-url
+s3://bucket/prefix has generate write to an object store instead of a local folder.
 """
 
 from __future__ import annotations
@@ -178,14 +179,15 @@ def _rate(arrivals: list[float], latency_s: float) -> float:
 def _generate_round(args, folder: Path, env: dict, tag: str) -> dict:
     """One `generate` run on a fresh store (the code on env's PYTHONPATH)."""
     server = Server(args.latency_ms / 1000, folder)
-    store = folder / f"store-{tag}"
+    store = f"{args.store_url.rstrip('/')}/store-{tag}-{os.getpid()}" if args.store_url else folder / f"store-{tag}"
     config = folder / f"config-{tag}.yaml"
     config.write_text(_config(server.url, store, args.problems, args.in_flight))
     command = [sys.executable, "-m", "flows.cli", "generate", str(config)]
     wall, cpu = _run(command, env)
     arrivals = server.stop()
     _, fixed_cpu = _run(command, env)  # the same command with nothing missing: the fixed costs
-    shutil.rmtree(store)
+    if not args.store_url:
+        shutil.rmtree(store)
     return {"requests": len(arrivals), "rate": _rate(arrivals, args.latency_ms / 1000),
             "cpu_ms": 1000 * (cpu - fixed_cpu) / len(arrivals), "wall": wall, "fixed_cpu": fixed_cpu}
 
@@ -205,7 +207,7 @@ def _bare_round(args, folder: Path, env: dict, tag: str) -> dict:
 
 def _files_created(args, folder: Path, env: dict) -> tuple[float, float]:
     """Files created per 1,000 answers (samples) by each client, counted with strace (untimed)."""
-    if not shutil.which("strace"):
+    if not shutil.which("strace") or args.store_url:  # files in an object store are not openat() calls
         return float("nan"), float("nan")
     problems = max(50, args.problems // 10)
     answers = problems * (3 + 3 * 2)
@@ -240,6 +242,8 @@ def main() -> None:
     parser.add_argument("--in-flight", type=int, default=128)
     parser.add_argument("--latency-ms", type=float, default=300)
     parser.add_argument("--baseline", type=Path, help="another checkout whose generate runs in each round too")
+    parser.add_argument("--store-url", help="generate into stores under this URL (e.g. s3://bucket/bench; "
+                        "credentials and AWS_ENDPOINT_URL from the environment) instead of local folders")
     parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--log", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -116,6 +116,7 @@ class Claims(Protocol):
     """Leases on teacher requests (see the module docstring); one per run."""
 
     owner: str
+    remote: bool  # each call is a network round trip (callers may move it off their event loop)
 
     def claim(self, keys: Sequence[str]) -> bool:
         """True if this process may send the request for these keys."""
@@ -146,6 +147,8 @@ def open_claims(root: str, lease_s: float = LEASE_S) -> Claims:
 
 
 class LocalClaims:
+    remote = False
+
     def __init__(self, root: str, lease_s: float = LEASE_S):
         if "://" in root and not root.startswith("file://"):
             raise ValueError(f"local claims need a local store, not {root}")

@@ -38,6 +38,8 @@ def _code(error) -> str:
 
 
 class S3Claims:
+    remote = True
+
     def __init__(self, root: str, lease_s: float = LEASE_S):
         import boto3
 

@@ -176,11 +176,15 @@ def test_one_sample_requests_share_the_one_window_with_every_other_request():
     with start_simulator(EXAMPLES, latency_ms=50) as sim:
         admitted = []
 
+        async def admit(i: int) -> bool:
+            admitted.append(i)
+            return i != 1
+
         async def run():
             client = _client(sim, max_concurrency=2, use_n=False)
             try:
                 return await asyncio.gather(*(client.complete(
-                    MESSAGES, n=5, example_id=f"e{i}", admit=lambda i=i: admitted.append(i) or i != 1, **SAMPLING)
+                    MESSAGES, n=5, example_id=f"e{i}", admit=lambda i=i: admit(i), **SAMPLING)
                     for i in range(3)))
             finally:
                 await client.aclose()

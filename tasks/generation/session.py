@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from typing import TypeVar
 
@@ -137,23 +137,23 @@ class Session:
             return []
         admitted = False
 
-        def admit(estimate: float) -> bool:  # the client calls it once the request has its window slots
+        async def admit(estimate: float) -> bool:  # the client calls it once the request has its window slots
             nonlocal admitted
-            admitted = self._admit(request, estimate)
+            admitted = await self._admit(request, estimate)
             return admitted
 
         rows = await self._buy(request, admit)
         if admitted:
-            self._quietly(self.claims.done if rows is not None else self.claims.release, request.keys)
+            await self._quietly(self.claims.done if rows is not None else self.claims.release, request.keys)
         return rows
 
-    def _admit(self, request: Request, estimate: float) -> bool:
+    async def _admit(self, request: Request, estimate: float) -> bool:
         """Claim the request's keys and reserve its cost; False when it is not to be sent."""
         self._leave_queue()
         if self.summary.stopped:
             return False
         try:
-            claimed = self.claims.claim(request.keys)
+            claimed = await self._on_claims(self.claims.claim, request.keys)
         except OSError as error:
             self._write_failed(error)
             return False
@@ -171,7 +171,7 @@ class Session:
             return False
         return True
 
-    async def _buy(self, request: Request, admit: Callable[[float], bool] | None = None,
+    async def _buy(self, request: Request, admit: Callable[[float], Awaitable[bool]] | None = None,
                    count: bool = True) -> list | None:
         """Ask for a request's samples; `admit` decides once it may go (else its cost is reserved here)."""
         sampling = sampling_of(self.teacher, request.kind)
@@ -322,10 +322,16 @@ class Session:
         if self.budget.exceeded and self.summary.stopped and self.summary.stopped.startswith("budget cap"):
             self.summary.stopped = self.budget.message(note=self.summary.tokens_note())
 
-    @staticmethod
-    def _quietly(action, keys) -> None:
+    async def _on_claims(self, action: Callable[[Sequence[str]], T], keys: Sequence[str]) -> T:
+        """A claims call; on an object store (a network round trip or more) in a thread, so the
+        event loop keeps receiving answers meanwhile."""
+        if self.claims.remote:
+            return await asyncio.to_thread(action, keys)
+        return action(keys)
+
+    async def _quietly(self, action, keys) -> None:
         try:
-            action(keys)
+            await self._on_claims(action, keys)
         except OSError:  # a marker we could not update; a later run takes over a stale one
             pass
 

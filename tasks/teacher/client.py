@@ -188,7 +188,7 @@ class TeacherClient:
         top_p: float,
         max_tokens: int,
         example_id: str,
-        admit: Callable[[], bool] | None = None,
+        admit: Callable[[], Awaitable[bool]] | None = None,
         keep: Callable[[TeacherReply], Awaitable[None]] | None = None,
     ) -> TeacherReply | None:
         """n samples for one prompt; raises FatalError, OutputError or TransientError (retries spent).
@@ -201,7 +201,7 @@ class TeacherClient:
         held = await self.window.acquire(1 if self.use_n else n)
         alone = await self._alone_until_answered()
         try:
-            if admit is not None and not admit():
+            if admit is not None and not await admit():
                 return None
             reply = await self._complete(messages, n, temperature, top_p, max_tokens, example_id, started,
                                          held if self.answered else 1)
