@@ -65,13 +65,38 @@ WORKERS: dict[str, tuple[subprocess.Popen, object]] = {}  # pool -> the worker p
 
 def _start_worker(pool: str, logs: Path) -> None:
     log = open(logs / f"{pool}.log", "a")
-    # Own session, so the flow run processes a worker starts are stopped with it.
+    # Own session, so that it can be stopped with the processes it runs in its group (a SIGTERM to
+    # the group reaches the worker, which stops its flow runs).
     process = subprocess.Popen(
         [sys.executable, "-m", "prefect", "worker", "start", "--pool", pool, "--limit", "1"],
         cwd=logs, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **WORKER_ENV},
         start_new_session=True,
     )
     WORKERS[pool] = (process, log)
+
+
+def _kill_machine(process: subprocess.Popen) -> None:
+    """SIGKILL a worker and every process below it, as a machine that dies takes them all: since
+    Prefect 3.9.1 a process worker starts each flow run in a session of its own, out of the
+    worker's group."""
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):  # the process ended while being read
+            continue
+        parents.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    doomed, frontier = [], [process.pid]
+    while frontier:
+        pid = frontier.pop()
+        doomed.append(pid)
+        frontier.extend(parents.get(pid, []))
+    for pid in doomed:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    process.wait()
 
 
 def _run(name: str, **parameters):
@@ -347,8 +372,7 @@ def test_a_retried_parent_trains_again_after_its_gpu_worker_died(deployed, tmp_p
         assert time.monotonic() < deadline, "training never started"
         time.sleep(0.5)
     worker, log = WORKERS.pop("gpu")
-    os.killpg(worker.pid, signal.SIGKILL)  # the GPU machine dies mid-training, and its run with it
-    worker.wait()
+    _kill_machine(worker)  # the GPU machine dies mid-training, and its run with it
     log.close()
     [crashed] = _children(parent.id, "train")
     with get_client(sync_client=True) as client:  # what the zombie automation does once heartbeats stop
