@@ -226,9 +226,13 @@ def _files_created(args, folder: Path, env: dict) -> tuple[float, float]:
             requests.write_text("\n".join(json.dumps(r) for r in _bare_requests(problems)))
             where = str(folder / "bare-files.jsonl")
             command = [sys.executable, "-c", _BARE, server.url, where, str(requests), str(args.in_flight)]
-        subprocess.run(["strace", "-f", "-qq", "-e", "trace=openat,creat", "-o", str(trace), *command], env=env,
-                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        # Traced, the temporary Prefect server starts slower than Prefect waits for by default.
+        slow_start = {**env, "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "300"}
+        traced = subprocess.run(["strace", "-f", "-qq", "-e", "trace=openat,creat", "-o", str(trace), *command],
+                                env=slow_start, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         server.stop()
+        if traced.returncode != 0:
+            sys.exit(f"{client} under strace exited {traced.returncode}:\n{traced.stderr[-2000:]}")
         created = {m.group(1) for line in trace.read_text().splitlines()
                    if "O_CREAT" in line and (m := re.search(r'"([^"]+)"', line)) and m.group(1).startswith(where)}
         counts.append(1000 * len(created) / answers)
