@@ -65,8 +65,7 @@ WORKERS: dict[str, tuple[subprocess.Popen, object]] = {}  # pool -> the worker p
 
 def _start_worker(pool: str, logs: Path) -> None:
     log = open(logs / f"{pool}.log", "a")
-    # Own session, so that it can be stopped with the processes it runs in its group (a SIGTERM to
-    # the group reaches the worker, which stops its flow runs).
+    # Own session, so that stopping its group stops the worker and nothing of the test's.
     process = subprocess.Popen(
         [sys.executable, "-m", "prefect", "worker", "start", "--pool", pool, "--limit", "1"],
         cwd=logs, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **WORKER_ENV},
