@@ -113,11 +113,16 @@ def _finish(state) -> object:
 
 
 def cmd_generate(args) -> None:
+    config = _config(args.config)
+    if args.dry_run:  # writes nothing, so it needs no flow run (nor Prefect's import)
+        from tasks.generation.plan import dry_run_plan
+
+        print(dry_run_plan(config)[0])
+        return
     from flows.generate import generate
 
-    config = _config(args.config)
     _announce_local_server()
-    state = _run_flow(generate(config, dry_run=args.dry_run, show_progress=not args.no_progress, return_state=True))
+    state = _run_flow(generate(config, show_progress=not args.no_progress, return_state=True))
     print(_finish(state).message)
 
 

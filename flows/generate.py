@@ -7,24 +7,33 @@ import asyncio
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NONE
 from prefect.states import Completed, Failed
+from prefect.utilities.annotations import quote
 
 from simulator import simulated_teacher
 from storage import ClaimsUnavailable, Store, journal
 from tasks.config import Config, resolve_config
-from tasks.generation import ExampleWork, Plan, Session, open_session, plan_generation, sync_examples
-from tasks.generation.batch import at_batch_prices, run_batch_pass
+from tasks.generation import (
+    ExampleWork,
+    Plan,
+    Session,
+    dry_run_plan,
+    open_session,
+    plan_generation,
+    sync_examples,
+)
+from tasks.generation.batch import run_batch_pass
 from tasks.teacher.endpoint import open_endpoint
 from tasks.teacher.errors import FatalError
 
 
 @task(name="load-examples", cache_policy=NONE)
-def load_examples(store: Store, config: Config, dry_run: bool = False):
-    return sync_examples(store, config, write=not dry_run)
+def load_examples(store: Store, config: Config):
+    return sync_examples(store, config)
 
 
 @task(name="plan", cache_policy=NONE)
-def plan(store: Store, config: Config, examples, answer_type: str, only_failed: bool, dry_run: bool = False) -> Plan:
-    return plan_generation(store, config, answer_type, examples, only_failed, remember_keys=not dry_run)
+def plan(store: Store, config: Config, examples, answer_type: str, only_failed: bool) -> Plan:
+    return plan_generation(store, config, answer_type, examples, only_failed)
 
 
 @task(name="ask-teacher", cache_policy=NONE, task_run_name="ask-teacher-{first}")
@@ -39,6 +48,11 @@ def batch_pass(store: Store, config: Config, examples, answer_type: str, only_fa
     simulated = simulated_teacher(config.teacher, examples, answer_type, store.machine_state("simulator"))
     with open_endpoint(config.teacher, simulated) as endpoint:
         return run_batch_pass(store, config, answer_type, examples, endpoint, only_failed)
+
+
+@task(name="dry-run", cache_policy=NONE)
+def plan_dry_run(config: Config) -> tuple[str, Plan]:
+    return dry_run_plan(config)
 
 
 @task(name="replay-journal", cache_policy=NONE)
@@ -62,15 +76,11 @@ async def dispatch(store: Store, config: Config, examples, answer_type: str, wor
     return session, [state for state in states if not state.is_completed()]
 
 
-def batch_mode(store: Store, config: Config, examples, answer_type: str, work: Plan, dry_run: bool,
-               only_failed: bool):
+def batch_mode(store: Store, config: Config, examples, answer_type: str, only_failed: bool):
     """teacher.mode: batch: one pass that collects finished batches and submits what is missing."""
     simulated = config.teacher.simulate
-    if dry_run:
-        return Completed(message="batch mode: " + at_batch_prices(work, config.teacher).describe(simulated),
-                         data=at_batch_prices(work, config.teacher))
     try:
-        summary = batch_pass(store, config, examples, answer_type, only_failed)
+        summary = batch_pass(store, config, quote(examples), answer_type, only_failed)
     except (FatalError, ClaimsUnavailable) as error:
         return Failed(message=str(error))
     message = summary.describe(simulated)
@@ -84,23 +94,26 @@ async def generate(config: Config | str, dry_run: bool = False, only_failed: boo
                    show_progress: bool = True):
     """Generate chains of thought and self-evaluations for every example the store is missing."""
     config = resolve_config(config)
+    if dry_run:  # writes nothing
+        message, work = plan_dry_run(config)
+        return Completed(message=message, data=work)
     store = Store(config.store.path)
     try:
-        if not dry_run:  # a dry run writes nothing
-            replay_journal(store)  # before planning: those answers are paid for
-            compact_store(store)  # after a crash the store may hold thousands of one-response files
+        replay_journal(store)  # before planning: those answers are paid for
+        compact_store(store)  # after a crash the store may hold thousands of one-response files
     except OSError as error:
         return Failed(message=f"could not store the answers journalled by an earlier run ({error.strerror or error}) "
                       f"in {store.root}: free space and rerun")
     try:
-        examples, answer_type = load_examples(store, config, dry_run)
-        work = plan(store, config, examples, answer_type, only_failed, dry_run)
+        examples, answer_type = load_examples(store, config)
+        # quote: Prefect would otherwise visit every example looking for futures (seconds at 20,000)
+        work = plan(store, config, quote(examples), answer_type, only_failed)
     except OSError as error:
         return Failed(message=f"could not write to the store {store.root} ({error.strerror or error}): "
                       "free space and rerun")
     if config.teacher.mode == "batch":
-        return batch_mode(store, config, examples, answer_type, work, dry_run, only_failed)
-    if dry_run or not work.work:
+        return batch_mode(store, config, examples, answer_type, only_failed)
+    if not work.work:
         return Completed(message=work.describe(config.teacher.simulate), data=work)
     try:
         session, crashed = await dispatch(store, config, examples, answer_type, work, show_progress)

@@ -1,55 +1,72 @@
-"""Evaluation sample keys derived once per chain of thought, for plans that anti-join them in DuckDB.
+"""Sample keys derived once, for plans that anti-join them against the store in DuckDB.
 
-An evaluation's key hashes its prompt, which holds the judged CoT's text: re-deriving a million of
-them in Python on every plan costs tens of seconds. A key depends only on the judged CoT (whose own
-key pins its question and text), the evaluation's index and the request's identity (endpoint, model,
-prompt, sampling), so each is derived once and kept in
+A sample key hashes its whole prompt: re-deriving 200,000 CoT keys and a million evaluation keys
+in Python on every plan costs tens of seconds. A CoT key depends only on the request's identity
+(endpoint, model, prompt version and template, sampling), its example's question and its index; an
+evaluation key on the evaluation request's identity, the judged CoT (whose own key pins its question
+and text) and its index. So each is derived once and kept per identity, in
+``<root>/_keys/cots-<identity>/part-*.parquet`` (example_id, input_hash, cot_index, key) and
 ``<root>/_keys/evaluations-<identity>/part-*.parquet`` (cot_key, eval_index, key). No store view
 reads these files; they are derived data, and deleting them costs one slow plan.
+
+A plan runs three queries on one connection (see tasks.generation.plan; `attach` adds the kept keys): which wanted examples have no kept CoT keys,
+then which wanted CoT keys the store lacks and which stored CoTs have no kept evaluation keys, then
+which evaluation keys of the stored, parseable CoTs the store lacks. Keys a plan derived but may
+not keep (a dry run writes nothing) join the kept ones as `extra` tables.
 """
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 import duckdb
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from storage.queries.common import _run, _strings
 from storage.store import Store
 
 FOLDER = "_keys"
-SCHEMA = pa.schema([("cot_key", pa.string()), ("eval_index", pa.int32()), ("key", pa.string())])
+COT_SCHEMA = pa.schema([("example_id", pa.string()), ("input_hash", pa.string()), ("cot_index", pa.int32()),
+                        ("key", pa.string())])
+EVAL_SCHEMA = pa.schema([("cot_key", pa.string()), ("eval_index", pa.int32()), ("key", pa.string())])
+WANTED_SCHEMA = pa.schema([("example_id", pa.string()), ("input_hash", pa.string())])
 
 
-def _folder(identity: str) -> str:
-    return f"{FOLDER}/evaluations-{identity}"
+def input_hash(text: str) -> str:
+    """What a kept CoT key records of its question: a changed question never reuses its keys."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
 
 
-def _has_files(store: Store, identity: str) -> bool:
-    selector = pafs.FileSelector(f"{store.location.path}/{_folder(identity)}", allow_not_found=True)
-    return any(info.base_name.startswith("part-") for info in store.location.filesystem.get_file_info(selector))
+@dataclass(frozen=True)
+class Identities:
+    """The key cache folders of one plan: its CoT and evaluation request identities."""
+
+    cots: str
+    evaluations: str
 
 
-def remember(store: Store, identity: str, rows: Iterable[tuple[str, int, str]]) -> None:
-    """Keep (cot_key, eval_index, key) rows; best effort: a store that cannot take them is only slower."""
-    rows = list(rows)
-    if not rows:
+def _folder(kind: str, identity: str) -> str:
+    return f"{FOLDER}/{kind}-{identity}"
+
+
+def remember(store: Store, kind: str, identity: str, rows: pa.Table) -> None:
+    """Keep derived keys (COT_SCHEMA or EVAL_SCHEMA rows); best effort: a store that cannot take
+    them is only slower."""
+    if not rows.num_rows:
         return
-    cot_keys, indices, keys = (list(column) for column in zip(*rows))
-    data = pa.table([cot_keys, indices, keys], schema=SCHEMA)
-    fs, folder = store.location.filesystem, f"{store.location.path}/{_folder(identity)}"
+    fs, folder = store.location.filesystem, f"{store.location.path}/{_folder(kind, identity)}"
     token = uuid.uuid4().hex
     final, temporary = f"{folder}/part-{token}.parquet", f"{folder}/.tmp-{token}.parquet"
     try:
         fs.create_dir(folder, recursive=True)
         if not store.location.rename_into_place:
-            pq.write_table(data, final, filesystem=fs)
+            pq.write_table(rows, final, filesystem=fs)
             return
-        pq.write_table(data, temporary, filesystem=fs)
+        pq.write_table(rows, temporary, filesystem=fs)
         fs.move(temporary, final)
     except OSError:
         try:
@@ -58,44 +75,109 @@ def remember(store: Store, identity: str, rows: Iterable[tuple[str, int, str]]) 
             pass
 
 
-def _with_cache(store: Store, identity: str, sql: str, params, tables: dict) -> pa.Table:
-    """Run sql with the cached keys as `_cache` (an empty table when there are none yet)."""
-    glob = f"{store.location.url}/{_folder(identity)}/part-*.parquet"
-    cache = None if _has_files(store, identity) else SCHEMA.empty_table()
+def cot_rows(rows: Iterable[tuple[str, str, int, str]]) -> pa.Table:
+    """(example_id, input_hash, cot_index, key) tuples as a table to keep or join."""
+    return _table(COT_SCHEMA, rows)
 
-    def work(con: duckdb.DuckDBPyConnection) -> pa.Table:
-        if cache is None:
-            con.read_parquet(glob).create_view("_cache")
+
+def eval_rows(rows: Iterable[tuple[str, int, str]]) -> pa.Table:
+    """(cot_key, eval_index, key) tuples as a table to keep or join."""
+    return _table(EVAL_SCHEMA, rows)
+
+
+def wanted_rows(rows: Iterable[tuple[str, str]]) -> pa.Table:
+    """(example_id, input_hash) of the examples a plan wants samples for."""
+    return _table(WANTED_SCHEMA, rows)
+
+
+def _table(schema: pa.Schema, rows: Iterable[tuple]) -> pa.Table:
+    columns = list(zip(*rows)) or [()] * len(schema)
+    return pa.table([pa.array(list(column), field.type) for column, field in zip(columns, schema)], schema=schema)
+
+
+def attach(con: duckdb.DuckDBPyConnection, store: Store, ids: Identities) -> None:
+    """Create `_cot_kept` and `_eval_kept` on a store connection: the kept keys of these identities."""
+    for kind, identity, schema, name in (("cots", ids.cots, COT_SCHEMA, "_cot_kept"),
+                                         ("evaluations", ids.evaluations, EVAL_SCHEMA, "_eval_kept")):
+        selector = pafs.FileSelector(f"{store.location.path}/{_folder(kind, identity)}", allow_not_found=True)
+        if any(info.base_name.startswith("part-") for info in store.location.filesystem.get_file_info(selector)):
+            con.read_parquet(f"{store.location.url}/{_folder(kind, identity)}/part-*.parquet").create_view(name)
         else:
-            con.register("_cache", cache)
-        return _run(con, sql, params, tables)
-
-    return store.read(work)
+            con.register(name, schema.empty_table())
 
 
-# The stored, parseable CoTs among the judged keys: only those get evaluations.
-_JUDGED = "SELECT c.key FROM cots c SEMI JOIN _judged j ON j.value = c.key WHERE c.parse_error IS NULL"
+def _query(con: duckdb.DuckDBPyConnection, sql: str, params, tables: dict[str, pa.Table]) -> pa.Table:
+    """Run sql with the kept keys as `_cot_keys` and `_eval_keys`, each with its `extra` table
+    (`_cot_extra`, `_eval_extra`: keys derived this plan) added."""
+    views = []
+    for name, schema in (("_cot", COT_SCHEMA), ("_eval", EVAL_SCHEMA)):
+        tables = {f"{name}_extra": schema.empty_table(), **tables}
+        views.append(f"CREATE OR REPLACE TEMP VIEW {name}_keys AS SELECT * FROM {name}_kept "
+                     f"UNION ALL BY NAME SELECT * FROM {name}_extra")
+
+    def run(connection: duckdb.DuckDBPyConnection) -> pa.Table:
+        for statement in views:
+            connection.execute(statement)
+        return connection.sql(sql, params=params).to_arrow_table()
+
+    for name, table in tables.items():
+        con.register(name, table)
+    try:
+        return run(con)
+    finally:
+        for name in tables:
+            con.unregister(name)
 
 
-def uncached_cots(store: Store, identity: str, judged: Iterable[str], n_evals: int) -> list[str]:
-    """Which of the `judged` CoT keys (stored and parseable) lack a cached key for an index < n_evals."""
-    sql = f"""
-        SELECT key FROM ({_JUDGED}) ANTI JOIN (
-            SELECT cot_key FROM _cache WHERE eval_index < ? GROUP BY cot_key
-            HAVING count(DISTINCT eval_index) = ?
-        ) covered ON covered.cot_key = key
+def uncached_examples(con: duckdb.DuckDBPyConnection, wanted: pa.Table, n_cots: int) -> list[str]:
+    """The wanted examples (WANTED_SCHEMA) without a kept CoT key for every index < n_cots."""
+    sql = """
+        SELECT w.example_id FROM _wanted w ANTI JOIN (
+            SELECT example_id, input_hash FROM _cot_keys WHERE cot_index < ? GROUP BY ALL
+            HAVING count(DISTINCT cot_index) = ?
+        ) k ON k.example_id = w.example_id AND k.input_hash = w.input_hash
     """
-    table = _with_cache(store, identity, sql, [n_evals, n_evals], {"_judged": _strings(judged)})
-    return table.column("key").to_pylist()
+    table = _query(con, sql, [n_cots, n_cots], {"_wanted": wanted})
+    return table.column("example_id").to_pylist()
 
 
-def missing_evaluations(store: Store, identity: str, judged: Iterable[str], n_evals: int) -> dict[str, str]:
-    """The cached evaluation keys (index < n_evals) of the `judged` CoTs (stored and parseable) that
-    the evaluations table lacks, each with the key of the CoT it judges."""
-    sql = f"""
-        SELECT DISTINCT k.key, k.cot_key FROM _cache k SEMI JOIN ({_JUDGED}) c ON c.key = k.cot_key
-        ANTI JOIN (SELECT key FROM evaluations) e ON e.key = k.key
-        WHERE k.eval_index < ?
+# The kept CoT keys (index < $n_cots) of the wanted examples, and those of them stored and parseable.
+_WANTED_COTS = """
+WITH wanted_cots AS (
+    SELECT DISTINCT k.example_id, k.key FROM _cot_keys k
+    SEMI JOIN _wanted w ON w.example_id = k.example_id AND w.input_hash = k.input_hash
+    WHERE k.cot_index < $n_cots
+),
+judged AS (SELECT c.key FROM cots c SEMI JOIN wanted_cots w ON w.key = c.key WHERE c.parse_error IS NULL)
+"""
+
+
+def missing_cots(con: duckdb.DuckDBPyConnection, wanted: pa.Table, n_cots: int, n_evals: int, extra: pa.Table) -> tuple[dict[str, str], list[str]]:
+    """The wanted CoT keys the store lacks (key -> example id), and the stored, parseable wanted
+    CoTs without a kept evaluation key for every index < n_evals (their keys)."""
+    sql = _WANTED_COTS + """
+        SELECT w.key, w.example_id, 'missing' AS what FROM wanted_cots w ANTI JOIN cots c ON c.key = w.key
+        UNION ALL
+        SELECT j.key, NULL, 'unjudged' FROM judged j ANTI JOIN (
+            SELECT cot_key FROM _eval_keys WHERE eval_index < $n_evals GROUP BY cot_key
+            HAVING count(DISTINCT eval_index) = $n_evals
+        ) e ON e.cot_key = j.key
     """
-    table = _with_cache(store, identity, sql, [n_evals], {"_judged": _strings(judged)})
+    tables = {"_wanted": wanted, "_cot_extra": extra}
+    rows = _query(con, sql, {"n_cots": n_cots, "n_evals": n_evals}, tables).to_pylist()
+    missing = {row["key"]: row["example_id"] for row in rows if row["what"] == "missing"}
+    return missing, sorted(row["key"] for row in rows if row["what"] == "unjudged")
+
+
+def missing_evaluations(con: duckdb.DuckDBPyConnection, wanted: pa.Table, n_cots: int, n_evals: int,
+                        cot_extra: pa.Table, eval_extra: pa.Table) -> dict[str, str]:
+    """The kept evaluation keys (index < n_evals) of the stored, parseable wanted CoTs that the
+    evaluations table lacks, each with the key of the CoT it judges."""
+    sql = _WANTED_COTS + """
+        SELECT DISTINCT k.key, k.cot_key FROM _eval_keys k SEMI JOIN judged j ON j.key = k.cot_key
+        ANTI JOIN evaluations e ON e.key = k.key
+        WHERE k.eval_index < $n_evals
+    """
+    tables = {"_wanted": wanted, "_cot_extra": cot_extra, "_eval_extra": eval_extra}
+    table = _query(con, sql, {"n_cots": n_cots, "n_evals": n_evals}, tables)
     return dict(zip(table.column("key").to_pylist(), table.column("cot_key").to_pylist()))

@@ -8,6 +8,12 @@ twice (a retried write, compaction between its write and its delete) never count
 written wins for what the teacher was paid for, the newest for what evaluation re-scores
 (predictions and results of a retrained checkpoint at the same path).
 
+Deduplicating means a window over every row of a table, the main cost of reading a large store. So
+compaction also checks which parts hold each key at most once between them and lists them in
+``<root>/_unique/parts.json``; a connection whose parts are all listed there reads them without the
+window. Parts never change once written, so such a list stays true while its files exist, whoever
+wrote it and however old it is; a part it does not list sends the table back to the window.
+
 A part that cannot be read raises CorruptFileError naming it; `quarantine` moves such parts to
 ``<root>/_quarantine/<table>/`` so the rest of the store reads again.
 
@@ -18,9 +24,12 @@ Object stores publish an upload only once it completes, so there parts are writt
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TypeVar
@@ -45,6 +54,7 @@ _READ_ATTEMPTS = 8  # back-to-back compactions on a loaded machine can win sever
 # checkpoint must replace its older scores. Every other table keeps its first row (a paid answer).
 NEWEST_WINS = frozenset({"predictions", "results"})
 QUARANTINE = "_quarantine"
+UNIQUE = "_unique/parts.json"  # per table, the parts that hold no key twice between them (CheckedParts)
 
 T = TypeVar("T")
 
@@ -60,6 +70,27 @@ class CorruptFileError(ValueError):
             f"corrupt Parquet file {path}{more}: {reason}; run `mindsmirror repair CONFIG` to move it to "
             f"{root.rstrip('/')}/{QUARANTINE}/ and see which requests a rerun of generate will buy again"
         )
+
+
+@dataclass(frozen=True)
+class CheckedParts:
+    """What compaction found of a table's parts: which hold no key twice between them, and which of
+    those hold exactly this code's schema (for another schema the record's `typed` is ignored)."""
+
+    unique: frozenset[str] = frozenset()
+    typed: frozenset[str] = frozenset()
+
+    @classmethod
+    def from_record(cls, table: str, entry: dict) -> CheckedParts:
+        typed = entry["typed"] if entry.get("schema") == _fingerprint(SCHEMAS[table]) else []
+        return cls(frozenset(entry["unique"]), frozenset(typed) & frozenset(entry["unique"]))
+
+    def record(self, table: str) -> dict:
+        return {"unique": sorted(self.unique), "typed": sorted(self.typed), "schema": _fingerprint(SCHEMAS[table])}
+
+
+def _fingerprint(schema: pa.Schema) -> str:
+    return hashlib.sha256(schema.to_string(show_schema_metadata=False).encode()).hexdigest()[:16]
 
 
 def _order(table: str, *columns: str) -> str:
@@ -153,8 +184,10 @@ class Store:
 
     def connect(self, sandbox: bool = False) -> duckdb.DuckDBPyConnection:
         """A fresh in-memory DuckDB with one deduplicating view per table plus `rejects` and
-        `failed_requests`. Views over existing files follow the glob, so they see later appends;
-        a table with no files at connect time is a typed empty view for this connection.
+        `failed_requests`. A table whose parts are all known to hold each key once (see
+        `unique_parts`) reads exactly the parts listed at connect time, without deduplicating;
+        any other table's view follows the glob, so it sees later appends and deduplicates. A
+        table with no files at connect time is a typed empty view for this connection.
 
         sandbox: once the views exist, the connection may touch no file outside the store, load
         no extension and change no setting (for queries a user types; see queries.run_sql)."""
@@ -163,8 +196,9 @@ class Store:
             con.execute("SET TimeZone = 'UTC'")
             if self.location.fsspec_filesystem is not None:
                 con.register_filesystem(self.location.fsspec_filesystem)
+            checked = self.checked_parts()
             for table in SCHEMAS:
-                self._create_view(con, table)
+                self._create_view(con, table, checked.get(table, CheckedParts()))
             con.execute(_REJECTS_VIEW)
             con.execute(_FAILED_REQUESTS_VIEW)
             if sandbox:
@@ -182,26 +216,49 @@ class Store:
             raise
         return con
 
-    def _create_view(self, con: duckdb.DuckDBPyConnection, table: str) -> None:
+    def _create_view(self, con: duckdb.DuckDBPyConnection, table: str, checked: CheckedParts) -> None:
         schema = SCHEMAS[table]
         empty = f"_{table}_empty"
         con.register(empty, schema.empty_table())
-        if not self.files(table):
+        files = self.files(table)
+        if not files:
             con.execute(f"CREATE VIEW {table} AS SELECT * FROM {empty}")
             return
         raw = f"_{table}_files"
+        columns = ", ".join(_quote(f.name) for f in schema)
+        names = {_name(path) for path in files}
+        if names <= checked.unique:
+            # Parts known to hold each key once, read as listed now (a later append or merge is not
+            # seen: it could repeat their keys). Parts known to have this code's schema are read
+            # without opening every file's footer first.
+            urls = [self._url(table, name) for name in sorted(names)]
+            typed = names <= checked.typed
+            con.read_parquet(urls, union_by_name=not typed).create_view(raw)
+            source = raw if typed else f"(SELECT * FROM {empty} UNION ALL BY NAME SELECT * FROM {raw})"
+            con.execute(f"CREATE VIEW {table} AS SELECT {columns} FROM {source}")
+            return
         glob = self._url(table, "part-*.parquet")
         con.read_parquet(glob, union_by_name=True, filename=True, file_row_number=True).create_view(raw)
         # The typed empty table supplies every current column, so files written before a column
         # existed read it as NULL; columns this code does not know are left out.
-        columns = ", ".join(_quote(f.name) for f in schema)
         keys = ", ".join(_quote(key) for key in PRIMARY_KEYS[table])
         con.execute(
-            f"CREATE VIEW {table} AS SELECT {columns} "
-            f"FROM (SELECT * FROM {empty} UNION ALL BY NAME SELECT * FROM {raw}) "
+            f"CREATE VIEW {table} AS SELECT {columns} FROM "
+            f"(SELECT * FROM {empty} UNION ALL BY NAME SELECT * FROM {raw}) "
             f"QUALIFY row_number() OVER (PARTITION BY {keys} "
             f"ORDER BY {_order(table, 'created_at', 'filename', 'file_row_number')}) = 1"
         )
+
+    def checked_parts(self) -> dict[str, CheckedParts]:
+        """Per table, what compaction recorded of its parts ({} when nothing was recorded or the
+        record cannot be read: every view then deduplicates)."""
+        try:
+            with self.location.filesystem.open_input_stream(f"{self.location.path}/{UNIQUE}") as handle:
+                recorded = json.loads(handle.read())
+            return {table: CheckedParts.from_record(table, entry) for table, entry in recorded.items()
+                    if table in SCHEMAS}
+        except (OSError, ValueError, AttributeError, TypeError, KeyError):
+            return {}
 
     def fetch(self, sql: str, params: Sequence | dict | None = None) -> tuple[list[str], list[tuple]]:
         """Run one query on a fresh connection: (column names, rows)."""
@@ -297,7 +354,9 @@ class Store:
         least half a part's rows is left as it is (never rewritten), so compacting twice in a row
         changes nothing. Each merged part is read back and checked before the files it replaces
         are deleted, so concurrent readers see either the old files or duplicates (which views
-        drop), and files appended meanwhile are left alone. Also removes temporary files left by
+        drop), and files appended meanwhile are left alone. Then records which parts hold each
+        key once (merging any that hold a key twice, as a write retried after compaction can
+        leave), so views read them without deduplicating. Also removes temporary files left by
         writers that died."""
         merged = {}
         for table in SCHEMAS:
@@ -307,18 +366,92 @@ class Store:
                 if not files:
                     break
                 try:
-                    data = self._read_deduplicated(table, files)
+                    self._merge(table, files, part_rows)
                 except FileNotFoundError:
                     if attempt == 2:  # another compaction is deleting these files right now
                         raise
                     continue
-                for offset in range(0, data.num_rows, part_rows):
-                    self._write_checked(table, data.slice(offset, part_rows))
-                for path in files:
-                    _delete_quietly(self.location.filesystem, path)
                 merged[table] = len(files)
                 break
+        self._record_unique_parts(part_rows)
         return merged
+
+    def _merge(self, table: str, files: list[str], part_rows: int) -> None:
+        """Replace `files` by parts of at most `part_rows` rows holding each of their keys once."""
+        data = self._read_deduplicated(table, files)
+        for offset in range(0, data.num_rows, part_rows):
+            self._write_checked(table, data.slice(offset, part_rows))
+        for path in files:
+            _delete_quietly(self.location.filesystem, path)
+
+    def _record_unique_parts(self, part_rows: int) -> None:
+        """Check each table whose parts changed since the last record for keys held twice, merge the
+        parts that hold such keys, and record the parts that now hold each key once, and which of
+        them have this code's schema (best effort: without a record views only deduplicate)."""
+        recorded, checked = self.checked_parts(), {}
+        for table in SCHEMAS:
+            files = self.files(table)
+            names = frozenset(_name(path) for path in files)
+            before = recorded.get(table, CheckedParts())
+            if not names <= before.unique:
+                try:
+                    holding = self._parts_holding_duplicates(table, files)
+                    if holding:
+                        self._merge(table, holding, part_rows)
+                        files = self.files(table)
+                        if self._parts_holding_duplicates(table, files):
+                            continue
+                except (duckdb.Error, OSError):
+                    continue  # a part vanished under another compaction: the next one checks again
+            checked[table] = CheckedParts(
+                frozenset(_name(path) for path in files),
+                frozenset(_name(path) for path in files if _name(path) in before.typed or self._typed(table, path)),
+            )
+        if checked != recorded:
+            self._write_checked_parts(checked)
+
+    def _typed(self, table: str, path: str) -> bool:
+        try:
+            return pq.read_schema(path, filesystem=self.location.filesystem).remove_metadata().equals(SCHEMAS[table])
+        except (OSError, pa.ArrowException):
+            return False
+
+    def _parts_holding_duplicates(self, table: str, files: list[str]) -> list[str]:
+        """The parts among `files` that hold a key some other row (in any of them) holds too."""
+        if not files:
+            return []
+        keys = ", ".join(_quote(key) for key in PRIMARY_KEYS[table])
+        urls = [self._url(table, _name(path)) for path in files]
+        sql = (f"WITH r AS (SELECT {keys}, filename FROM read_parquet(?, filename = true, union_by_name = true)) "
+               f"SELECT DISTINCT filename FROM r SEMI JOIN "
+               f"(SELECT {keys} FROM r GROUP BY ALL HAVING count(*) > 1) d USING ({keys})")
+        names = {_name(url) for (url,) in self._query(sql, [urls])}
+        return [path for path in files if _name(path) in names]
+
+    def _query(self, sql: str, params: Sequence) -> list[tuple]:
+        con = duckdb.connect()
+        try:
+            if self.location.fsspec_filesystem is not None:
+                con.register_filesystem(self.location.fsspec_filesystem)
+            return con.execute(sql, params).fetchall()
+        finally:
+            con.close()
+
+    def _write_checked_parts(self, checked: dict[str, CheckedParts]) -> None:
+        fs, path = self.location.filesystem, f"{self.location.path}/{UNIQUE}"
+        text = json.dumps({table: entry.record(table) for table, entry in checked.items()}, indent=0).encode()
+        temporary = f"{path}.tmp-{uuid.uuid4().hex}"
+        try:
+            fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+            if not self.location.rename_into_place:
+                with fs.open_output_stream(path) as handle:
+                    handle.write(text)
+                return
+            with fs.open_output_stream(temporary) as handle:
+                handle.write(text)
+            fs.move(temporary, path)
+        except OSError:
+            _delete_quietly(fs, temporary)
 
     def _unbounded_parts(self, table: str, part_rows: int) -> list[str]:
         """The parts compaction rewrites: those under half of `part_rows` rows (when there are two or
@@ -396,6 +529,10 @@ class Store:
 def _vanished(error: Exception) -> bool:
     text = str(error)
     return "FileNotFoundError" in text or "No files found that match" in text
+
+
+def _name(path: str) -> str:
+    return path.rsplit("/", 1)[-1]
 
 
 def _is_part(info: pafs.FileInfo) -> bool:

@@ -11,9 +11,12 @@ from conftest import cot_row, evaluation_row
 
 from flows.cli import main
 from storage import ExampleRow, Store, queries
-from tasks.ops.calibration import calibration_counts, cot_truth
+from tasks.ops.calibration import answer_truth, calibration_counts
 
 GOLD = {"ex-1": "( 3.0 + 5.0 )", "ex-2": "( 4.0 - 1.0 )", "ex-3": ""}
+# Each distinct (answer, gold label) of the judged CoTs, matched once: (5 - 2) is right by value.
+TRUTH = {("(3 + 5)", GOLD["ex-1"]): True, ("(3 * 5)", GOLD["ex-1"]): False,
+         ("(5 - 2)", GOLD["ex-2"]): True, ("(4 + 1)", GOLD["ex-2"]): False}
 
 
 @pytest.fixture
@@ -60,7 +63,7 @@ EXPECTED_V2 = dict(
 
 
 def test_truth_uses_the_answer_types_matching_and_skips_cots_without_gold_or_answer(store):
-    assert cot_truth(store, "equation") == {"ex-1-c0": True, "ex-1-c1": False, "ex-2-c0": True, "ex-2-c1": False}
+    assert answer_truth(store, "equation") == TRUTH
 
 
 def test_calibration_equals_the_hand_computed_confusion_matrix(store):
@@ -68,7 +71,7 @@ def test_calibration_equals_the_hand_computed_confusion_matrix(store):
 
 
 def test_calibration_views_are_in_the_sandboxed_sql(store):
-    truth = cot_truth(store, "equation")
+    truth = answer_truth(store, "equation")
     columns, rows = queries.run_sql(store, "SELECT prompt_version, correct_on_wrong, majority_right FROM calibration",
                                     truth)
     assert rows == [("eval-v1", 2, 2), ("eval-v2", 0, 0)]

@@ -145,6 +145,54 @@ def test_files_from_an_older_schema_read_with_nulls_for_new_columns(tmp_path):
     assert rows == {"k1": "simulated", "k-old": None}
 
 
+def test_a_compacted_store_records_which_parts_hold_each_key_once(tmp_path):
+    store = Store(str(tmp_path))
+    for i in range(6):
+        store.append([cot(i)])
+    assert store.checked_parts() == {}  # nothing recorded yet: every view deduplicates
+    store.compact()
+    checked = store.checked_parts()["cots"]
+    names = {Path(path).name for path in store.files("cots")}
+    assert checked.unique == names and checked.typed == names
+    assert count(store, "cots") == 6
+
+
+def test_a_write_retried_after_compaction_never_counts_twice_and_the_next_compaction_merges_it(tmp_path):
+    store = Store(str(tmp_path))
+    store.append([cot(i) for i in range(20)])  # one bounded part, kept as it is by compaction
+    store.compact(part_rows=30)
+    store.append([cot(3, text="the same key written again")])  # not in the record: its table deduplicates
+    assert count(store, "cots") == 20
+    assert store.fetch("SELECT text FROM cots WHERE key = 'k3'")[1] == [(cot(3).text,)]
+    store.compact(part_rows=30)  # the two parts sharing k3 are merged; the record covers every part again
+    checked = store.checked_parts()["cots"]
+    assert checked.unique == {Path(path).name for path in store.files("cots")}
+    assert count(store, "cots") == 20
+    assert store.fetch("SELECT text FROM cots WHERE key = 'k3'")[1] == [(cot(3).text,)]
+
+
+def test_parts_of_an_older_schema_are_recorded_unique_but_read_with_nulls_for_new_columns(tmp_path):
+    store = Store(str(tmp_path))
+    store.append([cot(i) for i in range(20)])
+    old = pa.Table.from_pylist([{"key": f"k-old-{i}", "example_id": "e1", "cot_index": 0, "text": "old"}
+                                for i in range(20)])
+    pq.write_table(old, tmp_path / "cots" / "part-00000000T000000000000Z-old.parquet")
+    store.compact(part_rows=30)
+    checked = store.checked_parts()["cots"]
+    assert "part-00000000T000000000000Z-old.parquet" in checked.unique - checked.typed
+    assert store.fetch("SELECT count(*), count(teacher_model) FROM cots")[1] == [(40, 20)]
+
+
+def test_an_unreadable_record_only_means_deduplicating(tmp_path):
+    store = Store(str(tmp_path))
+    store.append([cot(1)])
+    store.append([cot(1, text="again")])
+    (tmp_path / "_unique").mkdir()
+    (tmp_path / "_unique" / "parts.json").write_text('{"cots": {"unique": ')
+    assert store.checked_parts() == {}
+    assert count(store, "cots") == 1
+
+
 def test_a_half_written_temporary_file_is_invisible(tmp_path):
     store = Store(str(tmp_path))
     store.append([example(1)])

@@ -1,8 +1,9 @@
 """How well the teacher's self-evaluations tell its right answers from its wrong ones.
 
 Whether a CoT's answer equals its example's gold label needs the answer type's matching rules
-(equations are evaluated), which live outside SQL: the caller passes that truth per CoT key, and
-two views are built on it for the connection:
+(equations are evaluated), which live outside SQL: the caller passes that truth per distinct
+(answer, gold) pair (a store of a million evaluations has a few thousand), and two views are built
+on it for the connection:
 
 - `judged_verdicts`: one row per parsed self-evaluation of a parsed CoT whose example has a gold
   label, with the CoT's answer, the gold label, `answer_right` and the verdict;
@@ -25,19 +26,19 @@ from storage.queries.common import Source, _records, _run
 
 @dataclass(frozen=True)
 class JudgedAnswer:
-    cot_key: str
     answer: str
     gold: str
 
 
 def judged_answers(store: Source) -> list[JudgedAnswer]:
-    """Each parsed CoT with at least one parsed self-evaluation whose example has a gold label."""
+    """Each distinct (answer, gold label) of the parsed CoTs with at least one parsed self-evaluation
+    whose example has a gold label."""
     sql = """
-        SELECT c.key AS cot_key, c.answer, x.label AS gold
+        SELECT DISTINCT c.answer, x.label AS gold
         FROM cots c JOIN examples x ON x.example_id = c.example_id
         SEMI JOIN (SELECT cot_key FROM evaluations WHERE verdict IS NOT NULL) v ON v.cot_key = c.key
         WHERE c.answer IS NOT NULL AND nullif(trim(x.label), '') IS NOT NULL
-        ORDER BY c.key
+        ORDER BY c.answer, gold
     """
     return _records(JudgedAnswer, _run(store, sql))
 
@@ -49,7 +50,7 @@ SELECT v.teacher_model, v.prompt_version, v.source, x.split, c.example_id, c.key
 FROM evaluations v
 JOIN cots c ON c.key = v.cot_key
 JOIN examples x ON x.example_id = c.example_id
-JOIN _cot_truth t ON t.cot_key = c.key
+JOIN _answer_truth t ON t.answer = c.answer AND t.gold = x.label
 WHERE v.verdict IS NOT NULL;
 
 CREATE OR REPLACE TEMP VIEW calibration AS
@@ -89,11 +90,12 @@ ORDER BY teacher_model, prompt_version
 CALIBRATION_VIEWS = ("judged_verdicts", "calibration")
 
 
-def add_calibration_views(con: duckdb.DuckDBPyConnection, truth: Mapping[str, bool]) -> None:
-    """Create `judged_verdicts` and `calibration` on an open connection, from `truth`: CoT key ->
-    whether its answer equals its example's gold label."""
-    con.register("_cot_truth", pa.table({
-        "cot_key": pa.array(list(truth), pa.string()),
+def add_calibration_views(con: duckdb.DuckDBPyConnection, truth: Mapping[tuple[str, str], bool]) -> None:
+    """Create `judged_verdicts` and `calibration` on an open connection, from `truth`: (answer, gold
+    label) -> whether the answer equals the label."""
+    con.register("_answer_truth", pa.table({
+        "answer": pa.array([answer for answer, _ in truth], pa.string()),
+        "gold": pa.array([gold for _, gold in truth], pa.string()),
         "answer_right": pa.array(list(truth.values()), pa.bool_()),
     }))
     for statement in _VIEWS.split(";\n\n"):
@@ -122,7 +124,7 @@ class Calibration:
     majority_accuracy: float | None
 
 
-def calibration(store: Source, truth: Mapping[str, bool]) -> list[Calibration]:
+def calibration(store: Source, truth: Mapping[tuple[str, str], bool]) -> list[Calibration]:
     """The `calibration` view's rows for `truth` (see add_calibration_views)."""
 
     def work(con: duckdb.DuckDBPyConnection) -> pa.Table:

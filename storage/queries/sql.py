@@ -39,17 +39,18 @@ def _read_query(con: duckdb.DuckDBPyConnection, sql: str) -> tuple[list[str], li
         raise QueryError(str(error).splitlines()[0]) from None
 
 
-def run_sql(store: Source, sql: str, cot_truth: Mapping[str, bool] | None = None) -> tuple[list[str], list[tuple]]:
+def run_sql(store: Source, sql: str, answer_truth: Mapping[tuple[str, str], bool] | None = None
+            ) -> tuple[list[str], list[tuple]]:
     """One read query over the views (for `mindsmirror sql`): (column names, rows).
 
     Exactly one SELECT-type statement runs, on a connection that can reach no file outside the
     store and change no setting (Store.connect(sandbox=True)); an open connection is used as is.
-    With `cot_truth` (CoT key -> its answer is right) the `judged_verdicts` and `calibration`
+    With `answer_truth` ((answer, gold label) -> they match) the `judged_verdicts` and `calibration`
     views are there too (see storage.queries.calibration)."""
 
     def work(con: duckdb.DuckDBPyConnection) -> tuple[list[str], list[tuple]]:
-        if cot_truth is not None:
-            add_calibration_views(con, cot_truth)
+        if answer_truth is not None:
+            add_calibration_views(con, answer_truth)
         return _read_query(con, sql)
 
     if isinstance(store, Store):

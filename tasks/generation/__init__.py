@@ -11,6 +11,7 @@ _HOMES = {
     "ExampleWork": "tasks.generation.plan",
     "Plan": "tasks.generation.plan",
     "Request": "tasks.generation.plan",
+    "dry_run_plan": "tasks.generation.plan",
     "plan_generation": "tasks.generation.plan",
     "sync_examples": "tasks.generation.plan",
     "Session": "tasks.generation.session",

@@ -16,9 +16,9 @@ from storage import CotRow, ExampleRow, Store, keycache, queries
 from tasks.config import Config, TeacherConfig
 from tasks.data.datasets import answer_type, load_dataset
 from tasks.generation.ledger import SIMULATED_NOTE
-from tasks.teacher.client import estimate_tokens
 from tasks.teacher.keys import SIMULATED_ENDPOINT, Sampling, endpoint_identity, sample_keys
 from tasks.teacher.prompts import cot_messages, eval_messages, prompt_version
+from tasks.teacher.tokens import estimate_tokens
 
 
 @dataclass(frozen=True)
@@ -119,57 +119,87 @@ def plan_generation(
 ) -> Plan:
     """What to ask the teacher: every wanted sample whose key the store does not hold.
 
+    Keys are derived in Python only for examples and CoTs the key cache (storage.keycache) lacks;
+    the rest is anti-joined in DuckDB on one connection, so a plan costs what changed since the last one.
     With only_failed, just the samples of requests recorded as failed (and evaluations of their CoTs).
-    remember_keys: keep the evaluation keys derived for new CoTs in the store's key cache (a dry run
-    and status write nothing).
+    remember_keys: keep the keys derived here in the key cache (a dry run and status write nothing).
     """
-    teacher = config.teacher
-    failed = queries.failed_keys(store) if only_failed else None
-    cots = wanted_cots(teacher, answer_type, examples)
-    missing_cots = missing(store, "cots", cots.values(), failed)
-    judged = sorted({key for r in cots.values() for key in r.keys} - missing_cots)
-    evals = evaluation_requests(store, teacher, answer_type, examples, judged, failed, remember_keys)
+    ids = key_identities(config.teacher, answer_type)
+
+    def work(con) -> Plan:
+        keycache.attach(con, store, ids)
+        return _plan(con, store, ids, config.teacher, answer_type, examples, only_failed, remember_keys)
+
+    return store.read(work)
+
+
+def _plan(con, store: Store, ids: keycache.Identities, teacher: TeacherConfig, answer_type: str,
+          examples: Sequence[ExampleRow], only_failed: bool, remember_keys: bool) -> Plan:
+    failed = queries.failed_keys(con) if only_failed else None
+    by_id = {example.example_id: example for example in examples}
+    wanted = keycache.wanted_rows((example.example_id, keycache.input_hash(example.input)) for example in examples)
+    uncached = keycache.uncached_examples(con, wanted, teacher.n_cots)
+    cot_requests = wanted_cots(teacher, answer_type, [by_id[example_id] for example_id in uncached])
+    derived = keycache.cot_rows((r.example_id, keycache.input_hash(r.question), i, k)
+                                for r in cot_requests.values() for i, k in zip(r.indices, r.keys))
+    if remember_keys:
+        keycache.remember(store, "cots", ids.cots, derived)
+    missing_cots, unjudged = keycache.missing_cots(con, wanted, teacher.n_cots, teacher.n_evals, derived)
+    if failed is not None:
+        missing_cots = {key: example_id for key, example_id in missing_cots.items() if key in failed}
+    evals = evaluation_requests(con, store, ids, teacher, answer_type, by_id, (wanted, derived), unjudged, failed,
+                                remember_keys)
+    asking = set(missing_cots.values())
+    new = [by_id[example_id] for example_id in asking - set(cot_requests)]
+    cot_requests.update(wanted_cots(teacher, answer_type, new))
+    missing_keys = set(missing_cots)
     work = []
     for example in examples:
-        cot_request = narrow(cots[example.example_id], missing_cots)
+        asked = example.example_id in asking
+        cot_request = narrow(cot_requests[example.example_id], missing_keys) if asked else None
         eval_requests = tuple(evals.get(example.example_id, ()))
         if cot_request is not None or eval_requests:
             work.append(ExampleWork(example, cot_request, eval_requests))
     return estimate(teacher, tuple(work))
 
 
-def evaluation_identity(teacher: TeacherConfig, answer_type: str) -> str:
-    """Everything an evaluation key hashes besides the judged CoT and the index: names the key cache."""
-    sampling = sampling_of(teacher, "evaluation")
-    template = eval_messages(answer_type, "{question}", "{cot}")
-    identity = [endpoint_of(teacher), teacher.model, prompt_version(answer_type, "evaluation"), template,
-                sampling.temperature, sampling.top_p, sampling.max_tokens]
-    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+def key_identities(teacher: TeacherConfig, answer_type: str) -> keycache.Identities:
+    """Everything a CoT key hashes besides the question and the index, and everything an evaluation
+    key hashes besides the judged CoT and the index: they name the key cache's folders."""
+    names = []
+    for kind, template in (("cot", cot_messages(answer_type, "{question}")),
+                           ("evaluation", eval_messages(answer_type, "{question}", "{cot}"))):
+        sampling = sampling_of(teacher, kind)
+        identity = [endpoint_of(teacher), teacher.model, prompt_version(answer_type, kind), template,
+                    sampling.temperature, sampling.top_p, sampling.max_tokens]
+        names.append(hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16])
+    return keycache.Identities(*names)
 
 
-def evaluation_requests(store: Store, teacher: TeacherConfig, answer_type: str, examples: Sequence[ExampleRow],
-                        judged: Sequence[str], failed: set[str] | None, remember: bool) -> dict[str, list[Request]]:
-    """The evaluation requests, narrowed to their missing keys, for the `judged` CoT keys that are
-    stored and parseable, by example id. Keys are derived in Python only for CoTs the key cache
-    lacks; the rest is an anti-join in DuckDB, so a plan costs what changed since the last one."""
+def evaluation_requests(con, store: Store, ids: keycache.Identities, teacher: TeacherConfig, answer_type: str,
+                        by_id: dict[str, ExampleRow], cots: tuple, unjudged: list[str], failed: set[str] | None,
+                        remember: bool) -> dict[str, list[Request]]:
+    """The evaluation requests, narrowed to their missing keys, for the wanted CoTs that are stored
+    and parseable, by example id. `cots`: the wanted examples and the CoT keys derived this plan
+    (keycache tables); `unjudged`: the stored CoTs whose evaluation keys the cache lacks."""
     if not teacher.n_evals:
         return {}
-    identity, n = evaluation_identity(teacher, answer_type), teacher.n_evals
-    new = queries.cots_by_keys(store, keycache.uncached_cots(store, identity, judged, n))
-    derived = [r for requests in wanted_evaluations(teacher, answer_type, examples, new).values() for r in requests]
+    new = queries.cots_by_keys(con, unjudged) if unjudged else []
+    derived = [r for requests in wanted_evaluations(teacher, answer_type, by_id, new).values() for r in requests]
+    extra = keycache.eval_rows((r.cot.key, i, k) for r in derived for i, k in zip(r.indices, r.keys))
     if remember:
-        keycache.remember(store, identity, ((r.cot.key, i, k) for r in derived for i, k in zip(r.indices, r.keys)))
-    lacking = keycache.missing_evaluations(store, identity, judged, n)
-    judging = {key: r.cot.key for r in derived for key in r.keys}  # new CoTs' keys, cached or not
-    lacking.update((key, judging[key]) for key in queries.missing_keys(store, "evaluations", list(judging)))
+        keycache.remember(store, "evaluations", ids.evaluations, extra)
+    wanted, cot_extra = cots
+    lacking = keycache.missing_evaluations(con, wanted, teacher.n_cots, teacher.n_evals, cot_extra, extra)
     if failed is not None:
         lacking = {key: cot for key, cot in lacking.items() if key in failed}
     needing = set(lacking.values())
-    known = {cot.key for cot in new}
-    stored = [cot for cot in new if cot.key in needing] + queries.cots_by_keys(store, sorted(needing - known))
+    known = {cot.key: cot for cot in new}
+    others = sorted(needing - set(known))
+    stored = [known[key] for key in needing if key in known] + (queries.cots_by_keys(con, others) if others else [])
     stored.sort(key=lambda cot: (cot.example_id, cot.cot_index, cot.key))
     requests: dict[str, list[Request]] = {}
-    for example_id, asked in wanted_evaluations(teacher, answer_type, examples, stored).items():
+    for example_id, asked in wanted_evaluations(teacher, answer_type, by_id, stored).items():
         requests[example_id] = [r for request in asked if (r := narrow(request, lacking)) is not None]
     return requests
 
@@ -180,25 +210,18 @@ def wanted_cots(teacher: TeacherConfig, answer_type: str, examples: Sequence[Exa
             for example in examples}
 
 
-def wanted_evaluations(teacher: TeacherConfig, answer_type: str, examples: Sequence[ExampleRow],
+def wanted_evaluations(teacher: TeacherConfig, answer_type: str, by_id: dict[str, ExampleRow],
                        stored: Sequence[CotRow]) -> dict[str, list[Request]]:
     """The evaluation requests for the stored CoTs, by example id; an unparseable CoT has nothing to judge
     (such rows are never trained on)."""
     if not teacher.n_evals:
         return {}
-    by_id = {example.example_id: example for example in examples}
     requests: dict[str, list[Request]] = {}
     for cot in stored:
         if cot.parse_error is None:
             request, _ = request_for(teacher, answer_type, "evaluation", by_id[cot.example_id], cot, teacher.n_evals)
             requests.setdefault(cot.example_id, []).append(request)
     return requests
-
-
-def missing(store: Store, table: str, requests, failed: set[str] | None) -> set[str]:
-    """The requests' sample keys `table` lacks (only those of failed requests, when `failed` is given)."""
-    keys = queries.missing_keys(store, table, [key for request in requests for key in request.keys])
-    return keys if failed is None else keys & failed
 
 
 def estimate(teacher: TeacherConfig, work: tuple[ExampleWork, ...]) -> Plan:
@@ -250,3 +273,17 @@ def sync_examples(store: Store, config: Config, write: bool = True) -> tuple[lis
     if not write:
         stored = sorted(stored + [row for row in new if row.split in splits], key=lambda row: (row.split, row.example_id))
     return stored, answer_type(config.dataset)
+
+
+def dry_run_plan(config: Config) -> tuple[str, Plan]:
+    """What `generate` would buy now, described, and its plan; writes nothing (no examples, no kept
+    keys) and needs no Prefect run."""
+    store = Store(config.store.path)
+    examples, kind = sync_examples(store, config, write=False)
+    work = plan_generation(store, config, kind, examples, remember_keys=False)
+    if config.teacher.mode != "batch":
+        return work.describe(config.teacher.simulate), work
+    from tasks.generation.batch import at_batch_prices  # the batch API's client: imported only when used
+
+    work = at_batch_prices(work, config.teacher)
+    return "batch mode: " + work.describe(config.teacher.simulate), work

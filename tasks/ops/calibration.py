@@ -1,7 +1,8 @@
 """The teacher's self-evaluations checked against gold: for `status`, `status --json` and `sql`.
 
 The paper trusts the teacher's verdicts; here every judged CoT whose example has a gold label is
-scored with the same answer matching as the students (tasks.teacher.parsing.answers_match), and
+scored with the same answer matching as the students (tasks.answers.answers_match, once per
+distinct answer and gold label), and
 storage.queries.calibration counts verdict by truth per teacher model and prompt version.
 """
 
@@ -14,21 +15,15 @@ from storage import Store, queries
 from tasks.answers import answers_match
 
 
-def cot_truth(store: Store, answer_type: str) -> dict[str, bool]:
-    """CoT key -> whether its answer equals its example's gold label, for every judged CoT."""
-    matches: dict[tuple[str, str], bool] = {}  # few distinct (answer, gold) pairs; matching evaluates equations
-    truth = {}
-    for row in queries.judged_answers(store):
-        pair = (row.answer, row.gold)
-        if pair not in matches:
-            matches[pair] = answers_match(answer_type, row.answer, row.gold)
-        truth[row.cot_key] = matches[pair]
-    return truth
+def answer_truth(store: Store, answer_type: str) -> dict[tuple[str, str], bool]:
+    """(answer, gold label) -> whether they match, for every distinct pair among the judged CoTs."""
+    return {(row.answer, row.gold): answers_match(answer_type, row.answer, row.gold)
+            for row in queries.judged_answers(store)}
 
 
 def calibration_counts(store: Store, answer_type: str) -> list[dict]:
     """The `calibration` view's rows as plain values (raw counts, then the ratios, rounded)."""
-    rows = queries.calibration(store, cot_truth(store, answer_type))
+    rows = queries.calibration(store, answer_truth(store, answer_type))
     return [
         {key: round(value, 4) if isinstance(value, float) else value for key, value in dataclasses.asdict(row).items()}
         for row in rows
@@ -40,9 +35,9 @@ def names_calibration(sql: str) -> bool:
     return any(re.search(rf"\b{name}\b", sql, re.IGNORECASE) for name in queries.CALIBRATION_VIEWS)
 
 
-def sql_truth(store: Store, answer_type: str, sql: str) -> dict[str, bool] | None:
+def sql_truth(store: Store, answer_type: str, sql: str) -> dict[tuple[str, str], bool] | None:
     """The truth `queries.run_sql` needs to build the calibration views, when `sql` reads them."""
-    return cot_truth(store, answer_type) if names_calibration(sql) else None
+    return answer_truth(store, answer_type) if names_calibration(sql) else None
 
 
 def _ratio(value: float | None) -> str:

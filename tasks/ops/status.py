@@ -5,7 +5,6 @@ from __future__ import annotations
 from storage import Store, queries
 from tasks.config import Config
 from tasks.data.datasets import answer_type, load_dataset
-from tasks.generation.batch import batch_status
 from tasks.generation.plan import plan_generation
 from tasks.ops.calibration import calibration_counts, describe_calibration
 
@@ -24,6 +23,8 @@ def run_status(config: Config) -> dict:
         "estimated_cost_usd": round(plan.cost_usd, 4),
     }
     if config.teacher.mode == "batch" or queries.latest_batches(store):
+        from tasks.generation.batch import batch_status  # the batch API's client: imported only when used
+
         report["batches"] = batch_status(store)
         report["missing"]["in open batches"] = len(queries.open_batch_keys(store))
         report["missing"]["committed_cost_usd"] = round(queries.committed_usd(store), 4)

@@ -1,27 +1,33 @@
-"""The teacher boundary: one client, one error tree, rate limits, request keys, prompts and parsing."""
+"""The teacher boundary: one client, one error tree, rate limits, request keys, prompts and parsing.
 
-from tasks.teacher.client import TeacherClient, TeacherReply, estimate_tokens
-from tasks.teacher.errors import FatalError, OutputError, RefusedError, TeacherError, TransientError
-from tasks.teacher.keys import Sampling, sample_key
-from tasks.teacher.parsing import parse_cot, parse_evaluation
-from tasks.teacher.prompts import cot_messages, eval_messages, prompt_version
-from tasks.teacher.ratelimit import RateLimiter
+Names load on first use: the client and the error tree import the openai SDK (most of a second),
+which planning, status and the store's queries never need."""
 
-__all__ = [
-    "FatalError",
-    "OutputError",
-    "RateLimiter",
-    "RefusedError",
-    "Sampling",
-    "TeacherClient",
-    "TeacherError",
-    "TeacherReply",
-    "TransientError",
-    "cot_messages",
-    "estimate_tokens",
-    "eval_messages",
-    "parse_cot",
-    "parse_evaluation",
-    "prompt_version",
-    "sample_key",
-]
+from importlib import import_module
+
+_HOMES = {
+    "TeacherClient": "tasks.teacher.client",
+    "TeacherReply": "tasks.teacher.client",
+    "FatalError": "tasks.teacher.errors",
+    "OutputError": "tasks.teacher.errors",
+    "RefusedError": "tasks.teacher.errors",
+    "TeacherError": "tasks.teacher.errors",
+    "TransientError": "tasks.teacher.errors",
+    "Sampling": "tasks.teacher.keys",
+    "sample_key": "tasks.teacher.keys",
+    "parse_cot": "tasks.teacher.parsing",
+    "parse_evaluation": "tasks.teacher.parsing",
+    "cot_messages": "tasks.teacher.prompts",
+    "eval_messages": "tasks.teacher.prompts",
+    "prompt_version": "tasks.teacher.prompts",
+    "RateLimiter": "tasks.teacher.ratelimit",
+    "estimate_tokens": "tasks.teacher.tokens",
+}
+
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name: str):
+    if name not in _HOMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(import_module(_HOMES[name]), name)

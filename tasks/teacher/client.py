@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
@@ -39,6 +38,7 @@ from tasks.teacher.errors import (
 )
 from tasks.teacher.ratelimit import RateLimiter
 from tasks.teacher.retries import async_retrying
+from tasks.teacher.tokens import estimate_completion_tokens, estimate_tokens
 from tasks.teacher.window import Window
 
 log = logging.getLogger(__name__)
@@ -47,29 +47,10 @@ log = logging.getLogger(__name__)
 # (the flows pass one backed by a Prefect global rate limit when teacher.shared_rate_limit is set).
 Gate = Callable[[int], Awaitable[None]]
 
-# Rough tokens per character of English text; rate limits and cost estimates only need an upper-ish
-# bound, corrected by the usage the server reports (RateLimiter.settle).
-_CHARS_PER_TOKEN = 4
-_TOKENS_PER_MESSAGE = 4  # role and separators in the chat format
-_TOKENS_PER_REQUEST = 3
-
 # Until the endpoint has answered once, requests go one at a time (a wrong key or model reaches it
 # once), and an endpoint that refuses connections is given up on after this long: retries wait
 # 1, 2, 4, 8 s at most (jittered), so the run stops within about twice this.
 UNREACHABLE_GIVE_UP_S = 8.0
-
-
-def estimate_tokens(messages: Sequence[dict], n: int, max_tokens: int) -> int:
-    """Tokens a request may use: its prompt (estimated from characters) plus n * max_tokens."""
-    prompt = _TOKENS_PER_REQUEST + sum(
-        _TOKENS_PER_MESSAGE + math.ceil(len(str(m.get("content") or "")) / _CHARS_PER_TOKEN) for m in messages
-    )
-    return prompt + n * max_tokens
-
-
-def estimate_completion_tokens(texts: Sequence[str]) -> int:
-    """Tokens of the texts a server returned without `usage`."""
-    return sum(math.ceil(len(text) / _CHARS_PER_TOKEN) for text in texts)
 
 
 @dataclass(frozen=True)
