@@ -156,16 +156,15 @@ WITH matched AS (
 """
 
 
-# The chosen CoTs of a split with their questions, numbered `cot` in the order the rows come; the
+# The chosen CoTs of a split with their questions (numbered `cot` in this order by _judged); the
 # evaluations of those CoTs are then read against this table on the same connection, so the CoTs'
 # texts are read once and not repeated on every evaluation.
 _JUDGED_SQL = _CHOSEN_COTS + """
-SELECT (row_number() OVER (ORDER BY x.example_id, c.cot_index, {order}) - 1)::INTEGER AS cot,
-       x.example_id, x.input AS question, x.label AS gold, c.answer, c.rationale, c.key AS cot_key,
+SELECT x.example_id, x.input AS question, x.label AS gold, c.answer, c.rationale, c.key AS cot_key,
        c.teacher_model, c.created_at, c._eval_version AS eval_version, c.parse_error IS NOT NULL AS excluded
 FROM chosen c JOIN examples x ON x.example_id = c.example_id
 WHERE x.split = $split
-ORDER BY cot
+ORDER BY x.example_id, c.cot_index, {order}
 """
 # The order of a self-evaluation set's CoTs, and of a CoT set's (which sorts ties by provenance).
 _SELF_EVAL_COTS_SQL = _JUDGED_SQL.replace("{order}", "c.key")
@@ -217,6 +216,7 @@ def _judged(con: duckdb.DuckDBPyConnection, sql: str, split: str, n_cots: int,
         judged = con.sql(sql, params={"split": split, "n_cots": n_cots}).to_arrow_table()
     finally:
         con.unregister("_sources")
+    judged = judged.add_column(0, "cot", pa.array(np.arange(judged.num_rows, dtype=np.int32)))
     con.register("_judged", judged)
     return judged
 

@@ -204,7 +204,8 @@ def canonical_order(rows: Sequence) -> list:
 
 def data_snapshot(rows: Sequence) -> str:
     """A hash of the training rows (input, label, rationale) that names the data a checkpoint saw."""
-    if isinstance(rows, TrainingRows) and not _has_nulls(rows.table, ("example_id", "input", "label")):
+    if isinstance(rows, TrainingRows) and not any(_nulls(rows.table.column(name)) for name in
+                                                  ("example_id", "input", "label")):
         return _table_snapshot(rows.table)
     digest = hashlib.sha256()
     for row in canonical_order(rows):
@@ -216,8 +217,14 @@ def data_snapshot(rows: Sequence) -> str:
 _SNAPSHOT_BATCH = 16_384  # rows whose JSON text is made and hashed at a time
 
 
-def _has_nulls(table: pa.Table, names: Sequence[str]) -> bool:
-    return any(table.column(name).null_count for name in names)
+def _nulls(column: pa.ChunkedArray) -> int:
+    """Null values of a column, a dictionary-encoded one's null entries included."""
+    def nulls(chunk: pa.Array) -> int:
+        if pa.types.is_dictionary(chunk.type) and chunk.dictionary.null_count:
+            return pc.sum(pc.is_null(chunk.dictionary).take(chunk.indices.fill_null(0))).as_py() + chunk.null_count
+        return chunk.null_count
+
+    return sum(map(nulls, column.chunks))
 
 
 def _table_snapshot(table: pa.Table) -> str:
@@ -255,10 +262,12 @@ class _Distinct:
 
 def _distinct(column: pa.ChunkedArray) -> _Distinct:
     encoded = column.combine_chunks()
+    if pa.types.is_dictionary(encoded.type) and encoded.dictionary.null_count:
+        encoded = encoded.dictionary_decode()  # null entries: the row's null is in its indices instead
     if not pa.types.is_dictionary(encoded.type):
         encoded = pc.dictionary_encode(encoded)
     strings = encoded.dictionary.to_pylist()
     values = pc.fill_null(encoded.indices, len(strings)).to_numpy(zero_copy_only=False)
-    texts = pa.array([*map(json.encoder.encode_basestring_ascii, strings), "null"], pa.string())
+    texts = pa.array([*map(json.encoder.encode_basestring_ascii, strings), "null"], pa.string())  # as json.dumps
     ranks = pc.rank(pa.array([*strings, ""], pa.string()), sort_keys="ascending", tiebreaker="dense")
     return _Distinct(values, texts, ranks.to_numpy()[values])
