@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import random
+
+import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 from conftest import cot_row, evaluation_row
 
 from storage import CotRow, EvaluationRow, ExampleRow, Store
-from tasks.data.trainsets import cot_set, label_set, self_eval_set
+from storage.queries import TrainingRow, TrainingRows
+from tasks.data.trainsets import cot_set, data_snapshot, label_set, self_eval_set
 from tasks.teacher.prompts import format_judged_input
 
 QUESTION = "Anna has 3 apples. Anna buys 5 more apples.\nHow many apples does Anna have now?"
@@ -76,3 +81,58 @@ def test_label_set_is_the_gold_labels_of_a_split_without_rationales(store):
     assert [(r.example_id, r.label, r.rationale) for r in validation.rows] == [("ex-2", "( 4.0 )", None)]
     assert label_set(store, "test").rows[0].input.startswith("Carla")
     assert label_set(store, "train").excluded == 0
+
+
+# ---- rows as Arrow columns, and their data snapshot ----------------------------------------------
+
+TRICKY = ["plain", "", "quote \" and back\\slash", "line\nbreak\ttab\r", "ctrl \x00\x1f\x7f", "naïve café",
+          "emoji 😀", "Q: a\nProposed answer: b\nEvaluation:", "zz", "a", "A"]
+
+
+def _rows(count: int, seed: int) -> list[TrainingRow]:
+    """Rows with texts json escapes and sorting ties: repeated inputs, None beside "" rationales."""
+    rng = random.Random(seed)
+    return [TrainingRow(f"ex-{rng.randrange(5)}", rng.choice(TRICKY), rng.choice(TRICKY[:4]),
+                        rng.choice([None, *TRICKY[:5]])) for _ in range(count)]
+
+
+def _arrow(rows: list[TrainingRow], encoded: bool) -> TrainingRows:
+    table = pa.table({name: pa.array([getattr(r, name) for r in rows], pa.string())
+                      for name in ("example_id", "input", "label", "rationale")})
+    if encoded:
+        table = pa.table({name: pc.dictionary_encode(table.column(name)) for name in table.column_names})
+    return TrainingRows(table)
+
+
+def test_data_snapshot_names_the_same_rows_by_the_same_id_as_it_always_has():
+    rows = [TrainingRow("e2", "Q2", "b", None), TrainingRow("e1", "Q1 \"é\"\n", "a", "why")]
+    assert data_snapshot(rows) == "44c68b1f81761cad"  # the value checkpoints trained before record
+    assert data_snapshot(_arrow(rows, encoded=False)) == data_snapshot(_arrow(rows, encoded=True)) == "44c68b1f81761cad"
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_rows_held_as_arrow_columns_have_the_snapshot_of_the_same_rows_as_objects(seed):
+    rows = _rows(300, seed)
+    assert data_snapshot(_arrow(rows, encoded=False)) == data_snapshot(rows)
+    assert data_snapshot(_arrow(rows, encoded=True)) == data_snapshot(rows)
+
+
+def test_training_rows_read_like_a_list_of_training_rows():
+    rows = _rows(20, 0)
+    arrow = _arrow(rows, encoded=True)
+    assert arrow == rows and list(arrow) == rows and len(arrow) == 20
+    assert arrow[3] == rows[3] and arrow[-1] == rows[-1] and arrow[2:9:3] == rows[2:9:3]
+    assert arrow != rows[:-1]
+    with pytest.raises(IndexError):
+        arrow[20]
+
+
+def test_self_eval_set_of_a_store_has_the_snapshot_of_its_rows_as_objects(store):
+    broken = cot("ex-1", 3, None)  # an unparseable CoT that was judged anyway: its pairs are left out
+    store.append([broken])
+    store.append([evaluation(broken, 0, "correct")])
+    judged = self_eval_set(store, "train")
+    assert isinstance(judged.rows, TrainingRows) and judged.excluded == 2
+    assert data_snapshot(judged.rows) == data_snapshot(list(judged.rows))
+    training = cot_set(store, "train", n_cots=4)
+    assert data_snapshot(training.rows) == data_snapshot(list(training.rows))

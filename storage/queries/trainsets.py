@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import dataclasses
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
+import duckdb
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
-from storage.queries.common import Source, _records, _rows, _run
+from storage.queries.common import Source, _records, _run
 from storage.queries.generation import examples
+from storage.store import Store
 
 
 @dataclass(frozen=True)
@@ -18,6 +23,44 @@ class TrainingRow:
     input: str
     label: str
     rationale: str | None
+
+
+TRAINING_COLUMNS = ("example_id", "input", "label", "rationale")
+
+
+class TrainingRows(Sequence):
+    """Training rows kept as Arrow columns (TRAINING_COLUMNS; a column may be dictionary-encoded):
+    a TrainingRow is made only for a row that is read, so a million rows cost their columns, not a
+    million objects. Compares equal to a list of the same TrainingRows."""
+
+    def __init__(self, table: pa.Table):
+        self.table = table.select(list(TRAINING_COLUMNS))
+
+    def __len__(self) -> int:
+        return self.table.num_rows
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return TrainingRows(self.table.take(pa.array(range(*index.indices(len(self))), pa.int64())))
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError("training row index out of range")
+        return TrainingRow(**self.table.slice(index, 1).to_pylist()[0])
+
+    def __iter__(self) -> Iterator[TrainingRow]:
+        for batch in self.table.to_batches(max_chunksize=65_536):
+            yield from map(TrainingRow, *(batch.column(name).to_pylist() for name in TRAINING_COLUMNS))
+
+    def __eq__(self, other) -> bool:
+        if isinstance(other, (TrainingRows, list, tuple)):
+            return list(self) == list(other)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]  # equal to lists, which do not hash
+
+    def __repr__(self) -> str:
+        return f"TrainingRows({len(self)} rows)"
 
 
 @dataclass(frozen=True)
@@ -113,23 +156,98 @@ WITH matched AS (
 """
 
 
-_SELF_EVAL_SQL = _CHOSEN_COTS + """
-SELECT x.example_id, x.input AS question, c.rationale AS cot_text, v.verdict, v.rationale AS eval_rationale,
-       c.key AS cot_key, v.key AS eval_key, c.parse_error IS NOT NULL OR v.parse_error IS NOT NULL AS excluded
-FROM evaluations v
-JOIN chosen c ON c.key = v.cot_key
-JOIN examples x ON x.example_id = c.example_id
-WHERE x.split = $split AND (c._eval_version IS NULL OR c._eval_version = v.prompt_version)
-  AND v.teacher_model = c.teacher_model
+# The chosen CoTs of a split with their questions (numbered `cot` in this order by _judged); the
+# evaluations of those CoTs are then read against this table on the same connection, so the CoTs'
+# texts are read once and not repeated on every evaluation.
+_JUDGED_SQL = _CHOSEN_COTS + """
+SELECT x.example_id, x.input AS question, x.label AS gold, c.answer, c.rationale, c.key AS cot_key,
+       c.teacher_model, c.created_at, c._eval_version AS eval_version, c.parse_error IS NOT NULL AS excluded
+FROM chosen c JOIN examples x ON x.example_id = c.example_id
+WHERE x.split = $split
+ORDER BY x.example_id, c.cot_index, {order}
+"""
+# The order of a self-evaluation set's CoTs, and of a CoT set's (which sorts ties by provenance).
+_SELF_EVAL_COTS_SQL = _JUDGED_SQL.replace("{order}", "c.key")
+_COTS_SQL = _JUDGED_SQL.replace("{order}", "c.source, c.teacher_model, c.prompt_version, c.key")
+
+# An evaluation of a judged CoT `j` from the same teacher, within the allowed eval prompt version.
+_EVALUATIONS_OF_JUDGED = """
+FROM evaluations v JOIN _judged j ON j.cot_key = v.cot_key
+WHERE (j.eval_version IS NULL OR j.eval_version = v.prompt_version) AND v.teacher_model = j.teacher_model
   -- an evaluation older than the CoT row judged a text since lost and bought again (repair)
-  AND v.created_at >= c.created_at
+  AND v.created_at >= j.created_at
   AND v.eval_index < $n_evals
-QUALIFY row_number() OVER (PARTITION BY c.key, v.key) = 1
-ORDER BY x.example_id, c.cot_index, c.key, v.eval_index, v.key
+"""
+
+_PAIRS_SQL = """
+SELECT j.cot, v.verdict, v.rationale AS eval_rationale, v.key AS eval_key,
+       j.excluded OR v.parse_error IS NOT NULL AS excluded
+""" + _EVALUATIONS_OF_JUDGED + """
+ORDER BY j.cot, v.eval_index, v.key
+"""
+
+_VERDICTS_SQL = """
+SELECT j.cot, count(*) AS verdicts, count(*) FILTER (WHERE v.verdict = 'correct') AS said_correct
+""" + _EVALUATIONS_OF_JUDGED + """
+  AND v.verdict IS NOT NULL
+GROUP BY j.cot
 """
 
 
 _ALL = 2**31 - 1  # cot_index and eval_index are int32: "no limit"
+
+
+def _limit(n: int | None) -> int:
+    return _ALL if n is None else n
+
+
+def _on_connection(store: Source, work):
+    """work(connection): several queries on one connection, so each view is set up once."""
+    if isinstance(store, Store):
+        return store.read(work)
+    return work(store)
+
+
+def _judged(con: duckdb.DuckDBPyConnection, sql: str, split: str, n_cots: int,
+            sources: Sequence[Provenance] | None) -> pa.Table:
+    """The chosen CoTs of `sql`, registered as _judged on `con` for the evaluation queries."""
+    con.register("_sources", _provenance_table(sources))
+    try:
+        judged = con.sql(sql, params={"split": split, "n_cots": n_cots}).to_arrow_table()
+    finally:
+        con.unregister("_sources")
+    judged = judged.add_column(0, "cot", pa.array(np.arange(judged.num_rows, dtype=np.int32)))
+    con.register("_judged", judged)
+    return judged
+
+
+@dataclass(frozen=True)
+class SelfEvalTables:
+    """A self-evaluation set as two tables: the judged CoTs (columns cot, example_id, question,
+    cot_text, cot_key) and their evaluations in order (cot: the row of `cots` judged, verdict,
+    eval_rationale, eval_key, excluded: the CoT or the evaluation did not parse)."""
+
+    cots: pa.Table
+    pairs: pa.Table
+
+
+def self_eval_tables(
+    store: Source, split: str = "train", n_cots: int | None = None,
+    sources: Sequence[Provenance] | None = None, n_evals: int | None = None,
+) -> SelfEvalTables:
+    """What self_eval_rows returns, as Arrow columns: each judged CoT's texts once."""
+
+    def work(con: duckdb.DuckDBPyConnection) -> SelfEvalTables:
+        judged = _judged(con, _SELF_EVAL_COTS_SQL, split, _limit(n_cots), sources)
+        try:
+            pairs = con.sql(_PAIRS_SQL, params={"n_evals": _limit(n_evals)}).to_arrow_table()
+        finally:
+            con.unregister("_judged")
+        cots = judged.select(["cot", "example_id", "question", "rationale", "cot_key"]).rename_columns(
+            ["cot", "example_id", "question", "cot_text", "cot_key"])
+        return SelfEvalTables(cots, pairs)
+
+    return _on_connection(store, work)
 
 
 def self_eval_rows(
@@ -142,13 +260,15 @@ def self_eval_rows(
 
     Pairs where the CoT or the evaluation did not parse are left out; the second value counts them.
     """
-    limits = {"n_cots": _ALL if n_cots is None else n_cots, "n_evals": _ALL if n_evals is None else n_evals}
-    table = _run(store, _SELF_EVAL_SQL, {"split": split, **limits}, tables={"_sources": _provenance_table(sources)})
-    # Column by column: a million pairs as one dict each would cost seconds.
-    names = ("example_id", "question", "cot_text", "verdict", "eval_rationale", "cot_key", "eval_key", "excluded")
-    kept = [SelfEvalPair(*values[:-1]) for values in zip(*(table.column(n).to_pylist() for n in names))
-            if not values[-1]]
-    return kept, table.num_rows - len(kept)
+    tables = self_eval_tables(store, split, n_cots, sources, n_evals)
+    pairs = tables.pairs.filter(pc.invert(tables.pairs.column("excluded")))
+    cot = pairs.column("cot")
+    columns = [tables.cots.column(name).take(cot).to_pylist() for name in ("example_id", "question", "cot_text")]
+    columns += [pairs.column(name).to_pylist() for name in ("verdict", "eval_rationale")]
+    cot_keys = tables.cots.column("cot_key").take(cot).to_pylist()
+    kept = [SelfEvalPair(*values, cot_key=cot_key, eval_key=eval_key)
+            for *values, cot_key, eval_key in zip(*columns, cot_keys, pairs.column("eval_key").to_pylist())]
+    return kept, tables.pairs.num_rows - len(kept)
 
 
 @dataclass(frozen=True)
@@ -165,20 +285,38 @@ class JudgedCot:
     said_correct: int  # of those, how many say "correct"
 
 
-_COT_SQL = _CHOSEN_COTS + """, judged AS (
-    SELECT c.key, count(*) AS verdicts, count(*) FILTER (WHERE v.verdict = 'correct') AS said_correct
-    FROM chosen c JOIN evaluations v ON v.cot_key = c.key
-    WHERE (c._eval_version IS NULL OR c._eval_version = v.prompt_version) AND v.teacher_model = c.teacher_model
-      AND v.created_at >= c.created_at AND v.eval_index < $n_evals AND v.verdict IS NOT NULL
-    GROUP BY c.key
-)
-SELECT x.example_id, x.input, x.label AS gold, c.answer, c.rationale, c.key AS cot_key,
-       coalesce(j.verdicts, 0) AS verdicts, coalesce(j.said_correct, 0) AS said_correct,
-       c.parse_error IS NOT NULL AS excluded
-FROM chosen c JOIN examples x ON x.example_id = c.example_id LEFT JOIN judged j ON j.key = c.key
-WHERE x.split = $split
-ORDER BY x.example_id, c.cot_index, c.source, c.teacher_model, c.prompt_version, c.key
-"""
+def judged_cot_table(
+    store: Source, split: str = "train", n_cots: int = 1, sources: Sequence[Provenance] | None = None,
+    n_evals: int | None = None, verdicts: bool = True,
+) -> tuple[pa.Table, int]:
+    """What judged_cots returns, as Arrow columns (JudgedCot's fields), and how many CoTs did not
+    parse. Without `verdicts` the evaluations are not read and both counts are 0."""
+    if n_cots < 1:
+        raise ValueError(f"n_cots must be >= 1, not {n_cots}")
+
+    def work(con: duckdb.DuckDBPyConnection) -> pa.Table:
+        judged = _judged(con, _COTS_SQL, split, n_cots, sources)
+        try:
+            counted = con.sql(_VERDICTS_SQL, params={"n_evals": _limit(n_evals)}).to_arrow_table() \
+                if verdicts else None
+        finally:
+            con.unregister("_judged")
+        return _with_verdicts(judged, counted)
+
+    table = _on_connection(store, work)
+    table = table.rename_columns(["input" if name == "question" else name for name in table.column_names])
+    kept = table.filter(pc.invert(table.column("excluded")))
+    return kept.select([f.name for f in dataclasses.fields(JudgedCot)]), table.num_rows - kept.num_rows
+
+
+def _with_verdicts(judged: pa.Table, counted: pa.Table | None) -> pa.Table:
+    """`judged` with each CoT's count of parsed verdicts and of those saying "correct" (0 when none)."""
+    for name in ("verdicts", "said_correct"):
+        values = np.zeros(judged.num_rows, np.int64)
+        if counted is not None:
+            values[counted.column("cot").to_numpy()] = counted.column(name).to_numpy()
+        judged = judged.append_column(name, pa.array(values))
+    return judged
 
 
 def judged_cots(
@@ -189,13 +327,8 @@ def judged_cots(
     gives at most n_cots per example), with the count of its parsed self-evaluations from the same
     teacher (eval_index < n_evals if given) and of those saying "correct". `sources=None` allows
     every stored row. Unparseable CoTs are left out; the second value counts them."""
-    if n_cots < 1:
-        raise ValueError(f"n_cots must be >= 1, not {n_cots}")
-    limits = {"n_cots": n_cots, "n_evals": _ALL if n_evals is None else n_evals}
-    rows = _rows(_run(store, _COT_SQL, {"split": split, **limits}, tables={"_sources": _provenance_table(sources)}))
-    kept = [JudgedCot(**{key: value for key, value in r.items() if key != "excluded"})
-            for r in rows if not r["excluded"]]
-    return kept, len(rows) - len(kept)
+    table, excluded = judged_cot_table(store, split, n_cots, sources, n_evals)
+    return _records(JudgedCot, table), excluded
 
 
 def cot_rows(

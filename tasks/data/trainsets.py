@@ -15,8 +15,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
 from storage import Store, queries
-from storage.queries import JudgedCot, Provenance, TrainingRow
+from storage.queries import Provenance, TrainingRow, TrainingRows
 from tasks.answers import answers_match
 from tasks.config import ArmConfig, Config
 from tasks.data.datasets import answer_type
@@ -27,7 +31,7 @@ from tasks.teacher.prompts import format_judged_input, prompt_version
 
 @dataclass(frozen=True)
 class TrainingSet:
-    rows: list[TrainingRow]
+    rows: Sequence[TrainingRow]  # a list, or TrainingRows (Arrow columns) for sets read from the store
     excluded: int  # rows left out because the teacher's output did not parse
     filtered: int = 0  # parsed CoTs an arm's cot_filter left out
     noised: tuple[str, ...] = ()  # examples an arm's label_noise gave a wrong label
@@ -88,15 +92,34 @@ def self_eval_set(store: Store, split: str = "train", n_cots: int | None = None,
     """Input = the question with a chain of thought, label = the teacher's verdict on it,
     rationale = the evaluation text; every CoT (index < n_cots) of `sources` x every evaluation of
     it (index < n_evals)."""
-    pairs, excluded = queries.self_eval_rows(store, split, n_cots, sources, n_evals)
-    inputs: dict[tuple[str, str], str] = {}  # one per judged CoT, shared by its evaluations
-    rows = []
-    for pair in pairs:
-        judged = (pair.question, pair.cot_text)
-        if judged not in inputs:
-            inputs[judged] = format_judged_input(*judged)
-        rows.append(TrainingRow(pair.example_id, inputs[judged], pair.verdict, pair.eval_rationale))
-    return TrainingSet(rows, excluded)
+    tables = queries.self_eval_tables(store, split, n_cots, sources, n_evals)
+    pairs = tables.pairs.filter(pc.invert(tables.pairs.column("excluded")))
+    judged = pairs.column("cot").combine_chunks()  # each pair's row of tables.cots
+    rows = pa.table({
+        # one input per judged CoT, shared by its evaluations
+        "example_id": pa.DictionaryArray.from_arrays(judged, tables.cots.column("example_id").combine_chunks()),
+        "input": pa.DictionaryArray.from_arrays(judged, _judged_inputs(tables.cots)),
+        "label": pairs.column("verdict"),
+        "rationale": pairs.column("eval_rationale"),
+    })
+    return TrainingSet(TrainingRows(rows), tables.pairs.num_rows - pairs.num_rows)
+
+
+def _judged_inputs(cots: pa.Table) -> pa.Array:
+    """The student's input for each judged CoT; none for an unparseable one, whose pairs are left out."""
+    questions, texts = cots.column("question").to_pylist(), cots.column("cot_text").to_pylist()
+    return pa.array([None if text is None else format_judged_input(question, text)
+                     for question, text in zip(questions, texts)], pa.string())
+
+
+def _cot_rows(cots: pa.Table, labels: Literal["gold", "teacher"]) -> TrainingRows:
+    """Input = the question, label = the gold label or the teacher's answer, rationale = the CoT."""
+    return TrainingRows(pa.table({
+        "example_id": cots.column("example_id"),
+        "input": cots.column("input"),
+        "label": cots.column("gold" if labels == "gold" else "answer"),
+        "rationale": cots.column("rationale"),
+    }))
 
 
 def cot_set(store: Store, split: str = "train", n_cots: int = 1,
@@ -104,8 +127,10 @@ def cot_set(store: Store, split: str = "train", n_cots: int = 1,
             sources: Sequence[Provenance] | None = None) -> TrainingSet:
     """Input = the question, label = the gold label or the teacher's answer, rationale = the CoT;
     one row per chain of thought of each of `sources` with index < n_cots."""
-    rows, excluded = queries.cot_rows(store, split, n_cots, labels, sources)
-    return TrainingSet(list(rows), excluded)
+    if labels not in ("gold", "teacher"):
+        raise ValueError(f"labels must be 'gold' or 'teacher', not {labels!r}")
+    cots, excluded = queries.judged_cot_table(store, split, n_cots, sources, verdicts=False)
+    return TrainingSet(_cot_rows(cots, labels), excluded)
 
 
 def label_set(store: Store, split: str) -> TrainingSet:
@@ -113,22 +138,26 @@ def label_set(store: Store, split: str) -> TrainingSet:
     return TrainingSet(queries.label_rows(store, split), 0)
 
 
-def _kept(cot: JudgedCot, cot_filter: str | None, kind: str) -> bool:
-    if cot_filter == "teacher_verdict":
-        return 2 * cot.said_correct > cot.verdicts  # a strict majority of its parsed verdicts
+def _kept(cots: pa.Table, cot_filter: str | None, kind: str) -> pa.Array:
+    """Which of `cots` (queries.judged_cot_table) an arm's cot_filter keeps."""
+    if cot_filter == "teacher_verdict":  # a strict majority of its parsed verdicts
+        return pc.greater(pc.multiply(cots.column("said_correct"), 2), cots.column("verdicts"))
     if cot_filter == "gold":
-        return answers_match(kind, cot.answer, cot.gold)
-    return True
+        answers, golds = cots.column("answer").to_pylist(), cots.column("gold").to_pylist()
+        return pa.array([answers_match(kind, answer, gold) for answer, gold in zip(answers, golds)], pa.bool_())
+    return pa.array(np.ones(cots.num_rows, dtype=bool))
 
 
 def _arm_cots(store: Store, arm: ArmConfig, sources: Sequence[Provenance] | None, kind: str,
-              split: str) -> tuple[list[JudgedCot], int, int]:
-    """The CoTs an arm's stage 2 trains on, how many did not parse, how many its cot_filter left out
-    (standard distillation: the teacher's first CoT of each example)."""
+              split: str) -> tuple[pa.Table, int, int]:
+    """The CoTs an arm's stage 2 trains on (queries.judged_cot_table's columns), how many did not
+    parse, how many its cot_filter left out (standard distillation: the teacher's first CoT of each
+    example). Verdicts are counted only for the filter that reads them."""
     k = arm.n_cots if arm.mode == "cot" else 1
-    cots, excluded = queries.judged_cots(store, split, k, sources, arm.n_evals)
-    kept = [cot for cot in cots if _kept(cot, arm.cot_filter, kind)]
-    return kept, excluded, len(cots) - len(kept)
+    cots, excluded = queries.judged_cot_table(store, split, k, sources, arm.n_evals,
+                                              verdicts=arm.cot_filter == "teacher_verdict")
+    kept = cots.filter(_kept(cots, arm.cot_filter, kind))
+    return kept, excluded, cots.num_rows - kept.num_rows
 
 
 def arm_training_set(store: Store, arm: ArmConfig, sources: Sequence[Provenance], kind: str,
@@ -140,9 +169,7 @@ def arm_training_set(store: Store, arm: ArmConfig, sources: Sequence[Provenance]
         training = label_set(store, split)
     else:
         kept, excluded, filtered = _arm_cots(store, arm, sources, kind, split)
-        rows = [TrainingRow(c.example_id, c.input, c.gold if arm.labels == "gold" else c.answer, c.rationale)
-                for c in kept]
-        training = TrainingSet(rows, excluded, filtered)
+        training = TrainingSet(_cot_rows(kept, arm.labels), excluded, filtered)
     if not arm.label_noise:
         return training
     noisy = add_label_noise(training.rows, arm.label_noise, arm.label_noise_seed, kind)
@@ -161,7 +188,7 @@ def arm_sample_keys(store: Store, arm: ArmConfig, sources: Sequence[Provenance] 
     in stage 1) and of its self-evaluations (stage 1). Standard fine-tuning uses none."""
     cots: set[str] = set()
     if not (arm.mode == "standard" and arm.labels == "gold"):
-        cots = {cot.cot_key for cot in _arm_cots(store, arm, sources, kind, split)[0]}
+        cots = set(_arm_cots(store, arm, sources, kind, split)[0].column("cot_key").to_pylist())
     evaluations: set[str] = set()
     if arm.self_eval:
         pairs, _ = queries.self_eval_rows(store, split, arm.n_cots, sources, arm.n_evals)
@@ -177,8 +204,70 @@ def canonical_order(rows: Sequence) -> list:
 
 def data_snapshot(rows: Sequence) -> str:
     """A hash of the training rows (input, label, rationale) that names the data a checkpoint saw."""
+    if isinstance(rows, TrainingRows) and not any(_nulls(rows.table.column(name)) for name in
+                                                  ("example_id", "input", "label")):
+        return _table_snapshot(rows.table)
     digest = hashlib.sha256()
     for row in canonical_order(rows):
         task = [row.task] if getattr(row, "task", "answer") != "answer" else []  # answer rows hash as before
         digest.update(json.dumps([row.input, row.label, row.rationale, *task]).encode())
     return digest.hexdigest()[:16]
+
+
+_SNAPSHOT_BATCH = 16_384  # rows whose JSON text is made and hashed at a time
+
+
+def _nulls(column: pa.ChunkedArray) -> int:
+    """Null values of a column, a dictionary-encoded one's null entries included."""
+    def nulls(chunk: pa.Array) -> int:
+        if pa.types.is_dictionary(chunk.type) and chunk.dictionary.null_count:
+            return pc.sum(pc.is_null(chunk.dictionary).take(chunk.indices.fill_null(0))).as_py() + chunk.null_count
+        return chunk.null_count
+
+    return sum(map(nulls, column.chunks))
+
+
+def _table_snapshot(table: pa.Table) -> str:
+    """data_snapshot of rows kept as Arrow columns, the same value without a Python object per row:
+    each distinct value is ranked and written as JSON once, the rows are put in canonical order by
+    those ranks (a stable sort, as `sorted` is), and their JSON lines are joined by Arrow and hashed
+    a batch at a time."""
+    input_, label, rationale, example_id = (_distinct(table.column(name)) for name in
+                                            ("input", "label", "rationale", "example_id"))
+    order = np.lexsort([example_id.ranks, rationale.ranks, label.ranks, input_.ranks])  # last key sorts first
+    digest = hashlib.sha256()
+    for start in range(0, len(order), _SNAPSHOT_BATCH):
+        rows = order[start:start + _SNAPSHOT_BATCH]
+        lines = pc.binary_join_element_wise(
+            "[", input_.json(rows), ", ", label.json(rows), ", ", rationale.json(rows), "]", "")
+        _, offsets, data = lines.buffers()
+        ends = np.frombuffer(offsets, np.int32)[[lines.offset, lines.offset + len(lines)]]
+        digest.update(memoryview(data)[ends[0]:ends[1]])
+    return digest.hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class _Distinct:
+    """One column by its distinct values: each row's value number, each value's JSON text and each
+    row's rank in sort order (a null sorts as "" and is written null, as `row.rationale or ""` and
+    json.dumps(None) have it)."""
+
+    values: np.ndarray  # per row: its value's number; nulls the last number
+    texts: pa.Array  # per value number: its JSON text, "null" last
+    ranks: np.ndarray  # per row
+
+    def json(self, rows: np.ndarray) -> pa.Array:
+        return self.texts.take(pa.array(self.values[rows]))
+
+
+def _distinct(column: pa.ChunkedArray) -> _Distinct:
+    encoded = column.combine_chunks()
+    if pa.types.is_dictionary(encoded.type) and encoded.dictionary.null_count:
+        encoded = encoded.dictionary_decode()  # null entries: the row's null is in its indices instead
+    if not pa.types.is_dictionary(encoded.type):
+        encoded = pc.dictionary_encode(encoded)
+    strings = encoded.dictionary.to_pylist()
+    values = pc.fill_null(encoded.indices, len(strings)).to_numpy(zero_copy_only=False)
+    texts = pa.array([*map(json.encoder.encode_basestring_ascii, strings), "null"], pa.string())  # as json.dumps
+    ranks = pc.rank(pa.array([*strings, ""], pa.string()), sort_keys="ascending", tiebreaker="dense")
+    return _Distinct(values, texts, ranks.to_numpy()[values])
