@@ -25,7 +25,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from simulator.outcomes import Deviations, Faults, Outcome, error
 from simulator.teacher import LABEL, SimulatedTeacher
-from tasks.teacher.endpoint import SIMULATED_MODEL
+from tasks.teacher.keys import SIMULATED_MODEL
 
 __all__ = ["ROUTES", "Deviations", "Faults", "RunningSimulator", "SimulatedTeacher", "route", "serve_forever",
            "start_simulator"]

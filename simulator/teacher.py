@@ -23,7 +23,7 @@ from simulator.limits import Bucket
 from simulator.outcomes import CONTENT_FILTER_MESSAGE, FAULTS, Deviations, Faults, Outcome, error
 from simulator.requests import read_request
 from tasks.answers import EquationError
-from tasks.teacher.endpoint import SIMULATED_MODEL
+from tasks.teacher.keys import SIMULATED_MODEL
 
 LABEL = "simulated teacher (a simulation for tests and demos, not a language model)"
 

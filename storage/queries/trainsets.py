@@ -140,7 +140,9 @@ def _provenance_table(sources: Sequence[Provenance] | None) -> pa.Table:
 _CHOSEN_COTS = """
 WITH matched AS (
     SELECT c.*, p.entry AS _entry, p.eval_prompt_version AS _eval_version
-    FROM cots c JOIN _sources p
+    FROM cots c
+    SEMI JOIN examples x ON x.example_id = c.example_id AND x.split = $split  -- one split's CoTs only
+    JOIN _sources p
       ON (p.source IS NULL OR p.source = c.source)
      AND (p.teacher_models IS NULL OR list_contains(p.teacher_models, c.teacher_model))
      AND (p.cot_prompt_version IS NULL OR p.cot_prompt_version = c.prompt_version)

@@ -25,7 +25,7 @@ from tasks.answers import answers_match
 from tasks.config import ArmConfig, Config
 from tasks.data.datasets import answer_type
 from tasks.data.noise import add_label_noise
-from tasks.teacher.endpoint import SIMULATED_MODEL
+from tasks.teacher.keys import SIMULATED_MODEL
 from tasks.teacher.prompts import format_judged_input, prompt_version
 
 

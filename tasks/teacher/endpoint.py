@@ -19,9 +19,6 @@ from tasks.teacher.client import Gate, TeacherClient
 from tasks.teacher.errors import FatalError
 from tasks.teacher.ratelimit import RateLimiter
 
-# The model name the simulated teacher answers with; stored rows carry it as their teacher_model.
-SIMULATED_MODEL = "simulated"
-
 
 def api_key(teacher: TeacherConfig) -> str:
     """The API key from teacher.api_key_env (the simulated teacher needs none)."""

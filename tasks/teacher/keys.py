@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 DEFAULT_OPENAI_URL = "https://api.openai.com/v1"
 SIMULATED_ENDPOINT = "simulated://teacher"
+# The model name the simulated teacher answers with; stored rows carry it as their teacher_model.
+SIMULATED_MODEL = "simulated"
 
 
 @dataclass(frozen=True)
