@@ -395,11 +395,11 @@ class Store:
             before = recorded.get(table, CheckedParts())
             if not names <= before.unique:
                 try:
-                    holding = self._parts_holding_duplicates(table, files)
+                    holding = self._parts_holding_duplicates(table, files, before.unique)
                     if holding:
                         self._merge(table, holding, part_rows)
                         files = self.files(table)
-                        if self._parts_holding_duplicates(table, files):
+                        if self._parts_holding_duplicates(table, files, frozenset()):
                             continue
                 except (duckdb.Error, OSError):
                     continue  # a part vanished under another compaction: the next one checks again
@@ -416,16 +416,28 @@ class Store:
         except (OSError, pa.ArrowException):
             return False
 
-    def _parts_holding_duplicates(self, table: str, files: list[str]) -> list[str]:
-        """The parts among `files` that hold a key some other row (in any of them) holds too."""
+    def _parts_holding_duplicates(self, table: str, files: list[str], checked: frozenset[str]) -> list[str]:
+        """The parts among `files` that hold a key some other row (in any of them) holds too. Parts
+        in `checked` are known to hold no key twice between them: only the others' keys are
+        grouped, and the checked parts' keys are only probed against them."""
         if not files:
             return []
         keys = ", ".join(_quote(key) for key in PRIMARY_KEYS[table])
-        urls = [self._url(table, _name(path)) for path in files]
-        sql = (f"WITH r AS (SELECT {keys}, filename FROM read_parquet(?, filename = true, union_by_name = true)) "
-               f"SELECT DISTINCT filename FROM r SEMI JOIN "
-               f"(SELECT {keys} FROM r GROUP BY ALL HAVING count(*) > 1) d USING ({keys})")
-        names = {_name(url) for (url,) in self._query(sql, [urls])}
+        old = [self._url(table, _name(path)) for path in files if _name(path) in checked]
+        new = [self._url(table, _name(path)) for path in files if _name(path) not in checked]
+        read = f"SELECT {keys}, filename FROM read_parquet(?, filename = true, union_by_name = true)"
+        if old:
+            sql = (f"WITH n AS ({read}), o AS ({read}), "
+                   f"d AS (SELECT {keys} FROM n GROUP BY ALL HAVING count(*) > 1 "
+                   f"UNION SELECT {keys} FROM o SEMI JOIN n USING ({keys})) "
+                   f"SELECT DISTINCT filename FROM (SELECT * FROM n UNION ALL SELECT * FROM o) "
+                   f"SEMI JOIN d USING ({keys})")
+            params = [new, old]
+        else:
+            sql = (f"WITH r AS ({read}) SELECT DISTINCT filename FROM r SEMI JOIN "
+                   f"(SELECT {keys} FROM r GROUP BY ALL HAVING count(*) > 1) d USING ({keys})")
+            params = [new]
+        names = {_name(url) for (url,) in self._query(sql, params)}
         return [path for path in files if _name(path) in names]
 
     def _query(self, sql: str, params: Sequence) -> list[tuple]:
