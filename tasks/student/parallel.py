@@ -8,12 +8,16 @@ as they would share the device.
 
 The processes are forked from a forkserver that imported the student code once, so a run starts
 in well under a second instead of importing torch and transformers again (about 8 CPU seconds).
+Each gets an equal share of the cores' torch threads, and on Linux dies with its parent: a run
+killed with SIGKILL leaves no training behind to write into the checkpoints a rerun resumes from.
 """
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing
 import os
+import signal
 import threading
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
@@ -30,10 +34,18 @@ _slots: dict[int, threading.BoundedSemaphore] = {}
 _slots_lock = threading.Lock()
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (a container's cpuset, not the host's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS
+        return os.cpu_count() or 1
+
+
 def parallel_runs(device: str, runs: int, cores: int | None = None) -> int:
     """How many of `runs` arm runs go at once on `device` (a train.device value): one per core on
     the CPU, one at a time on an accelerator or for a single run."""
-    cores = cores if cores is not None else os.cpu_count() or 1
+    cores = cores if cores is not None else usable_cores()
     if runs < 2 or cores < 2 or resolve_device(device).type != "cpu":
         return 1
     return min(runs, cores)
@@ -45,10 +57,25 @@ def in_own_process(slots: int, call: Callable[..., T], *args, **kwargs) -> T:
     `call` and its arguments must pickle (a module-level function, plain values)."""
     with _slots_lock:
         gate = _slots.setdefault(slots, threading.BoundedSemaphore(slots))
+    threads = max(1, (usable_cores() - 1) // slots)  # one core left to the flow, as limit_cpu_threads does
     with gate:
         context = _context()
-        with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+        with ProcessPoolExecutor(max_workers=1, mp_context=context, initializer=_start,
+                                 initargs=(threads,)) as pool:
             return pool.submit(call, *args, **kwargs).result()
+
+
+def _start(threads: int) -> None:
+    """In the new process: die with the parent (Linux), and use `threads` torch threads."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: the process ends once its parent's pipe closes
+        pass
+    if os.getppid() == 1:  # the parent died before the line above
+        os._exit(1)
+    import torch
+
+    torch.set_num_threads(threads)
 
 
 def _context():
