@@ -59,6 +59,16 @@ def test_tiny_student_is_sized_by_the_config_and_deterministic_per_seed():
     assert not torch.equal(model.shared.weight, other.shared.weight)
 
 
+def test_tiny_student_dropout_is_t5s_unless_the_config_sets_it():
+    model, _ = build_student(StudentConfig(tiny=SIZES), TEXTS)
+    without, _ = build_student(StudentConfig(tiny=SIZES.model_copy(update={"dropout": 0.0})), TEXTS)
+    assert model.config.dropout_rate == 0.1 and without.config.dropout_rate == 0.0
+    # At its default the dropout is left out of the config's dump, which is part of a trained
+    # student's id: students trained before it was an option are not retrained.
+    assert "dropout" not in StudentConfig(tiny=SIZES).model_dump()["tiny"]
+    assert StudentConfig(tiny={"dropout": 0.0}).model_dump()["tiny"]["dropout"] == 0.0
+
+
 def test_saved_student_loads_back_with_the_same_outputs(tmp_path):
     model, tokenizer = build_student(StudentConfig(tiny=SIZES), TEXTS)
     save_student(model, tokenizer, tmp_path)

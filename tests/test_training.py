@@ -194,6 +194,7 @@ def test_two_stage_training_reduces_both_losses_and_records_provenance(tmp_path)
     assert stage2["arm"]["name"] == "cot-selfeval" and stage2["train"]["stage2_steps"] == 25
     assert stage2["student"]["tiny"]["d_model"] == 32
     assert [step for step, _ in result.stage2.validation] == [25]
+    assert result.stage1.seconds > 0 and result.stage2.seconds > 0  # how long each stage took
     model, tokenizer = load_student(result.checkpoint)
     assert model.config.d_model == 32 and tokenizer.pad_token_id == 0
 

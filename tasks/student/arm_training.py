@@ -30,6 +30,7 @@ class TrainedArm:
     self_eval_agreement: float | None = None  # stage 1's best, on validation self-evaluations
     self_eval_validation_rows: int = 0
     replayed_rows: int = 0  # stage-1 rows mixed into stage 2 (train.self_eval_replay)
+    seconds: float = 0.0  # wall time of both stages' training (0 for a resumed run that had finished)
 
     def describe(self) -> str:
         """One line for the terminal: what was trained on, what it scored on which rows."""
@@ -43,7 +44,7 @@ class TrainedArm:
             line += (f"; stage 1 self-eval agreement {self.self_eval_agreement:.4f} on "
                      f"{self.self_eval_validation_rows} validation rows" if self.self_eval_agreement is not None
                      else "; stage 1 kept its last step (no validation self-evaluations)")
-        return f"{line}; {self.examples_per_s:.1f} examples/s -> {self.checkpoint}"
+        return f"{line}; {self.examples_per_s:.1f} examples/s, {self.seconds:.0f} s -> {self.checkpoint}"
 
 
 def train_one(config: Config, name: str, resume: bool = False, progress: bool = True,
@@ -98,6 +99,7 @@ def _trained(name: str, rows: ArmRows, result: ArmResult, folder: ArmFolder) -> 
         self_eval_agreement=result.stage1.best_accuracy if result.stage1 else None,
         self_eval_validation_rows=len(rows.judged),
         replayed_rows=result.replayed,
+        seconds=result.stage2.seconds + (result.stage1.seconds if result.stage1 else 0.0),
     )
 
 

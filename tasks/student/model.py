@@ -92,7 +92,7 @@ def build_tiny_model(sizes: TinyStudentConfig, tokenizer: PreTrainedTokenizerBas
         num_layers=sizes.num_layers,
         num_decoder_layers=sizes.num_layers,
         num_heads=sizes.num_heads,
-        dropout_rate=0.1,
+        dropout_rate=sizes.dropout,
         feed_forward_proj="relu",
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,

@@ -107,6 +107,7 @@ class TrainResult:
     validation: tuple[tuple[int, float], ...]  # (step, accuracy)
     data_snapshot: str
     examples_per_s: float  # training rows per second over the optimizer steps of this call
+    seconds: float = 0.0  # wall time of this call: its optimizer steps, validations and checkpoints
 
 
 def _target_logits(model, inputs, targets, pad_id) -> tuple[torch.Tensor, torch.Tensor]:
@@ -196,6 +197,7 @@ def train_student(
     out_dir, giving the same losses an uninterrupted run would have; a finished run is not repeated.
     `on_checkpoint(path)` is called after each checkpoint is saved (and older ones pruned).
     """
+    called = time.perf_counter()
     out_dir, eval_cfg = Path(out_dir), eval_cfg or EvalConfig()
     rows = canonical_order(train)
     config = {"student": student_cfg.model_dump(), "train": train_cfg.model_dump(), "steps": steps}
@@ -238,7 +240,8 @@ def train_student(
                     on_checkpoint(saved)
             if on_step is not None:
                 on_step(step_loss)
-    return _result(out_dir, state, record["data_snapshot"], steps, trained_rows / train_seconds if train_seconds else 0.0)
+    return _result(out_dir, state, record["data_snapshot"], steps, trained_rows / train_seconds if train_seconds else 0.0,
+                   time.perf_counter() - called)
 
 
 def _restore(latest: Path, record: dict) -> tuple[dict, PreTrainedModel, PreTrainedTokenizerBase]:
@@ -328,7 +331,7 @@ def _validate(model, tokenizer, validation, accuracy_fn, eval_cfg, student_cfg, 
         state["best_step"], state["best_accuracy"] = state["step"], accuracy
 
 
-def _result(out_dir: Path, state: dict, snapshot: str, steps: int, speed: float) -> TrainResult:
+def _result(out_dir: Path, state: dict, snapshot: str, steps: int, speed: float, seconds: float = 0.0) -> TrainResult:
     return TrainResult(
         checkpoint=out_dir / f"step-{state['best_step']:06d}",
         latest=out_dir / f"step-{state['step']:06d}",
@@ -339,4 +342,5 @@ def _result(out_dir: Path, state: dict, snapshot: str, steps: int, speed: float)
         validation=tuple((int(s), float(a)) for s, a in state["validation"]),
         data_snapshot=snapshot,
         examples_per_s=speed,
+        seconds=seconds,
     )
