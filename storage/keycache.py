@@ -9,10 +9,11 @@ and text) and its index. So each is derived once and kept per identity, in
 ``<root>/_keys/evaluations-<identity>/part-*.parquet`` (cot_key, eval_index, key). No store view
 reads these files; they are derived data, and deleting them costs one slow plan.
 
-A plan runs three queries on one connection (see tasks.generation.plan; `attach` adds the kept keys): which wanted examples have no kept CoT keys,
-then which wanted CoT keys the store lacks and which stored CoTs have no kept evaluation keys, then
-which evaluation keys of the stored, parseable CoTs the store lacks. Keys a plan derived but may
-not keep (a dry run writes nothing) join the kept ones as `extra` tables.
+A plan runs three queries on one connection (see tasks.generation.plan; `attach` adds the kept
+keys): which wanted examples have no kept CoT keys, which wanted CoT keys the store lacks, and, in
+one pass over the kept evaluation keys, which of the stored CoTs' evaluations the store lacks and
+which CoTs have no kept evaluation keys yet. Keys a plan derived but may not keep (a dry run writes
+nothing) join the kept ones as `extra` tables.
 """
 
 from __future__ import annotations
@@ -152,32 +153,29 @@ judged AS (SELECT c.key FROM cots c SEMI JOIN wanted_cots w ON w.key = c.key WHE
 """
 
 
-def missing_cots(con: duckdb.DuckDBPyConnection, wanted: pa.Table, n_cots: int, n_evals: int, extra: pa.Table) -> tuple[dict[str, str], list[str]]:
-    """The wanted CoT keys the store lacks (key -> example id), and the stored, parseable wanted
-    CoTs without a kept evaluation key for every index < n_evals (their keys)."""
-    sql = _WANTED_COTS + """
-        SELECT w.key, w.example_id, 'missing' AS what FROM wanted_cots w ANTI JOIN cots c ON c.key = w.key
+def missing_cots(con: duckdb.DuckDBPyConnection, wanted: pa.Table, n_cots: int, extra: pa.Table) -> dict[str, str]:
+    """The wanted CoT keys (kept, or derived this plan: `extra`) the store lacks, each with its example id."""
+    sql = _WANTED_COTS + "SELECT w.key, w.example_id FROM wanted_cots w ANTI JOIN cots c ON c.key = w.key"
+    table = _query(con, sql, {"n_cots": n_cots}, {"_wanted": wanted, "_cot_extra": extra})
+    return dict(zip(table.column("key").to_pylist(), table.column("example_id").to_pylist()))
+
+
+def judged_evaluations(con: duckdb.DuckDBPyConnection, wanted: pa.Table, n_cots: int, n_evals: int,
+                       cot_extra: pa.Table) -> tuple[dict[str, str], list[str]]:
+    """In one pass over the kept evaluation keys (index < n_evals) of the stored, parseable wanted
+    CoTs: those the evaluations table lacks, each with the key of the CoT it judges, and the CoTs
+    without a kept key for every index (whose keys the caller derives)."""
+    sql = _WANTED_COTS + """,
+        kept AS MATERIALIZED (
+            SELECT k.cot_key, k.eval_index, k.key FROM _eval_keys k SEMI JOIN judged j ON j.key = k.cot_key
+            WHERE k.eval_index < $n_evals
+        ),
+        covered AS (SELECT cot_key FROM kept GROUP BY cot_key HAVING count(DISTINCT eval_index) = $n_evals)
+        SELECT 'unjudged' AS what, j.key AS cot_key, NULL AS key FROM judged j ANTI JOIN covered c ON c.cot_key = j.key
         UNION ALL
-        SELECT j.key, NULL, 'unjudged' FROM judged j ANTI JOIN (
-            SELECT cot_key FROM _eval_keys WHERE eval_index < $n_evals GROUP BY cot_key
-            HAVING count(DISTINCT eval_index) = $n_evals
-        ) e ON e.cot_key = j.key
+        SELECT DISTINCT 'missing', k.cot_key, k.key FROM kept k ANTI JOIN evaluations e ON e.key = k.key
     """
-    tables = {"_wanted": wanted, "_cot_extra": extra}
-    rows = _query(con, sql, {"n_cots": n_cots, "n_evals": n_evals}, tables).to_pylist()
-    missing = {row["key"]: row["example_id"] for row in rows if row["what"] == "missing"}
-    return missing, sorted(row["key"] for row in rows if row["what"] == "unjudged")
-
-
-def missing_evaluations(con: duckdb.DuckDBPyConnection, wanted: pa.Table, n_cots: int, n_evals: int,
-                        cot_extra: pa.Table, eval_extra: pa.Table) -> dict[str, str]:
-    """The kept evaluation keys (index < n_evals) of the stored, parseable wanted CoTs that the
-    evaluations table lacks, each with the key of the CoT it judges."""
-    sql = _WANTED_COTS + """
-        SELECT DISTINCT k.key, k.cot_key FROM _eval_keys k SEMI JOIN judged j ON j.key = k.cot_key
-        ANTI JOIN evaluations e ON e.key = k.key
-        WHERE k.eval_index < $n_evals
-    """
-    tables = {"_wanted": wanted, "_cot_extra": cot_extra, "_eval_extra": eval_extra}
-    table = _query(con, sql, {"n_cots": n_cots, "n_evals": n_evals}, tables)
-    return dict(zip(table.column("key").to_pylist(), table.column("cot_key").to_pylist()))
+    rows = _query(con, sql, {"n_cots": n_cots, "n_evals": n_evals}, {"_wanted": wanted, "_cot_extra": cot_extra})
+    what, cot_keys, keys = (rows.column(name).to_pylist() for name in ("what", "cot_key", "key"))
+    missing = {key: cot for kind, cot, key in zip(what, cot_keys, keys) if kind == "missing"}
+    return missing, sorted(cot for kind, cot in zip(what, cot_keys) if kind == "unjudged")

@@ -136,6 +136,12 @@ def test_replay_makes_stage_1_rows_the_asked_share_of_stage_2():
     assert replay_rows(JUDGED, 80, 0.0, 0) == []
 
 
+def test_replay_draws_the_same_rows_whatever_order_the_store_gives_them_in():
+    many = [Row(f"e{i}", f"question {i} with a chain of thought", verdict, None, "judge")
+            for i in range(40) for verdict in ("correct", "wrong")]
+    assert replay_rows(many, train_rows=40, share=0.2, seed=0) == replay_rows(many[::-1], 40, 0.2, 0)
+
+
 def test_predict_command_shows_candidates_and_verdicts(student, capsys):
     checkpoint, *_ = student
     code = main(["predict", str(checkpoint), QUESTIONS[0], "--decode", "self_verify", "--samples", "3",

@@ -42,5 +42,5 @@ def _strings(values: Iterable[str]) -> pa.Table:
 
 
 def _records(kind, table: pa.Table) -> list:
-    names = [f.name for f in dataclasses.fields(kind)]
-    return [kind(**{name: row[name] for name in names}) for row in table.to_pylist()]
+    columns = [table.column(f.name).to_pylist() for f in dataclasses.fields(kind)]
+    return [kind(*values) for values in zip(*columns)]

@@ -144,10 +144,10 @@ def _plan(con, store: Store, ids: keycache.Identities, teacher: TeacherConfig, a
                                 for r in cot_requests.values() for i, k in zip(r.indices, r.keys))
     if remember_keys:
         keycache.remember(store, "cots", ids.cots, derived)
-    missing_cots, unjudged = keycache.missing_cots(con, wanted, teacher.n_cots, teacher.n_evals, derived)
+    missing_cots = keycache.missing_cots(con, wanted, teacher.n_cots, derived)
     if failed is not None:
         missing_cots = {key: example_id for key, example_id in missing_cots.items() if key in failed}
-    evals = evaluation_requests(con, store, ids, teacher, answer_type, by_id, (wanted, derived), unjudged, failed,
+    evals = evaluation_requests(con, store, ids, teacher, answer_type, by_id, (wanted, derived), failed,
                                 remember_keys)
     asking = set(missing_cots.values())
     new = [by_id[example_id] for example_id in asking - set(cot_requests)]
@@ -177,20 +177,22 @@ def key_identities(teacher: TeacherConfig, answer_type: str) -> keycache.Identit
 
 
 def evaluation_requests(con, store: Store, ids: keycache.Identities, teacher: TeacherConfig, answer_type: str,
-                        by_id: dict[str, ExampleRow], cots: tuple, unjudged: list[str], failed: set[str] | None,
+                        by_id: dict[str, ExampleRow], cots: tuple, failed: set[str] | None,
                         remember: bool) -> dict[str, list[Request]]:
     """The evaluation requests, narrowed to their missing keys, for the wanted CoTs that are stored
     and parseable, by example id. `cots`: the wanted examples and the CoT keys derived this plan
-    (keycache tables); `unjudged`: the stored CoTs whose evaluation keys the cache lacks."""
+    (keycache tables). Keys are derived only for CoTs whose evaluation keys the cache lacks."""
     if not teacher.n_evals:
         return {}
+    wanted, cot_extra = cots
+    lacking, unjudged = keycache.judged_evaluations(con, wanted, teacher.n_cots, teacher.n_evals, cot_extra)
     new = queries.cots_by_keys(con, unjudged) if unjudged else []
     derived = [r for requests in wanted_evaluations(teacher, answer_type, by_id, new).values() for r in requests]
-    extra = keycache.eval_rows((r.cot.key, i, k) for r in derived for i, k in zip(r.indices, r.keys))
     if remember:
-        keycache.remember(store, "evaluations", ids.evaluations, extra)
-    wanted, cot_extra = cots
-    lacking = keycache.missing_evaluations(con, wanted, teacher.n_cots, teacher.n_evals, cot_extra, extra)
+        keycache.remember(store, "evaluations", ids.evaluations,
+                          keycache.eval_rows((r.cot.key, i, k) for r in derived for i, k in zip(r.indices, r.keys)))
+    judging = {key: r.cot.key for r in derived for key in r.keys}
+    lacking.update((key, judging[key]) for key in queries.missing_keys(con, "evaluations", list(judging)))
     if failed is not None:
         lacking = {key: cot for key, cot in lacking.items() if key in failed}
     needing = set(lacking.values())

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from tasks.config import ArmConfig, EvalConfig, StudentConfig, TrainConfig
+from tasks.data.trainsets import canonical_order
 from tasks.student.evaluation import verdict_accuracy
 from tasks.student.model import build_student, load_student
 from tasks.student.training import TrainResult, train_student
@@ -48,12 +49,14 @@ def replay_rows(self_eval_rows: Sequence, train_rows: int, share: float, seed: i
     """Self-evaluation rows to add to `train_rows` stage-2 rows so they make up `share` of stage 2.
 
     share s of the mixed set means r / (n + r) = s, so r = round(s * n / (1 - s)); rows are drawn
-    in a seeded shuffled order and repeat only once every stage-1 row has been drawn.
+    in a seeded shuffled order of their content (the order the store gives them in can change
+    between runs: a teacher's n samples come back in any order) and repeat only once every stage-1
+    row has been drawn.
     """
     if share <= 0 or not self_eval_rows or not train_rows:
         return []
     wanted = round(share * train_rows / (1 - share))
-    order = list(self_eval_rows)
+    order = canonical_order(self_eval_rows)
     random.Random(f"replay:{seed}").shuffle(order)
     return [order[i % len(order)] for i in range(wanted)]
 
