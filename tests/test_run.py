@@ -98,7 +98,7 @@ def test_quickstart_student_beats_the_constant_baseline(tmp_path, prefect_server
         print(arm, {mode: scores[(arm, "test", metric)] for mode, metric in
                     (("greedy", "accuracy"), ("self-consistency", "accuracy:self_consistency"),
                      ("self-verify", "accuracy:self_verify"))})
-    # Measured on 2 CPU cores: constant 0.085, standard fine-tuning 0.785, CoTs + self-eval 0.79 (with
+    # Measured on 2 CPU cores: constant 0.085, standard fine-tuning 0.785, CoTs + self-eval 0.755 (with
     # batch 32 and dropout 0.1 they were 0.715 and 0.725 to 0.785).
     assert constant < 0.15
     assert scores[("standard-finetune", "test", "accuracy")] > constant + 0.4
