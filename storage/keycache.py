@@ -130,15 +130,19 @@ def _query(con: duckdb.DuckDBPyConnection, sql: str, params, tables: dict[str, p
             con.unregister(name)
 
 
+# Whether a group's rows hold every index below $n (at most 64, as config allows), duplicates or not:
+# one bit per index, cheaper than count(DISTINCT ...).
+_EVERY_INDEX = "bit_or(1::HUGEINT << {index}::HUGEINT) = (1::HUGEINT << $n::HUGEINT) - 1"
+
 def uncached_examples(con: duckdb.DuckDBPyConnection, wanted: pa.Table, n_cots: int) -> list[str]:
     """The wanted examples (WANTED_SCHEMA) without a kept CoT key for every index < n_cots."""
-    sql = """
+    sql = f"""
         SELECT w.example_id FROM _wanted w ANTI JOIN (
-            SELECT example_id, input_hash FROM _cot_keys WHERE cot_index < ? GROUP BY ALL
-            HAVING count(DISTINCT cot_index) = ?
+            SELECT example_id, input_hash FROM _cot_keys WHERE cot_index < $n GROUP BY ALL
+            HAVING {_EVERY_INDEX.format(index="cot_index")}
         ) k ON k.example_id = w.example_id AND k.input_hash = w.input_hash
     """
-    table = _query(con, sql, [n_cots, n_cots], {"_wanted": wanted})
+    table = _query(con, sql, {"n": n_cots}, {"_wanted": wanted})
     return table.column("example_id").to_pylist()
 
 
@@ -165,17 +169,17 @@ def judged_evaluations(con: duckdb.DuckDBPyConnection, wanted: pa.Table, n_cots:
     """In one pass over the kept evaluation keys (index < n_evals) of the stored, parseable wanted
     CoTs: those the evaluations table lacks, each with the key of the CoT it judges, and the CoTs
     without a kept key for every index (whose keys the caller derives)."""
-    sql = _WANTED_COTS + """,
-        kept AS MATERIALIZED (
+    sql = _WANTED_COTS + f""",
+        kept AS (
             SELECT k.cot_key, k.eval_index, k.key FROM _eval_keys k SEMI JOIN judged j ON j.key = k.cot_key
-            WHERE k.eval_index < $n_evals
+            WHERE k.eval_index < $n
         ),
-        covered AS (SELECT cot_key FROM kept GROUP BY cot_key HAVING count(DISTINCT eval_index) = $n_evals)
+        covered AS (SELECT cot_key FROM kept GROUP BY cot_key HAVING {_EVERY_INDEX.format(index="eval_index")})
         SELECT 'unjudged' AS what, j.key AS cot_key, NULL AS key FROM judged j ANTI JOIN covered c ON c.cot_key = j.key
         UNION ALL
         SELECT DISTINCT 'missing', k.cot_key, k.key FROM kept k ANTI JOIN evaluations e ON e.key = k.key
     """
-    rows = _query(con, sql, {"n_cots": n_cots, "n_evals": n_evals}, {"_wanted": wanted, "_cot_extra": cot_extra})
+    rows = _query(con, sql, {"n_cots": n_cots, "n": n_evals}, {"_wanted": wanted, "_cot_extra": cot_extra})
     what, cot_keys, keys = (rows.column(name).to_pylist() for name in ("what", "cot_key", "key"))
     missing = {key: cot for kind, cot, key in zip(what, cot_keys, keys) if kind == "missing"}
     return missing, sorted(cot for kind, cot in zip(what, cot_keys) if kind == "unjudged")
