@@ -2,7 +2,7 @@
 
 Builds a synthetic store with the project's own key and row functions and the store's own writers,
 in large batches (by default 20,010 examples, 200,000 CoTs, 1,000,000 self-evaluations, 220,000
-calls, compacted; about 110 MB), then times each operation below as its own process (wall seconds
+calls, compacted; about 160 MB with the kept keys), then times each operation below as its own process (wall seconds
 and peak RSS):
 
   status       mindsmirror status --json

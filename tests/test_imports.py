@@ -4,6 +4,8 @@ the product) depends on the teacher boundary, never the other way round."""
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 from conftest import REPO
@@ -47,7 +49,7 @@ def test_tasks_import_storage_and_tasks_only_never_flows_or_the_simulator():
 
 
 def test_the_teacher_boundary_knows_no_store_and_no_other_stage():
-    allowed = ("tasks.teacher", "tasks.answers", "tasks.config")
+    allowed = ("tasks.teacher", "tasks.answers", "tasks.config", "tasks.lazy")  # lazy: names on first use, no stage
     assert violations("tasks/teacher", lambda name: _within(name, allowed)) == []
 
 
@@ -65,3 +67,10 @@ def test_the_check_sees_an_import_running_the_wrong_way_even_inside_a_function(t
     (tmp_path / "storage" / "bad.py").write_text("def f():\n    from tasks.config import Config\n")
     found = violations("storage", lambda name: _within(name, ("storage",)), tmp_path)
     assert found == ["storage.bad imports tasks.config"]
+
+
+def test_planning_status_and_training_sets_never_load_the_openai_sdk_or_prefect():
+    # Each costs most of a second at start-up; a status or dry run on a large store must not pay it.
+    code = ("import sys; import tasks.ops.status, tasks.generation.plan, tasks.data.trainsets, storage; "
+            "loaded = [m for m in ('openai', 'prefect') if m in sys.modules]; assert not loaded, loaded")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)

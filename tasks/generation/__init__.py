@@ -2,7 +2,7 @@
 
 Names load on first use: planning (status, dry runs) does not import the session's Prefect code."""
 
-from importlib import import_module
+from tasks.lazy import names_from
 
 _HOMES = {
     "Budget": "tasks.generation.ledger",
@@ -20,8 +20,4 @@ _HOMES = {
 
 __all__ = sorted(_HOMES)
 
-
-def __getattr__(name: str):
-    if name not in _HOMES:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(import_module(_HOMES[name]), name)
+__getattr__ = names_from(__name__, _HOMES)

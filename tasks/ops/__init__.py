@@ -2,7 +2,7 @@
 
 Names load on first use, so `status` and `sql` do not import Prefect for the deployment code."""
 
-from importlib import import_module
+from tasks.lazy import names_from
 
 _HOMES = {
     "DeployError": "tasks.ops.deployment",
@@ -15,8 +15,4 @@ _HOMES = {
 
 __all__ = sorted(_HOMES)
 
-
-def __getattr__(name: str):
-    if name not in _HOMES:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(import_module(_HOMES[name]), name)
+__getattr__ = names_from(__name__, _HOMES)

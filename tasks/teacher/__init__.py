@@ -3,7 +3,7 @@
 Names load on first use: the client and the error tree import the openai SDK (most of a second),
 which planning, status and the store's queries never need."""
 
-from importlib import import_module
+from tasks.lazy import names_from
 
 _HOMES = {
     "TeacherClient": "tasks.teacher.client",
@@ -26,8 +26,4 @@ _HOMES = {
 
 __all__ = sorted(_HOMES)
 
-
-def __getattr__(name: str):
-    if name not in _HOMES:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(import_module(_HOMES[name]), name)
+__getattr__ = names_from(__name__, _HOMES)
