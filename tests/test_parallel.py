@@ -51,29 +51,38 @@ def test_a_run_gets_its_share_of_the_cores_threads():
 
 
 _ORPHAN = """
-import sys, time
+import os, sys, time
 from tasks.student.parallel import in_own_process
+in_own_process(2, os.getpid)  # a first run has come and gone
 sys.stdout.write("started\\n"); sys.stdout.flush()
-in_own_process(2, time.sleep, 60)
+in_own_process(2, time.sleep, 120)
 """
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
-def test_a_run_killed_with_sigkill_leaves_no_process_behind(tmp_path):
+def test_a_run_killed_with_sigkill_leaves_no_process_behind():
     parent = subprocess.Popen([sys.executable, "-c", _ORPHAN], stdout=subprocess.PIPE, text=True,
                               start_new_session=True)
     assert parent.stdout.readline().strip() == "started"
     deadline = time.time() + 30
-    while time.time() < deadline and not _descendants(parent.pid):
-        time.sleep(0.1)
+    while time.time() < deadline and not any("sleep" in _stack(pid) for pid in _descendants(parent.pid)):
+        time.sleep(0.1)  # until the run's own process is in its call
     children = _descendants(parent.pid)
-    assert children, "no process was started"
+    assert any("sleep" in _stack(pid) for pid in children), "the run's process never started"
     os.kill(parent.pid, signal.SIGKILL)
     parent.wait()
-    deadline = time.time() + 15
+    deadline = time.time() + 60
     while time.time() < deadline and any(_running(pid) for pid in children):
-        time.sleep(0.1)
+        time.sleep(0.2)
     assert not [pid for pid in children if _running(pid)]
+
+
+def _stack(pid: int) -> str:
+    """What a process is waiting in (its kernel wait channel): `hrtimer_nanosleep` while it sleeps."""
+    try:
+        return Path(f"/proc/{pid}/wchan").read_text()
+    except OSError:
+        return ""
 
 
 def _descendants(pid: int) -> list[int]:
@@ -96,3 +105,13 @@ def _running(pid: int) -> bool:
     except OSError:
         return False
     return state != "Z"
+
+
+def test_a_script_without_a_main_guard_is_not_run_again_by_its_runs(tmp_path):
+    script = tmp_path / "script.py"
+    script.write_text("import os\nfrom tasks.student.parallel import in_own_process\n"
+                      "print('ran', in_own_process(2, os.getpid) != os.getpid())\n")
+    finished = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120,
+                              cwd=Path(__file__).resolve().parents[1])
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    assert finished.stdout.splitlines() == ["ran True"]

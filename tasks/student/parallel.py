@@ -6,29 +6,32 @@ arm runs go side by side, each in a process of its own: threads would share one 
 and a small student's step is mostly Python. On a GPU (or MPS) the runs stay one after another,
 as they would share the device.
 
-The processes are forked from a forkserver that imported the student code once, so a run starts
-in well under a second instead of importing torch and transformers again (about 8 CPU seconds).
-Each gets an equal share of the cores' torch threads, and on Linux dies with its parent: a run
-killed with SIGKILL leaves no training behind to write into the checkpoints a rerun resumes from.
+Each run is a fresh interpreter (`python -m tasks.student.parallel JOB`), not a fork: forking a
+process that holds Prefect's threads and torch's thread pool can deadlock, and the forkserver and
+spawn methods re-run the caller's main script in every child (a script without an
+`if __name__ == "__main__":` guard then starts its flow again). The price is importing torch and
+transformers once per run, about 8 CPU seconds. Each run gets an equal share of the cores' torch
+threads and, on Linux, dies with its parent: a run killed with SIGKILL leaves no training behind
+to write into the checkpoints a rerun resumes from.
 """
 
 from __future__ import annotations
 
 import ctypes
-import multiprocessing
 import os
+import pickle
 import signal
+import subprocess
+import sys
+import tempfile
 import threading
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
 from typing import TypeVar
 
 from tasks.student.devices import resolve_device
 
 T = TypeVar("T")
-
-# What each process runs: importing them in the forkserver once is what makes a start cheap.
-PRELOAD = ["tasks.student.arm_training", "tasks.student.arm_scoring"]
 
 _slots: dict[int, threading.BoundedSemaphore] = {}
 _slots_lock = threading.Lock()
@@ -58,30 +61,40 @@ def in_own_process(slots: int, call: Callable[..., T], *args, **kwargs) -> T:
     with _slots_lock:
         gate = _slots.setdefault(slots, threading.BoundedSemaphore(slots))
     threads = max(1, (usable_cores() - 1) // slots)  # one core left to the flow, as limit_cpu_threads does
-    with gate:
-        context = _context()
-        with ProcessPoolExecutor(max_workers=1, mp_context=context, initializer=_start,
-                                 initargs=(threads,)) as pool:
-            return pool.submit(call, *args, **kwargs).result()
+    with gate, tempfile.TemporaryDirectory(prefix="mindsmirror-run-") as folder:
+        job, outcome = Path(folder) / "job.pickle", Path(folder) / "outcome.pickle"
+        job.write_bytes(pickle.dumps((call, args, kwargs, threads, os.getpid())))
+        finished = subprocess.run([sys.executable, "-m", __name__, str(job), str(outcome)], check=False)
+        if not outcome.exists():
+            raise RuntimeError(f"the run's process ended with exit status {finished.returncode} and no result")
+        succeeded, value = pickle.loads(outcome.read_bytes())
+    if succeeded:
+        return value
+    raise value
 
 
-def _start(threads: int) -> None:
-    """In the new process: die with the parent (Linux), and use `threads` torch threads."""
+def _run(job: Path, outcome: Path) -> None:
+    """In the run's process: die with the parent, use its share of threads, run, hand back the outcome."""
+    call, args, kwargs, threads, parent = pickle.loads(job.read_bytes())
     try:
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):  # not Linux: the process ends once its parent's pipe closes
+    except (OSError, AttributeError):  # not Linux
         pass
-    if os.getppid() == 1:  # the parent died before the line above
-        os._exit(1)
+    if os.getppid() != parent:  # the parent died before the line above
+        sys.exit(1)
     import torch
 
     torch.set_num_threads(threads)
+    try:
+        result = (True, call(*args, **kwargs))
+    except Exception as error:  # handed back to the caller, which raises it
+        result = (False, error)
+    try:
+        data = pickle.dumps(result)
+    except Exception:  # an exception that does not pickle: its text still comes back
+        data = pickle.dumps((False, RuntimeError(f"{type(result[1]).__name__}: {result[1]}")))
+    outcome.write_bytes(data)
 
 
-def _context():
-    """The forkserver, where the platform has one (Linux, macOS); else spawn (each process imports anew)."""
-    if "forkserver" not in multiprocessing.get_all_start_methods():
-        return multiprocessing.get_context("spawn")
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(PRELOAD)
-    return context
+if __name__ == "__main__":
+    _run(Path(sys.argv[1]), Path(sys.argv[2]))
