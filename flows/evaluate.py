@@ -45,7 +45,7 @@ def evaluate(config: Config | str, arms: list[str] | None = None, force: bool = 
     baselines(config)
     runs = [(name, seed) for name in arms or [arm.name for arm in config.train.arms]
             for seed in config.train.seed_list()]
-    processes = parallel_runs(config.train.device, len(runs))
+    processes = parallel_runs(config.train.device, len(runs), config.train.stage1_steps + config.train.stage2_steps)
     if processes > 1:
         futures = [evaluate_arm.submit(config, name, force, seed, processes) for name, seed in runs]
         scores = [future.result() for future in futures]

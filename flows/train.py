@@ -33,7 +33,7 @@ def train(config: Config | str, arms: list[str] | None = None, resume: bool = Fa
     config = resolve_config(config)
     names = arms or [arm.name for arm in config.train.arms]
     runs = [(name, seed) for name in names for seed in config.train.seed_list()]
-    processes = parallel_runs(config.train.device, len(runs))
+    processes = parallel_runs(config.train.device, len(runs), config.train.stage1_steps + config.train.stage2_steps)
     if processes > 1:
         futures = [train_arm_task.submit(config, name, resume, False, force, seed, processes) for name, seed in runs]
         trained = [future.result() for future in futures]

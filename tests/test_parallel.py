@@ -13,20 +13,25 @@ from pathlib import Path
 import pytest
 import torch
 
-from tasks.student.parallel import in_own_process, parallel_runs, usable_cores
+from tasks.student.parallel import MIN_STEPS, in_own_process, parallel_runs, usable_cores
 
 
 def test_on_the_cpu_runs_go_side_by_side_one_per_core():
-    assert parallel_runs("cpu", runs=2, cores=2) == 2
-    assert parallel_runs("cpu", runs=6, cores=2) == 2  # never more processes than cores
-    assert parallel_runs("cpu", runs=3, cores=16) == 3
+    assert parallel_runs("cpu", runs=2, steps=760, cores=2) == 2
+    assert parallel_runs("cpu", runs=6, steps=760, cores=2) == 2  # never more processes than cores
+    assert parallel_runs("cpu", runs=3, steps=760, cores=16) == 3
 
 
 def test_one_run_one_core_or_an_accelerator_keeps_them_one_after_another():
-    assert parallel_runs("cpu", runs=1, cores=16) == 1
-    assert parallel_runs("cpu", runs=4, cores=1) == 1
-    assert parallel_runs("cuda", runs=4, cores=16) == 1  # the runs would share the device
-    assert parallel_runs("mps", runs=4, cores=16) == 1
+    assert parallel_runs("cpu", runs=1, steps=760, cores=16) == 1
+    assert parallel_runs("cpu", runs=4, steps=760, cores=1) == 1
+    assert parallel_runs("cuda", runs=4, steps=760, cores=16) == 1  # the runs would share the device
+    assert parallel_runs("mps", runs=4, steps=760, cores=16) == 1
+
+
+def test_short_runs_go_one_after_another_a_fresh_interpreter_would_cost_more_than_it_saves():
+    assert parallel_runs("cpu", runs=2, steps=MIN_STEPS - 1, cores=2) == 1
+    assert parallel_runs("cpu", runs=2, steps=MIN_STEPS, cores=2) == 2
 
 
 def test_a_call_runs_in_its_own_process_and_its_result_or_error_comes_back():

@@ -45,11 +45,17 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-def parallel_runs(device: str, runs: int, cores: int | None = None) -> int:
-    """How many of `runs` arm runs go at once on `device` (a train.device value): one per core on
-    the CPU, one at a time on an accelerator or for a single run."""
+# Runs of fewer optimizer steps (both stages) go one after another: a fresh interpreter's imports
+# (about 8 CPU seconds) are as long as a small student's hundred steps, so they would not pay.
+MIN_STEPS = 100
+
+
+def parallel_runs(device: str, runs: int, steps: int, cores: int | None = None) -> int:
+    """How many of `runs` arm runs of `steps` optimizer steps each go at once on `device` (a
+    train.device value): one per core on the CPU, one at a time on an accelerator, for a single
+    run or for short ones."""
     cores = cores if cores is not None else usable_cores()
-    if runs < 2 or cores < 2 or resolve_device(device).type != "cpu":
+    if runs < 2 or cores < 2 or steps < MIN_STEPS or resolve_device(device).type != "cpu":
         return 1
     return min(runs, cores)
 
