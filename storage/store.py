@@ -185,7 +185,7 @@ class Store:
     def connect(self, sandbox: bool = False) -> duckdb.DuckDBPyConnection:
         """A fresh in-memory DuckDB with one deduplicating view per table plus `rejects` and
         `failed_requests`. A table whose parts are all known to hold each key once (see
-        `unique_parts`) reads exactly the parts listed at connect time, without deduplicating;
+        `checked_parts`) reads exactly the parts listed at connect time, without deduplicating;
         any other table's view follows the glob, so it sees later appends and deduplicates. A
         table with no files at connect time is a typed empty view for this connection.
 
@@ -373,7 +373,7 @@ class Store:
                     continue
                 merged[table] = len(files)
                 break
-        self._record_unique_parts(part_rows)
+        self._record_checked_parts(part_rows)
         return merged
 
     def _merge(self, table: str, files: list[str], part_rows: int) -> None:
@@ -384,7 +384,7 @@ class Store:
         for path in files:
             _delete_quietly(self.location.filesystem, path)
 
-    def _record_unique_parts(self, part_rows: int) -> None:
+    def _record_checked_parts(self, part_rows: int) -> None:
         """Check each table whose parts changed since the last record for keys held twice, merge the
         parts that hold such keys, and record the parts that now hold each key once, and which of
         them have this code's schema (best effort: without a record views only deduplicate)."""
