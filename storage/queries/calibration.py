@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import duckdb
 import pyarrow as pa
 
-from storage.queries.common import Source, _records, _run
+from storage.queries.common import Source, _on_connection, _records, _run
 
 
 @dataclass(frozen=True)
@@ -131,6 +131,6 @@ def calibration(store: Source, truth: Mapping[tuple[str, str], bool]) -> list[Ca
         add_calibration_views(con, truth)
         return con.sql("SELECT * FROM calibration").to_arrow_table()
 
-    table = store.read(work) if not isinstance(store, duckdb.DuckDBPyConnection) else work(store)
+    table = _on_connection(store, work)
     return _records(Calibration, table)
 

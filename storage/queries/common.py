@@ -27,8 +27,14 @@ def _run(source: Source, sql: str, params=None, tables: Mapping[str, pa.Table] |
             for name in tables or {}:
                 con.unregister(name)
 
+    return _on_connection(source, work)
+
+
+def _on_connection(source: Source, work, sandbox: bool = False):
+    """work(connection): on a fresh store connection (run again if compaction removed a file
+    mid-read), or on the open connection given, as is."""
     if isinstance(source, Store):
-        return source.read(work)
+        return source.read(work, sandbox=sandbox)
     return work(source)
 
 

@@ -7,8 +7,7 @@ from collections.abc import Mapping
 import duckdb
 
 from storage.queries.calibration import add_calibration_views
-from storage.queries.common import Source
-from storage.store import Store
+from storage.queries.common import Source, _on_connection
 
 
 class QueryError(ValueError):
@@ -53,6 +52,4 @@ def run_sql(store: Source, sql: str, answer_truth: Mapping[tuple[str, str], bool
             add_calibration_views(con, answer_truth)
         return _read_query(con, sql)
 
-    if isinstance(store, Store):
-        return store.read(work, sandbox=True)
-    return work(store)
+    return _on_connection(store, work, sandbox=True)

@@ -12,9 +12,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from storage.queries.common import Source, _records, _run
+from storage.queries.common import Source, _on_connection, _records, _run
 from storage.queries.generation import examples
-from storage.store import Store
 
 
 @dataclass(frozen=True)
@@ -201,13 +200,6 @@ _ALL = 2**31 - 1  # cot_index and eval_index are int32: "no limit"
 
 def _limit(n: int | None) -> int:
     return _ALL if n is None else n
-
-
-def _on_connection(store: Source, work):
-    """work(connection): several queries on one connection, so each view is set up once."""
-    if isinstance(store, Store):
-        return store.read(work)
-    return work(store)
 
 
 def _judged(con: duckdb.DuckDBPyConnection, sql: str, split: str, n_cots: int,
