@@ -14,11 +14,18 @@ keys): which wanted examples have no kept CoT keys, which wanted CoT keys the st
 one pass over the kept evaluation keys, which of the stored CoTs' evaluations the store lacks and
 which CoTs have no kept evaluation keys yet. Keys a plan derived but may not keep (a dry run writes
 nothing) join the kept ones as `extra` tables.
+
+A plan of `generate` that finds nothing missing is remembered as settled: an empty file
+``<root>/_keys/settled/<state>``, where the state hashes what the plan read (its key identities and
+counts, the wanted examples and the names of the parts of `cots`, `evaluations` and the kept keys).
+Parts never change once written and a new part gets a new name, so while no part is added, merged or
+moved away the same plan finds nothing again; any such change gives another state, and a full plan.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -31,6 +38,7 @@ import pyarrow.parquet as pq
 from storage.store import Store
 
 FOLDER = "_keys"
+SETTLED = f"{FOLDER}/settled"
 COT_SCHEMA = pa.schema([("example_id", pa.string()), ("input_hash", pa.string()), ("cot_index", pa.int32()),
                         ("key", pa.string())])
 EVAL_SCHEMA = pa.schema([("cot_key", pa.string()), ("eval_index", pa.int32()), ("key", pa.string())])
@@ -74,6 +82,36 @@ def remember(store: Store, kind: str, identity: str, rows: pa.Table) -> None:
             fs.delete_file(temporary)
         except OSError:
             pass
+
+
+def plan_state(store: Store, ids: Identities, wanted: pa.Table, n_cots: int, n_evals: int) -> str:
+    """A digest of everything a plan reads (see the module's docstring)."""
+    digest = hashlib.sha256(json.dumps([ids.cots, ids.evaluations, n_cots, n_evals]).encode())
+    for row in sorted(zip(*(wanted.column(name).to_pylist() for name in WANTED_SCHEMA.names))):
+        digest.update("\t".join(row).encode() + b"\n")
+    for folder in ("cots", "evaluations", _folder("cots", ids.cots), _folder("evaluations", ids.evaluations)):
+        selector = pafs.FileSelector(f"{store.location.path}/{folder}", allow_not_found=True)
+        names = sorted(info.base_name for info in store.location.filesystem.get_file_info(selector)
+                       if info.base_name.startswith("part-"))
+        digest.update(json.dumps([folder, names]).encode())
+    return digest.hexdigest()
+
+
+def settled(store: Store, state: str) -> bool:
+    """Whether a plan of this state found nothing missing."""
+    info = store.location.filesystem.get_file_info(f"{store.location.path}/{SETTLED}/{state}")
+    return info.type == pafs.FileType.File
+
+
+def settle(store: Store, state: str) -> None:
+    """Remember that a plan of this state found nothing missing (best effort, like kept keys)."""
+    fs, folder = store.location.filesystem, f"{store.location.path}/{SETTLED}"
+    try:
+        fs.create_dir(folder, recursive=True)
+        with fs.open_output_stream(f"{folder}/{state}") as handle:
+            handle.write(b"")
+    except OSError:
+        pass
 
 
 def cot_rows(rows: Iterable[tuple[str, str, int, str]]) -> pa.Table:

@@ -9,6 +9,7 @@ itself a risk (very long text, deep nesting, numbers with hundreds of digits).
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 
@@ -111,6 +112,11 @@ def evaluate_equation(text: str) -> float:
     """The value of an arithmetic expression; EquationError for anything else."""
     if not isinstance(text, str):
         raise EquationError(f"equation must be text, not {type(text).__name__}")
+    return _evaluate(text)
+
+
+@functools.lru_cache(maxsize=1 << 16)  # scoring compares one gold label with many answers
+def _evaluate(text: str) -> float:
     parser = _Parser(_tokenize(text))
     value = parser.expression()
     if parser.peek() is not None:

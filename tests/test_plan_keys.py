@@ -3,6 +3,7 @@ plan exactly what a plan deriving every key would."""
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from pathlib import Path
 
@@ -82,3 +83,45 @@ def test_plans_with_kept_keys_match_plans_that_derive_every_key(tmp_path):
     grown = plan_generation(store, more, kind, examples)
     shutil.rmtree(tmp_path / "store" / keycache.FOLDER)
     assert _requests(grown) == _requests(plan_generation(store, more, kind, examples, remember_keys=False))
+
+
+def test_a_plan_that_finds_nothing_is_settled_until_a_part_is_added_merged_or_moved_away(tmp_path):
+    config = _config(tmp_path / "store", n_evals=1)
+    store = Store(config.store.path)
+    examples, kind = sync_examples(store, config)
+    cots = _store_cots(store, config, examples, kind)
+    by_id = {example.example_id: example for example in examples}
+    for cot in cots:  # every parseable CoT judged: nothing is missing
+        if cot.parse_error is None:
+            request, _ = request_for(config.teacher, kind, "evaluation", by_id[cot.example_id], cot, 1)
+            store.append([EvaluationRow(request.keys[0], cot.example_id, cot.cot_index, cot.key, 0, "ok", "correct",
+                                        "ok", None, "stop", "simulated-teacher", "e", 0.7, 1.0, 64, "teacher", "c")])
+    settled = tmp_path / "store" / keycache.SETTLED
+
+    assert not plan_generation(store, config, kind, examples, remember_keys=False).work
+    assert not settled.exists()  # a dry run writes nothing
+    assert not plan_generation(store, config, kind, examples).work  # keeps its derived keys: not settled yet
+    assert not settled.exists()
+    assert not plan_generation(store, config, kind, examples).work
+    assert len(list(settled.iterdir())) == 1
+
+    def reads_no_table(*_):
+        raise AssertionError("a settled plan read the store")
+
+    settled_store = Store(config.store.path)
+    settled_store.read = reads_no_table
+    assert not plan_generation(settled_store, config, kind, examples, remember_keys=False).work
+
+    # Any change to the parts plans in full again: a part moved away is planned for, ...
+    evaluations = sorted((tmp_path / "store" / "evaluations").glob("part-*.parquet"))
+    store.quarantine([str(evaluations[0])])
+    assert plan_generation(store, config, kind, examples).eval_requests == 1
+    # ... so are merged parts (here: nothing missing after the merge, and settled again) ...
+    shutil.move(str(tmp_path / "store" / "_quarantine" / "evaluations" / evaluations[0].name), evaluations[0])
+    store.compact()
+    assert not plan_generation(store, config, kind, examples).work
+    assert len(list(settled.iterdir())) == 2
+    # ... and more examples or more evaluations per CoT.
+    grown = [*examples, dataclasses.replace(examples[0], example_id="new", input="What is 1 + 1?")]
+    assert plan_generation(store, config, kind, grown).cot_requests == 1
+    assert plan_generation(store, _config(tmp_path / "store", n_evals=2), kind, examples).eval_requests > 0

@@ -123,21 +123,32 @@ def plan_generation(
     the rest is anti-joined in DuckDB on one connection, so a plan costs what changed since the last one.
     With only_failed, just the samples of requests recorded as failed (and evaluations of their CoTs).
     remember_keys: keep the keys derived here in the key cache (a dry run and status write nothing).
+    A plan of `generate` that finds nothing is remembered (keycache.settle): while the store's
+    parts stay as they were, the next plan over the same examples reads no table.
     """
     ids = key_identities(config.teacher, answer_type)
+    teacher = config.teacher
+    wanted = keycache.wanted_rows((example.example_id, keycache.input_hash(example.input)) for example in examples)
+    state = None if only_failed else keycache.plan_state(store, ids, wanted, teacher.n_cots, teacher.n_evals)
+    if state is not None and keycache.settled(store, state):
+        return estimate(teacher, ())
 
     def work(con) -> Plan:
         keycache.attach(con, store, ids)
-        return _plan(con, store, ids, config.teacher, answer_type, examples, only_failed, remember_keys)
+        return _plan(con, store, ids, teacher, answer_type, examples, wanted, only_failed, remember_keys)
 
-    return store.read(work)
+    plan = store.read(work)
+    # Settled only if nothing was written meanwhile (this plan's own kept keys included: the next plan settles).
+    if remember_keys and state is not None and not plan.work and keycache.plan_state(
+            store, ids, wanted, teacher.n_cots, teacher.n_evals) == state:
+        keycache.settle(store, state)
+    return plan
 
 
 def _plan(con, store: Store, ids: keycache.Identities, teacher: TeacherConfig, answer_type: str,
-          examples: Sequence[ExampleRow], only_failed: bool, remember_keys: bool) -> Plan:
+          examples: Sequence[ExampleRow], wanted, only_failed: bool, remember_keys: bool) -> Plan:
     failed = queries.failed_keys(con) if only_failed else None
     by_id = {example.example_id: example for example in examples}
-    wanted = keycache.wanted_rows((example.example_id, keycache.input_hash(example.input)) for example in examples)
     uncached = keycache.uncached_examples(con, wanted, teacher.n_cots)
     cot_requests = wanted_cots(teacher, answer_type, [by_id[example_id] for example_id in uncached])
     derived = keycache.cot_rows((r.example_id, keycache.input_hash(r.question), i, k)
