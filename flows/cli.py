@@ -8,7 +8,6 @@ exit non-zero; there is no traceback unless --verbose is given.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import signal
@@ -32,6 +31,8 @@ def _run_flow(call):
     main thread, would raise in whatever coroutine step is running (in an async flow, one of its
     tasks, which then fails while the run goes on). Here the main thread cancels the flow's task,
     once, and the flow engine marks the run Crashed."""
+    import asyncio  # here: status, sql and dry runs never start an event loop
+
     running: dict = {}
     started = threading.Event()
 

@@ -12,16 +12,17 @@ import dataclasses
 import re
 
 from storage import Store, queries
+from storage.queries.common import Source
 from tasks.answers import answers_match
 
 
-def answer_truth(store: Store, answer_type: str) -> dict[tuple[str, str], bool]:
+def answer_truth(store: Source, answer_type: str) -> dict[tuple[str, str], bool]:
     """(answer, gold label) -> whether they match, for every distinct pair among the judged CoTs."""
     return {(row.answer, row.gold): answers_match(answer_type, row.answer, row.gold)
             for row in queries.judged_answers(store)}
 
 
-def calibration_counts(store: Store, answer_type: str) -> list[dict]:
+def calibration_counts(store: Source, answer_type: str) -> list[dict]:
     """The `calibration` view's rows as plain values (raw counts, then the ratios, rounded)."""
     rows = queries.calibration(store, answer_truth(store, answer_type))
     return [
