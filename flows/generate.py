@@ -3,27 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+from typing import TYPE_CHECKING
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NONE
 from prefect.states import Completed, Failed
 from prefect.utilities.annotations import quote
 
-from simulator import simulated_teacher
 from storage import ClaimsUnavailable, Store, journal
 from tasks.config import Config, resolve_config
-from tasks.generation import (
-    ExampleWork,
-    Plan,
-    Session,
-    dry_run_plan,
-    open_session,
-    plan_generation,
-    sync_examples,
-)
-from tasks.generation.batch import run_batch_pass
-from tasks.teacher.endpoint import open_endpoint
-from tasks.teacher.errors import FatalError
+from tasks.generation import ExampleWork, Plan, dry_run_plan, plan_generation, sync_examples
+
+if TYPE_CHECKING:
+    from tasks.generation import Session
+
+# The teacher's client, the session and the simulator are imported where a run needs them: a run
+# that finds nothing missing (a scheduled one, mostly) never loads the openai SDK (~0.8 s).
 
 
 @task(name="load-examples", cache_policy=NONE)
@@ -45,6 +40,10 @@ async def ask_teacher(session: Session, batch: tuple[ExampleWork, ...], first: s
 @task(name="batch-pass", cache_policy=NONE)
 def batch_pass(store: Store, config: Config, examples, answer_type: str, only_failed: bool):
     """Collect finished batches, then submit what is still missing (teacher.mode: batch)."""
+    from simulator import simulated_teacher
+    from tasks.generation.batch import run_batch_pass
+    from tasks.teacher.endpoint import open_endpoint
+
     simulated = simulated_teacher(config.teacher, examples, answer_type, store.machine_state("simulator"))
     with open_endpoint(config.teacher, simulated) as endpoint:
         return run_batch_pass(store, config, answer_type, examples, endpoint, only_failed)
@@ -68,6 +67,10 @@ def compact_store(store: Store) -> None:
 
 async def dispatch(store: Store, config: Config, examples, answer_type: str, work: Plan, show_progress: bool):
     """One task run per batch of examples, on one live session; returns the session once all are done."""
+    from simulator import simulated_teacher
+    from tasks.generation import open_session
+    from tasks.teacher.endpoint import open_endpoint
+
     simulated = simulated_teacher(config.teacher, examples, answer_type, store.machine_state("simulator"))
     with open_endpoint(config.teacher, simulated) as endpoint:
         async with open_session(store, config, answer_type, endpoint, work.progress_total, show_progress) as session:
@@ -78,6 +81,8 @@ async def dispatch(store: Store, config: Config, examples, answer_type: str, wor
 
 def batch_mode(store: Store, config: Config, examples, answer_type: str, only_failed: bool):
     """teacher.mode: batch: one pass that collects finished batches and submits what is missing."""
+    from tasks.teacher.errors import FatalError
+
     simulated = config.teacher.simulate
     try:
         summary = batch_pass(store, config, quote(examples), answer_type, only_failed)
@@ -115,6 +120,8 @@ async def generate(config: Config | str, dry_run: bool = False, only_failed: boo
         return batch_mode(store, config, examples, answer_type, only_failed)
     if not work.work:
         return Completed(message=work.describe(config.teacher.simulate), data=work)
+    from tasks.teacher.errors import FatalError
+
     try:
         session, crashed = await dispatch(store, config, examples, answer_type, work, show_progress)
     except (FatalError, ClaimsUnavailable) as error:
