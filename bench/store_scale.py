@@ -5,6 +5,7 @@ in large batches (by default 20,010 examples, 200,000 CoTs, 1,000,000 self-evalu
 calls, compacted; about 160 MB with the kept keys), then times each operation below as its own process (wall seconds
 and peak RSS):
 
+  generate     mindsmirror generate with nothing missing (a scheduled rerun; it settles the plan)
   status       mindsmirror status --json
   dry-run      mindsmirror generate --dry-run (plans 0 requests)
   sql          mindsmirror sql "SELECT verdict, count(*) ... GROUP BY verdict"
@@ -176,6 +177,7 @@ def operations(folder: Path, train: int) -> list[tuple[str, list[str]]]:
     now.write_text(yaml.safe_dump(config_dict(str(folder / "store"), train)))
     grown.write_text(yaml.safe_dump(config_dict(str(folder / "store"), train + 10)))
     return [
+        ("generate, nothing missing", [*cli, "generate", str(now), "--no-progress"]),
         ("status --json", [*cli, "status", str(now), "--json"]),
         ("generate --dry-run", [*cli, "generate", str(now), "--dry-run", "--no-progress"]),
         ("sql GROUP BY verdict", [*cli, "sql", str(now), SQL]),
