@@ -17,9 +17,10 @@ nothing) join the kept ones as `extra` tables.
 
 A plan of `generate` that finds nothing missing is remembered as settled: an empty file
 ``<root>/_keys/settled/<state>``, where the state hashes what the plan read (its key identities and
-counts, the wanted examples and the names of the parts of `cots`, `evaluations` and the kept keys).
-Parts never change once written and a new part gets a new name, so while no part is added, merged or
-moved away the same plan finds nothing again; any such change gives another state, and a full plan.
+counts, the wanted examples and the name, size and modification time of each part of `cots`,
+`evaluations` and the kept keys). Parts never change once written and a new part gets a new name, so
+while no part is added, merged, moved away or overwritten the same plan finds nothing again; any
+such change gives another state, and a full plan.
 """
 
 from __future__ import annotations
@@ -91,9 +92,11 @@ def plan_state(store: Store, ids: Identities, wanted: pa.Table, n_cots: int, n_e
         digest.update("\t".join(row).encode() + b"\n")
     for folder in ("cots", "evaluations", _folder("cots", ids.cots), _folder("evaluations", ids.evaluations)):
         selector = pafs.FileSelector(f"{store.location.path}/{folder}", allow_not_found=True)
-        names = sorted(info.base_name for info in store.location.filesystem.get_file_info(selector)
-                       if info.base_name.startswith("part-"))
-        digest.update(json.dumps([folder, names]).encode())
+        # Size and modification time too: a part overwritten in place (damaged) plans in full, so
+        # the plan reads it and says so, as before.
+        parts = sorted((info.base_name, info.size, info.mtime_ns) for info in
+                       store.location.filesystem.get_file_info(selector) if info.base_name.startswith("part-"))
+        digest.update(json.dumps([folder, parts]).encode())
     return digest.hexdigest()
 
 

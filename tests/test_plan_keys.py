@@ -7,7 +7,9 @@ import dataclasses
 import shutil
 from pathlib import Path
 
-from storage import CotRow, EvaluationRow, Store, keycache
+import pytest
+
+from storage import CorruptFileError, CotRow, EvaluationRow, Store, keycache
 from tasks.config import parse_config
 from tasks.generation.plan import plan_generation, request_for, sync_examples
 from tasks.teacher.keys import Sampling, _reference_key, sample_keys
@@ -112,8 +114,14 @@ def test_a_plan_that_finds_nothing_is_settled_until_a_part_is_added_merged_or_mo
     settled_store.read = reads_no_table
     assert not plan_generation(settled_store, config, kind, examples, remember_keys=False).work
 
-    # Any change to the parts plans in full again: a part moved away is planned for, ...
+    # Any change to the parts plans in full again: a part overwritten in place is read, and named, ...
     evaluations = sorted((tmp_path / "store" / "evaluations").glob("part-*.parquet"))
+    intact = evaluations[-1].read_bytes()
+    evaluations[-1].write_bytes(b"not parquet")
+    with pytest.raises(CorruptFileError, match=evaluations[-1].name):
+        plan_generation(store, config, kind, examples)
+    evaluations[-1].write_bytes(intact)
+    # ... a part moved away is planned for, ...
     store.quarantine([str(evaluations[0])])
     assert plan_generation(store, config, kind, examples).eval_requests == 1
     # ... so are merged parts (here: nothing missing after the merge, and settled again) ...
