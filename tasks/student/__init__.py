@@ -2,13 +2,23 @@
 
 By job: arm_training (train an arm), arm_scoring (score it), baselines (what it must beat),
 answering (`mindsmirror predict`); arms holds what they share (an arm's folder, rows and pointer).
+
+Names load on first use: a side-by-side arm run (`python -m tasks.student.parallel`) imports only
+what its job needs, not transformers for every run.
 """
 
-from tasks.student.answering import Answer, answer_question
-from tasks.student.arm_scoring import evaluate_one
-from tasks.student.arm_training import TrainedArm, train_one
-from tasks.student.arms import NothingToTrain
-from tasks.student.baselines import score_baselines
+from tasks.lazy import names_from
 
-__all__ = ["Answer", "NothingToTrain", "TrainedArm", "answer_question", "evaluate_one", "score_baselines",
-           "train_one"]
+_HOMES = {
+    "Answer": "tasks.student.answering",
+    "answer_question": "tasks.student.answering",
+    "evaluate_one": "tasks.student.arm_scoring",
+    "TrainedArm": "tasks.student.arm_training",
+    "train_one": "tasks.student.arm_training",
+    "NothingToTrain": "tasks.student.arms",
+    "score_baselines": "tasks.student.baselines",
+}
+
+__all__ = sorted(_HOMES)
+
+__getattr__ = names_from(__name__, _HOMES)
