@@ -85,18 +85,24 @@ def remember(store: Store, kind: str, identity: str, rows: pa.Table) -> None:
             pass
 
 
-def plan_state(store: Store, ids: Identities, wanted: pa.Table, n_cots: int, n_evals: int) -> str:
-    """A digest of everything a plan reads (see the module's docstring)."""
-    digest = hashlib.sha256(json.dumps([ids.cots, ids.evaluations, n_cots, n_evals]).encode())
-    for row in sorted(zip(*(wanted.column(name).to_pylist() for name in WANTED_SCHEMA.names))):
-        digest.update("\t".join(row).encode() + b"\n")
+def part_listing(store: Store, ids: Identities) -> list:
+    """The name, size and modification time of each part a plan reads: `cots`, `evaluations` and the
+    kept keys. Size and time too: a part overwritten in place (damaged) plans in full, so the plan
+    reads it and says so, as before."""
+    listing = []
     for folder in ("cots", "evaluations", _folder("cots", ids.cots), _folder("evaluations", ids.evaluations)):
         selector = pafs.FileSelector(f"{store.location.path}/{folder}", allow_not_found=True)
-        # Size and modification time too: a part overwritten in place (damaged) plans in full, so
-        # the plan reads it and says so, as before.
-        parts = sorted((info.base_name, info.size, info.mtime_ns) for info in
-                       store.location.filesystem.get_file_info(selector) if info.base_name.startswith("part-"))
-        digest.update(json.dumps([folder, parts]).encode())
+        listing.append([folder, sorted((info.base_name, info.size, info.mtime_ns) for info in
+                                       store.location.filesystem.get_file_info(selector)
+                                       if info.base_name.startswith("part-"))])
+    return listing
+
+
+def plan_state(ids: Identities, wanted: pa.Table, n_cots: int, n_evals: int, listing: list) -> str:
+    """A digest of everything a plan reads (see the module's docstring); listing: part_listing's."""
+    digest = hashlib.sha256(json.dumps([ids.cots, ids.evaluations, n_cots, n_evals, listing]).encode())
+    for row in sorted(zip(*(wanted.column(name).to_pylist() for name in WANTED_SCHEMA.names))):
+        digest.update("\t".join(row).encode() + b"\n")
     return digest.hexdigest()
 
 

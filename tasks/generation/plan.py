@@ -129,7 +129,8 @@ def plan_generation(
     ids = key_identities(config.teacher, answer_type)
     teacher = config.teacher
     wanted = keycache.wanted_rows((example.example_id, keycache.input_hash(example.input)) for example in examples)
-    state = None if only_failed else keycache.plan_state(store, ids, wanted, teacher.n_cots, teacher.n_evals)
+    listing = None if only_failed else keycache.part_listing(store, ids)
+    state = None if only_failed else keycache.plan_state(ids, wanted, teacher.n_cots, teacher.n_evals, listing)
     if state is not None and keycache.settled(store, state):
         return estimate(teacher, ())
 
@@ -139,8 +140,7 @@ def plan_generation(
 
     plan = store.read(work)
     # Settled only if nothing was written meanwhile (this plan's own kept keys included: the next plan settles).
-    if remember_keys and state is not None and not plan.work and keycache.plan_state(
-            store, ids, wanted, teacher.n_cots, teacher.n_evals) == state:
+    if remember_keys and state is not None and not plan.work and keycache.part_listing(store, ids) == listing:
         keycache.settle(store, state)
     return plan
 
