@@ -9,7 +9,8 @@ and peak RSS):
   status       mindsmirror status --json
   dry-run      mindsmirror generate --dry-run (plans 0 requests)
   sql          mindsmirror sql "SELECT verdict, count(*) ... GROUP BY verdict"
-  train-set    one arm's training sets and its training-inputs id (the data snapshot hashes)
+  train-set    one arm's training sets and the snapshot ids that name them (a first `train`)
+  train again  the same when the store's parts are as they were (a `train` rerun: the ids remembered)
   generate+10  mindsmirror generate after adding 10 examples (simulated teacher)
 
 Run: python bench/store_scale.py [--scale 0.05] [--code DIR ...]
@@ -57,16 +58,26 @@ try:
     from tasks.data.trainsets import data_snapshot
 except ImportError:  # older code keeps it beside the training loop
     from tasks.student.training import data_snapshot
+try:
+    from tasks.data.trainsets import rows_state
+except ImportError:  # older code reads the rows on every run
+    rows_state = None
 config = load_config(sys.argv[1])
 arm = config.train.arms[0]
 store = Store(config.store.path)
-sources = provenances(config, store)
-training = arm_training_set(store, arm, sources, answer_type(config.dataset))
-validation = label_set(store, "validation").rows
-self_eval = arm_self_eval_set(store, arm, sources)
-judged = self_eval_set(store, "validation", arm.n_cots, sources).rows
-print(len(training.rows), len(self_eval.rows),
-      [data_snapshot(rows) for rows in (training.rows, validation, self_eval.rows, judged)])
+state = rows_state(config, store, arm) if rows_state else None
+snapshots = state.recall(store) if state else None  # as tasks.student.train_one decides
+names = ("train_rows", "validation_rows", "self_eval_rows", "judged_rows")
+if not snapshots:
+    sources = provenances(config, store)
+    training = arm_training_set(store, arm, sources, answer_type(config.dataset))
+    validation = label_set(store, "validation").rows
+    self_eval = arm_self_eval_set(store, arm, sources)
+    judged = self_eval_set(store, "validation", arm.n_cots, sources).rows
+    snapshots = dict(zip(names, [data_snapshot(rows) for rows in (training.rows, validation, self_eval.rows, judged)]))
+    if state:
+        state.remember(store, snapshots)
+print([snapshots[name] for name in names])
 """
 
 
@@ -182,6 +193,7 @@ def operations(folder: Path, train: int) -> list[tuple[str, list[str]]]:
         ("generate --dry-run", [*cli, "generate", str(now), "--dry-run", "--no-progress"]),
         ("sql GROUP BY verdict", [*cli, "sql", str(now), SQL]),
         ("one arm's training sets + snapshot ids", [sys.executable, "-c", TRAIN_SET, str(now)]),
+        ("the same again, rows read before", [sys.executable, "-c", TRAIN_SET, str(now)]),
         ("generate after adding 10 examples", [*cli, "generate", str(grown), "--no-progress"]),
     ]
 

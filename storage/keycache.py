@@ -36,9 +36,10 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from storage import derived
 from storage.store import Store
 
-FOLDER = "_keys"
+FOLDER = derived.FOLDER
 SETTLED = f"{FOLDER}/settled"
 COT_SCHEMA = pa.schema([("example_id", pa.string()), ("input_hash", pa.string()), ("cot_index", pa.int32()),
                         ("key", pa.string())])
@@ -89,13 +90,8 @@ def part_listing(store: Store, ids: Identities) -> list:
     """The name, size and modification time of each part a plan reads: `cots`, `evaluations` and the
     kept keys. Size and time too: a part overwritten in place (damaged) plans in full, so the plan
     reads it and says so, as before."""
-    listing = []
-    for folder in ("cots", "evaluations", _folder("cots", ids.cots), _folder("evaluations", ids.evaluations)):
-        selector = pafs.FileSelector(f"{store.location.path}/{folder}", allow_not_found=True)
-        listing.append([folder, sorted((info.base_name, info.size, info.mtime_ns) for info in
-                                       store.location.filesystem.get_file_info(selector)
-                                       if info.base_name.startswith("part-"))])
-    return listing
+    return derived.part_listing(store, ("cots", "evaluations", _folder("cots", ids.cots),
+                                        _folder("evaluations", ids.evaluations)))
 
 
 def plan_state(ids: Identities, wanted: pa.Table, n_cots: int, n_evals: int, listing: list) -> str:

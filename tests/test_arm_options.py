@@ -124,7 +124,7 @@ def test_label_noise_reaches_standard_fine_tuning_and_keeps_rationales_it_cannot
 
 def test_an_arm_at_the_default_options_keeps_its_id_and_a_changed_option_changes_it(tmp_path):
     config = parse_config({"teacher": {"n_evals": 3}})
-    ids = {name: freshness.training_inputs(config, options, [], []) for name, options in {
+    ids = {name: freshness.training_inputs(config, options, freshness.row_snapshots([], [])) for name, options in {
         "default": ArmConfig(name="a"), "noise": ArmConfig(name="a", label_noise=0.1),
         "seed": ArmConfig(name="a", label_noise=0.1, label_noise_seed=1), "gold": ArmConfig(name="a", cot_filter="gold"),
     }.items()}

@@ -7,6 +7,7 @@ from conftest import cot_row, evaluation_row
 
 from storage import CallRow, ExampleRow, Store
 from tasks.config import parse_config
+from tasks.ops import spend
 from tasks.ops.spend import ArmSpend, arm_spends
 
 GOLD = {"ex-0": "( 2.0 + 3.0 )", "ex-1": "( 3.0 + 4.0 )"}
@@ -56,3 +57,19 @@ def test_each_arm_pays_its_share_of_the_requests_that_bought_its_samples(config)
     assert spends["cot-2-gold-filtered"] == ArmSpend("cot-2-gold-filtered", pytest.approx(0.02), 2, 0)
     # all four CoTs ($0.04) and one of the two self-evaluations of each ($0.005 x 4)
     assert spends["cot-2-selfeval-1"] == ArmSpend("cot-2-selfeval-1", pytest.approx(0.06), 4, 4)
+
+
+def test_a_spend_is_remembered_while_the_parts_of_its_rows_and_calls_stay_as_they_were(config, monkeypatch):
+    first = arm_spends(config)
+
+    def unread(*args):
+        raise AssertionError("the rows were read again")
+
+    monkeypatch.setattr(spend, "arm_sample_keys", unread)
+    assert arm_spends(config) == first
+    monkeypatch.undo()
+    # A billed retry of one self-evaluation the last arm trains on: a new part of `calls`.
+    Store(config.store.path).append([call("retry", "evaluation", ["ex-0-c0-v0"], 0.04)])
+    spends = {s.arm: s for s in arm_spends(config)}
+    assert spends["cot-2-selfeval-1"] == ArmSpend("cot-2-selfeval-1", pytest.approx(0.06 + 0.04), 4, 4)
+    assert spends["standard-distill"] == first[1]

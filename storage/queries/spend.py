@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+import pyarrow as pa
+
 from storage.queries.common import Source, _run, _strings
 
 # A request's cost is shared evenly by the samples it lists (one request with n=5 brings five CoTs);
@@ -16,7 +18,8 @@ SELECT coalesce(sum(s.usd), 0.0) AS usd FROM shares s JOIN (SELECT DISTINCT valu
 """
 
 
-def spent_on(store: Source, keys: Iterable[str]) -> float:
+def spent_on(store: Source, keys: Iterable[str] | pa.Array) -> float:
     """US dollars the teacher's requests cost for these sample keys (imported samples cost nothing)."""
-    table = _run(store, _SPEND_SQL, tables={"_keys": _strings(keys)})
+    keys = pa.table({"value": keys}) if isinstance(keys, pa.Array) else _strings(keys)
+    table = _run(store, _SPEND_SQL, tables={"_keys": keys})
     return float(table.column("usd")[0].as_py())

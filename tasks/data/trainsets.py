@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from storage import Store, queries
+from storage import Store, derived, queries
 from storage.queries import Provenance, TrainingRow, TrainingRows
 from tasks.answers import answers_match
 from tasks.config import ArmConfig, Config
@@ -182,19 +182,52 @@ def arm_self_eval_set(store: Store, arm: ArmConfig, sources: Sequence[Provenance
     return self_eval_set(store, split, arm.n_cots, sources, arm.n_evals)
 
 
+ROWS_KIND = "arm-rows"  # storage.derived: the snapshot ids of an arm's rows
+ROWS_FORMAT = 1  # raise it when the same parts give other rows or snapshot ids (arm_rows, data_snapshot)
+_ROWS_TABLES = ("examples", "cots", "evaluations")  # what an arm's rows are read from
+
+
+@dataclass(frozen=True)
+class RowsState:
+    """What an arm's rows are read from: the arm, train.sources, the teacher they resolve against,
+    the answer type and the parts of the tables read. While it stays the same, so do the rows."""
+
+    name: str
+    listing: list
+
+    def recall(self, store: Store) -> dict | None:
+        """The snapshot ids (freshness.row_snapshots) of rows read in this state before, if kept."""
+        return derived.recall(store, ROWS_KIND, self.name)
+
+    def remember(self, store: Store, snapshots: dict) -> None:
+        """Keep the snapshot ids of rows read in this state, unless a part changed while they were read."""
+        if derived.part_listing(store, _ROWS_TABLES) == self.listing:
+            derived.remember(store, ROWS_KIND, self.name, snapshots)
+
+
+def rows_state(config: Config, store: Store, arm: ArmConfig) -> RowsState:
+    """The state an arm's rows (tasks.student.arms.arm_rows) would be read in now."""
+    kind = answer_type(config.dataset)
+    listing = derived.part_listing(store, _ROWS_TABLES)
+    name = derived.name_of(ROWS_FORMAT, arm.model_dump(), [source.model_dump() for source in config.train.sources],
+                           config.teacher.model, config.teacher.simulate, kind, prompt_version(kind, "cot"),
+                           prompt_version(kind, "evaluation"), listing)
+    return RowsState(name, listing)
+
+
 def arm_sample_keys(store: Store, arm: ArmConfig, sources: Sequence[Provenance] | None, kind: str,
-                    split: str = "train") -> tuple[set[str], set[str]]:
-    """The stored teacher samples an arm trains on: the keys of its CoTs (stage 2, and those judged
-    in stage 1) and of its self-evaluations (stage 1). Standard fine-tuning uses none."""
-    cots: set[str] = set()
+                    split: str = "train") -> tuple[pa.Array, pa.Array]:
+    """The stored teacher samples an arm trains on, each key once: the keys of its CoTs (stage 2,
+    and those judged in stage 1) and of its self-evaluations (stage 1). Standard fine-tuning uses none."""
+    cots, evaluations = [pa.array([], pa.string())], pa.array([], pa.string())
     if not (arm.mode == "standard" and arm.labels == "gold"):
-        cots = set(_arm_cots(store, arm, sources, kind, split)[0].column("cot_key").to_pylist())
-    evaluations: set[str] = set()
+        cots.append(_arm_cots(store, arm, sources, kind, split)[0].column("cot_key").combine_chunks())
     if arm.self_eval:
-        pairs, _ = queries.self_eval_rows(store, split, arm.n_cots, sources, arm.n_evals)
-        cots |= {pair.cot_key for pair in pairs}
-        evaluations = {pair.eval_key for pair in pairs}
-    return cots, evaluations
+        tables = queries.self_eval_tables(store, split, arm.n_cots, sources, arm.n_evals)
+        pairs = tables.pairs.filter(pc.invert(tables.pairs.column("excluded")))
+        cots.append(tables.cots.column("cot_key").take(pairs.column("cot")).combine_chunks())
+        evaluations = pc.unique(pairs.column("eval_key"))
+    return pc.unique(pa.concat_arrays(cots)), evaluations
 
 
 def canonical_order(rows: Sequence) -> list:

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
-from storage import Store, queries
+import pyarrow as pa
+
+from storage import Store, derived, queries
 from tasks.config import Config
 from tasks.data.datasets import answer_type
-from tasks.data.trainsets import arm_sample_keys, provenances
+from tasks.data.trainsets import arm_sample_keys, provenances, rows_state
+
+SPEND_KIND = "arm-spend"  # storage.derived: an arm's ArmSpend
 
 
 @dataclass(frozen=True)
@@ -22,11 +27,19 @@ def arm_spends(config: Config) -> list[ArmSpend]:
     """Per arm of the config, in its order: the teacher spend (from `calls`) of the train samples it
     trains on. A request that brought several samples is shared evenly among them, so an arm that
     uses 2 of a CoT's 5 self-evaluations pays 2/5 of that request; imported samples cost nothing,
-    and samples bought but left out (cot_filter, n_evals, validation) are not counted."""
+    and samples bought but left out (cot_filter, n_evals, validation) are not counted. Each arm's
+    spend is remembered (storage.derived) while the parts of its rows and of `calls` stay as they were."""
     store = Store(config.store.path)
-    sources, kind = provenances(config, store), answer_type(config.dataset)
+    sources, kind = None, answer_type(config.dataset)
     spends = []
     for arm in config.train.arms:
+        name = derived.name_of(rows_state(config, store, arm).name, derived.part_listing(store, ("calls",)))
+        if (kept := derived.recall(store, SPEND_KIND, name)) is not None:
+            spends.append(ArmSpend(**kept))
+            continue
+        sources = sources or provenances(config, store)
         cots, evaluations = arm_sample_keys(store, arm, sources, kind)
-        spends.append(ArmSpend(arm.name, queries.spent_on(store, cots | evaluations), len(cots), len(evaluations)))
+        usd = queries.spent_on(store, pa.concat_arrays([cots, evaluations]))
+        spends.append(ArmSpend(arm.name, usd, len(cots), len(evaluations)))
+        derived.remember(store, SPEND_KIND, name, dataclasses.asdict(spends[-1]))
     return spends

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from storage import Store
 from tasks.config import Config
 from tasks.data.datasets import answer_type as answer_type_of
+from tasks.data.trainsets import rows_state
 from tasks.student import freshness
 from tasks.student.arms import ArmRows, arm_folder, arm_rows, find_arm, seeded_name, with_seed
 from tasks.student.devices import limit_cpu_threads
@@ -54,13 +55,20 @@ def train_one(config: Config, name: str, resume: bool = False, progress: bool = 
     same inputs (unless `force`)."""
     arm = find_arm(config, name)
     limit_cpu_threads()
-    rows = arm_rows(config, Store(config.store.path), arm)
+    store = Store(config.store.path)
     folder = arm_folder(config, name, seed)
     run = seeded_name(config, name, seed)
     config = with_seed(config, seed)
-    inputs = freshness.training_inputs(config, arm, rows.training.rows, rows.validation, rows.self_eval_rows,
-                                       rows.judged)
     folder.pull_record(freshness.TRAINED)
+    state = rows_state(config, store, arm)
+    # Rows read before in this state: their remembered ids tell whether anything changed, unread.
+    if not force and (snapshots := state.recall(store)) and (record := freshness.trained_is_current(
+            folder.local, freshness.training_inputs(config, arm, snapshots), folder.has_checkpoint)):
+        return _trained_from(record, folder, run)
+    rows = arm_rows(config, store, arm)
+    snapshots = freshness.row_snapshots(rows.training.rows, rows.validation, rows.self_eval_rows, rows.judged)
+    state.remember(store, snapshots)
+    inputs = freshness.training_inputs(config, arm, snapshots)
     if not force and (record := freshness.trained_is_current(folder.local, inputs, folder.has_checkpoint)):
         return _trained_from(record, folder, run)
     if resume:

@@ -20,8 +20,8 @@ from pathlib import Path
 from storage import Store, queries
 from tasks.config import ArmConfig, Config
 from tasks.data.datasets import answer_type
+from tasks.data.trainsets import data_snapshot
 from tasks.student.prefixes import PREFIXES
-from tasks.student.training import data_snapshot
 
 TRAINED = "trained.json"
 EVALUATED = "evaluated.json"
@@ -45,10 +45,20 @@ def student_identity(model: str) -> object:
     return [model, [(str(p.relative_to(folder)), p.stat().st_size, p.stat().st_mtime_ns) for p in files]]
 
 
-def training_inputs(config: Config, arm: ArmConfig, train_rows: Sequence, validation_rows: Sequence,
-                    self_eval_rows: Sequence = (), judged_rows: Sequence = ()) -> str:
-    """The id of everything an arm's checkpoints depend on. Other arms of the config are left out,
-    so adding or changing one arm retrains only that arm."""
+def row_snapshots(train_rows: Sequence, validation_rows: Sequence, self_eval_rows: Sequence = (),
+                  judged_rows: Sequence = ()) -> dict[str, str | None]:
+    """The snapshot ids of the rows an arm trains and is picked on, as training_inputs takes them."""
+    return {
+        "train_rows": _snapshot(train_rows),
+        "validation_rows": _snapshot(validation_rows),
+        "self_eval_rows": _snapshot(self_eval_rows),
+        "judged_rows": _snapshot(judged_rows),  # stage 1 is picked on them
+    }
+
+
+def training_inputs(config: Config, arm: ArmConfig, snapshots: dict[str, str | None]) -> str:
+    """The id of everything an arm's checkpoints depend on (snapshots: row_snapshots' ids). Other
+    arms of the config are left out, so adding or changing one arm retrains only that arm."""
     return _digest({
         "arm": arm.model_dump(),
         # the seed list too: each seed's run depends on its own seed (train.seed), not on the others
@@ -57,10 +67,7 @@ def training_inputs(config: Config, arm: ArmConfig, train_rows: Sequence, valida
         "student_files": student_identity(config.student.model),
         "evaluate": config.evaluate.model_dump(),  # validation decoding picks the checkpoint
         "answer_type": answer_type(config.dataset),
-        "train_rows": _snapshot(train_rows),
-        "validation_rows": _snapshot(validation_rows),
-        "self_eval_rows": _snapshot(self_eval_rows),
-        "judged_rows": _snapshot(judged_rows),  # stage 1 is picked on them
+        **snapshots,
         "task_prefixes": PREFIXES,  # the tiny tokenizer learns them, and each is a task the student learns
     })
 
