@@ -11,6 +11,7 @@ and peak RSS):
   sql          mindsmirror sql "SELECT verdict, count(*) ... GROUP BY verdict"
   train-set    one arm's training sets and the snapshot ids that name them (a first `train`)
   train again  the same when the store's parts are as they were (a `train` rerun: the ids remembered)
+  spend        one arm's teacher spend, the report's US$ column; then the same again
   generate+10  mindsmirror generate after adding 10 examples (simulated teacher)
 
 Run: python bench/store_scale.py [--scale 0.05] [--code DIR ...]
@@ -78,6 +79,13 @@ if not snapshots:
     if state:
         state.remember(store, snapshots)
 print([snapshots[name] for name in names])
+"""
+
+SPEND = """
+import sys
+from tasks.config import load_config
+from tasks.ops.spend import arm_spends
+print(arm_spends(load_config(sys.argv[1])))
 """
 
 
@@ -194,6 +202,8 @@ def operations(folder: Path, train: int) -> list[tuple[str, list[str]]]:
         ("sql GROUP BY verdict", [*cli, "sql", str(now), SQL]),
         ("one arm's training sets + snapshot ids", [sys.executable, "-c", TRAIN_SET, str(now)]),
         ("the same again, rows read before", [sys.executable, "-c", TRAIN_SET, str(now)]),
+        ("one arm's teacher spend (report)", [sys.executable, "-c", SPEND, str(now)]),
+        ("the same again, parts unchanged", [sys.executable, "-c", SPEND, str(now)]),
         ("generate after adding 10 examples", [*cli, "generate", str(grown), "--no-progress"]),
     ]
 
