@@ -11,6 +11,7 @@ and peak RSS):
   sql          mindsmirror sql "SELECT verdict, count(*) ... GROUP BY verdict"
   train-set    one arm's training sets and the snapshot ids that name them (a first `train`)
   train again  the same when the store's parts are as they were (a `train` rerun: the ids remembered)
+  scored       the rows every arm is scored on and their snapshot ids (an `evaluate`); then the same again
   spend        one arm's teacher spend, the report's US$ column; then the same again
   generate+10  mindsmirror generate after adding 10 examples (simulated teacher)
 
@@ -79,6 +80,28 @@ if not snapshots:
     if state:
         state.remember(store, snapshots)
 print([snapshots[name] for name in names])
+"""
+
+SCORED = """
+import sys
+from storage import Store
+from tasks.config import load_config
+from tasks.data.trainsets import data_snapshot, label_set, provenances, self_eval_set
+try:
+    from tasks.data.trainsets import rows_state
+except ImportError:  # older code reads the rows on every run
+    rows_state = None
+config = load_config(sys.argv[1])
+store = Store(config.store.path)
+state = rows_state(config, store, None) if rows_state else None
+snapshots = state.recall(store) if state else None  # as tasks.student.evaluate_one decides
+if not snapshots:
+    rows = {"test": label_set(store, "test").rows, "validation": label_set(store, "validation").rows,
+            "judged": self_eval_set(store, "validation", None, provenances(config, store)).rows}
+    snapshots = {name: data_snapshot(scored) for name, scored in rows.items()}
+    if state:
+        state.remember(store, snapshots)
+print(sorted(snapshots.items()))
 """
 
 SPEND = """
@@ -201,9 +224,11 @@ def operations(folder: Path, train: int) -> list[tuple[str, list[str]]]:
         ("generate --dry-run", [*cli, "generate", str(now), "--dry-run", "--no-progress"]),
         ("sql GROUP BY verdict", [*cli, "sql", str(now), SQL]),
         ("one arm's training sets + snapshot ids", [sys.executable, "-c", TRAIN_SET, str(now)]),
-        ("the same again, rows read before", [sys.executable, "-c", TRAIN_SET, str(now)]),
+        ("the same, parts unchanged (a train rerun)", [sys.executable, "-c", TRAIN_SET, str(now)]),
+        ("the rows every arm is scored on + snapshot ids", [sys.executable, "-c", SCORED, str(now)]),
+        ("the same, parts unchanged (an evaluate rerun)", [sys.executable, "-c", SCORED, str(now)]),
         ("one arm's teacher spend (report)", [sys.executable, "-c", SPEND, str(now)]),
-        ("the same again, parts unchanged", [sys.executable, "-c", SPEND, str(now)]),
+        ("the same, parts unchanged (a report rerun)", [sys.executable, "-c", SPEND, str(now)]),
         ("generate after adding 10 examples", [*cli, "generate", str(grown), "--no-progress"]),
     ]
 

@@ -15,7 +15,7 @@ from flows.cli import main
 from storage import ExampleRow, Store
 from tasks.config import parse_config
 from tasks.data.trainsets import answered_by, cot_set, provenances, self_eval_set
-from tasks.student import NothingToTrain, arm_training, freshness, train_one
+from tasks.student import NothingToTrain, arm_scoring, arm_training, evaluate_one, freshness, train_one
 from tasks.student.arms import arm_rows
 from tasks.student.checkpoints import RECORD
 from tasks.student.training import data_snapshot
@@ -133,24 +133,33 @@ def test_train_says_how_many_validation_rows_it_scored_not_the_training_rows(tmp
 def test_a_rerun_reads_no_row_while_the_stores_parts_stay_as_they_were(tmp_path, store, monkeypatch):
     config = _config(tmp_path)
     assert not train_one(config, "cot-1-selfeval", progress=False).unchanged
+    assert evaluate_one(config, "cot-1-selfeval") is not None
     reads = []
 
-    def counted(*args):
-        reads.append(args[2].name)
-        return arm_rows(*args)
+    def counted(read):
+        def reading(*args):
+            reads.append(read.__name__)
+            return read(*args)
+        return reading
 
-    monkeypatch.setattr(arm_training, "arm_rows", counted)
-    # The ids of the rows it trained on are remembered under the parts they came from.
-    assert train_one(config, "cot-1-selfeval", progress=False).unchanged and reads == []
+    monkeypatch.setattr(arm_training, "arm_rows", counted(arm_rows))
+    monkeypatch.setattr(arm_scoring, "_scored_rows", counted(arm_scoring._scored_rows))
+
+    def rerun() -> bool:
+        return train_one(config, "cot-1-selfeval", progress=False).unchanged and \
+            evaluate_one(config, "cot-1-selfeval") is None
+
+    # The ids of the rows it trained and was scored on are remembered under the parts they came from.
+    assert rerun() and reads == []
     # A new part (a third CoT, which an arm of one CoT does not train on): the rows are read again,
-    # they are the same, so nothing is retrained; the next rerun reads nothing again.
+    # they are the same, so nothing is redone; the next rerun reads nothing again.
     store.append([_cot(TRAIN[0][0], 2, TRAIN[0][2], TRAIN[0][3], tag=" (third)")])
-    assert train_one(config, "cot-1-selfeval", progress=False).unchanged and reads == ["cot-1-selfeval"]
-    assert train_one(config, "cot-1-selfeval", progress=False).unchanged and reads == ["cot-1-selfeval"]
+    assert rerun() and reads == ["arm_rows", "_scored_rows"]
+    assert rerun() and reads == ["arm_rows", "_scored_rows"]
     # Another arm, or other sources, read their own rows.
     other = _config(tmp_path, sources=[{"source": "teacher", "teacher_model": "gpt-4o"}])
     assert not train_one(other, "cot-1-selfeval", progress=False).unchanged
-    assert reads == ["cot-1-selfeval"] * 2
+    assert reads == ["arm_rows", "_scored_rows", "arm_rows"]
 
 
 def test_the_default_teacher_is_the_model_asked_for_or_a_dated_snapshot_of_it():

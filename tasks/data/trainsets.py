@@ -182,37 +182,39 @@ def arm_self_eval_set(store: Store, arm: ArmConfig, sources: Sequence[Provenance
     return self_eval_set(store, split, arm.n_cots, sources, arm.n_evals)
 
 
-ROWS_KIND = "arm-rows"  # storage.derived: the snapshot ids of an arm's rows
-ROWS_FORMAT = 1  # raise it when the same parts give other rows or snapshot ids (arm_rows, data_snapshot)
-_ROWS_TABLES = ("examples", "cots", "evaluations")  # what an arm's rows are read from
+ROWS_FORMAT = 1  # raise it when the same parts give other rows or snapshot ids (these sets, data_snapshot)
+_ROWS_TABLES = ("examples", "cots", "evaluations")  # what training and scored rows are read from
 
 
 @dataclass(frozen=True)
 class RowsState:
-    """What an arm's rows are read from: the arm, train.sources, the teacher they resolve against,
-    the answer type and the parts of the tables read. While it stays the same, so do the rows."""
+    """What a set of rows is read from: for an arm's rows the arm, and for both train.sources, the
+    teacher they resolve against, the answer type and the parts of the tables read. While it stays
+    the same, so do the rows; the snapshot ids of rows read in it are remembered (storage.derived)."""
 
+    kind: str  # "arm-rows" or "scored-rows": the storage.derived kind they are kept under
     name: str
     listing: list
 
     def recall(self, store: Store) -> dict | None:
-        """The snapshot ids (freshness.row_snapshots) of rows read in this state before, if kept."""
-        return derived.recall(store, ROWS_KIND, self.name)
+        """The snapshot ids of rows read in this state before, if kept."""
+        return derived.recall(store, self.kind, self.name)
 
     def remember(self, store: Store, snapshots: dict) -> None:
         """Keep the snapshot ids of rows read in this state, unless a part changed while they were read."""
         if derived.part_listing(store, _ROWS_TABLES) == self.listing:
-            derived.remember(store, ROWS_KIND, self.name, snapshots)
+            derived.remember(store, self.kind, self.name, snapshots)
 
 
-def rows_state(config: Config, store: Store, arm: ArmConfig) -> RowsState:
-    """The state an arm's rows (tasks.student.arms.arm_rows) would be read in now."""
+def rows_state(config: Config, store: Store, arm: ArmConfig | None) -> RowsState:
+    """The state rows would be read in now: an arm's (tasks.student.arms.arm_rows), or with arm None
+    the rows every arm is scored on (tasks.student.arm_scoring)."""
     kind = answer_type(config.dataset)
     listing = derived.part_listing(store, _ROWS_TABLES)
-    name = derived.name_of(ROWS_FORMAT, arm.model_dump(), [source.model_dump() for source in config.train.sources],
+    name = derived.name_of(ROWS_FORMAT, arm and arm.model_dump(), [source.model_dump() for source in config.train.sources],
                            config.teacher.model, config.teacher.simulate, kind, prompt_version(kind, "cot"),
                            prompt_version(kind, "evaluation"), listing)
-    return RowsState(name, listing)
+    return RowsState("scored-rows" if arm is None else "arm-rows", name, listing)
 
 
 def arm_sample_keys(store: Store, arm: ArmConfig, sources: Sequence[Provenance] | None, kind: str,

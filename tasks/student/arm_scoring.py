@@ -10,7 +10,7 @@ from storage import PredictionRow, ResultRow, Store
 from tasks.answers import answers_match
 from tasks.config import ArmConfig, Config
 from tasks.data.datasets import answer_type as answer_type_of
-from tasks.data.trainsets import label_set, provenances, self_eval_set
+from tasks.data.trainsets import label_set, provenances, rows_state, self_eval_set
 from tasks.student import freshness
 from tasks.student.arms import arm_folder, find_arm, seeded_name, trained_checkpoints
 from tasks.student.decoding import (
@@ -22,6 +22,7 @@ from tasks.student.decoding import (
 )
 from tasks.student.devices import limit_cpu_threads, resolve_device, use_bf16
 from tasks.student.evaluation import evaluate_student
+from tasks.student.folders import ArmFolder
 from tasks.student.model import load_student
 
 
@@ -56,11 +57,9 @@ def evaluate_one(config: Config, name: str, progress: bool = False, force: bool 
     name = seeded_name(config, name, seed)
     folder.pull_record(freshness.TRAINED)
     checkpoints = trained_checkpoints(folder.local, name)
-    rows = _scored_rows(config, store)
-    inputs = freshness.evaluation_inputs(config, freshness.read_record(folder.local, freshness.TRAINED) or {},
-                                         [folder.identity(path) for path in checkpoints], rows.by_name())
     folder.pull_record(freshness.EVALUATED)
-    if not force and freshness.evaluated_is_current(store, folder.local, name, inputs):
+    rows, inputs = _rows_unless_current(config, store, folder, name, checkpoints, force)
+    if rows is None:
         return None
     checkpoint, self_eval_checkpoint = (folder.pull_checkpoint(path) if path else None for path in checkpoints)
     limit_cpu_threads()
@@ -80,6 +79,29 @@ def evaluate_one(config: Config, name: str, progress: bool = False, force: bool 
     freshness.record_evaluation(folder.local, inputs, results)
     folder.push_record(freshness.EVALUATED)
     return {f"{result.split}:{result.metric}": result.value for result in results}
+
+
+def _rows_unless_current(config: Config, store: Store, folder: ArmFolder, name: str, checkpoints,
+                         force: bool) -> tuple[ScoredRows | None, str]:
+    """The rows to score and the evaluation inputs id to record; no rows when the arm's scores are
+    current. While the store's parts are as they were when the rows were last read, their
+    remembered snapshot ids decide that without reading a row."""
+
+    def inputs_of(scored: dict) -> str:
+        return freshness.evaluation_inputs(config, freshness.read_record(folder.local, freshness.TRAINED) or {},
+                                           [folder.identity(path) for path in checkpoints], scored)
+
+    state = rows_state(config, store, None)
+    if not force and (scored := state.recall(store)) and freshness.evaluated_is_current(
+            store, folder.local, name, (inputs := inputs_of(scored))):
+        return None, inputs
+    rows = _scored_rows(config, store)
+    scored = freshness.snapshots(rows.by_name())
+    state.remember(store, scored)
+    inputs = inputs_of(scored)
+    if not force and freshness.evaluated_is_current(store, folder.local, name, inputs):
+        return None, inputs
+    return rows, inputs
 
 
 def _load(checkpoint: Path, device):
