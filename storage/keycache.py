@@ -36,7 +36,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from storage import derived
+from storage import arrow, derived
 from storage.store import Store
 
 FOLDER = derived.FOLDER
@@ -136,7 +136,7 @@ def wanted_rows(rows: Iterable[tuple[str, str]]) -> pa.Table:
 
 def _table(schema: pa.Schema, rows: Iterable[tuple]) -> pa.Table:
     columns = list(zip(*rows)) or [()] * len(schema)
-    return pa.table([pa.array(list(column), field.type) for column, field in zip(columns, schema)], schema=schema)
+    return arrow.table(schema, columns)
 
 
 def attach(con: duckdb.DuckDBPyConnection, store: Store, ids: Identities) -> None:
@@ -147,7 +147,7 @@ def attach(con: duckdb.DuckDBPyConnection, store: Store, ids: Identities) -> Non
         if any(info.base_name.startswith("part-") for info in store.location.filesystem.get_file_info(selector)):
             con.read_parquet(f"{store.location.url}/{_folder(kind, identity)}/part-*.parquet").create_view(name)
         else:
-            con.register(name, schema.empty_table())
+            con.register(name, arrow.empty(schema))
 
 
 def _query(con: duckdb.DuckDBPyConnection, sql: str, params, tables: dict[str, pa.Table]) -> pa.Table:
@@ -155,7 +155,7 @@ def _query(con: duckdb.DuckDBPyConnection, sql: str, params, tables: dict[str, p
     (`_cot_extra`, `_eval_extra`: keys derived this plan) added."""
     views = []
     for name, schema in (("_cot", COT_SCHEMA), ("_eval", EVAL_SCHEMA)):
-        tables = {f"{name}_extra": schema.empty_table(), **tables}
+        tables = {f"{name}_extra": arrow.empty(schema), **tables}
         views.append(f"CREATE OR REPLACE TEMP VIEW {name}_keys AS SELECT * FROM {name}_kept "
                      f"UNION ALL BY NAME SELECT * FROM {name}_extra")
 

@@ -8,7 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import REPO
+import yaml
+from conftest import REPO, cot_row, evaluation_row
+
+from storage import ExampleRow, Store
 
 PACKAGES = ("flows", "tasks", "storage", "simulator")
 # What the simulator may use: the teacher boundary, answer scoring, the config tree, and the
@@ -80,3 +83,21 @@ def test_the_generate_flow_loads_the_openai_sdk_only_when_it_has_something_to_bu
     # A scheduled run that finds nothing missing plans and returns: the SDK's import would be most of a second.
     code = "import sys; import flows.generate, flows.cli; assert 'openai' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
+
+
+def test_status_a_dry_run_and_sql_never_load_pandas(tmp_path):
+    # pyarrow imports pandas where it is installed (0.2-0.3 s) on its first conversion of Python
+    # values or time-zoned timestamps; storage.arrow makes those columns without it.
+    store = Store(str(tmp_path / "store"))
+    store.append([ExampleRow("arithmetic-train-00000", "train", "Ann has 2 pens and buys 3 more.\nHow many?",
+                             "( 2.0 + 3.0 )", "arithmetic", "gen")])
+    cot = cot_row("arithmetic-train-00000", 0, "( 2.0 + 3.0 )", "2 + 3 = 5. The answer is ( 2.0 + 3.0 ).")
+    store.append([cot])
+    store.append([evaluation_row(cot, 0, "correct", "It adds up.")])
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({"dataset": {"name": "arithmetic", "arithmetic": {"train": 20, "test": 5}},
+                                      "teacher": {"simulate": True}, "store": {"path": str(store.root)}}))
+    for command in (["status", str(config), "--json"], ["generate", str(config), "--dry-run", "--no-progress"],
+                    ["sql", str(config), "SELECT * FROM calibration"]):
+        code = f"import sys; from flows.cli import main; main({command!r}); assert 'pandas' not in sys.modules"
+        subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO, stdout=subprocess.DEVNULL)

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import duckdb
 import pyarrow as pa
 
+from storage import arrow
 from storage.queries.common import Source, _on_connection, _records, _run
 
 
@@ -94,9 +95,9 @@ def add_calibration_views(con: duckdb.DuckDBPyConnection, truth: Mapping[tuple[s
     """Create `judged_verdicts` and `calibration` on an open connection, from `truth`: (answer, gold
     label) -> whether the answer equals the label."""
     con.register("_answer_truth", pa.table({
-        "answer": pa.array([answer for answer, _ in truth], pa.string()),
-        "gold": pa.array([gold for _, gold in truth], pa.string()),
-        "answer_right": pa.array(list(truth.values()), pa.bool_()),
+        "answer": arrow.strings(answer for answer, _ in truth),
+        "gold": arrow.strings(gold for _, gold in truth),
+        "answer_right": arrow.booleans(truth.values()),
     }))
     for statement in _VIEWS.split(";\n\n"):
         con.execute(statement)

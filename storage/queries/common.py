@@ -8,6 +8,7 @@ from collections.abc import Iterable, Mapping
 import duckdb
 import pyarrow as pa
 
+from storage import arrow
 from storage.store import Store
 
 Source = Store | duckdb.DuckDBPyConnection
@@ -44,9 +45,9 @@ def _rows(table: pa.Table) -> list[dict]:
 
 def _strings(values: Iterable[str]) -> pa.Table:
     """A one-column table to join against: values stay data, never SQL text."""
-    return pa.table({"value": pa.array(list(values), pa.string())})
+    return pa.table({"value": arrow.strings(values)})
 
 
 def _records(kind, table: pa.Table) -> list:
-    columns = [table.column(f.name).to_pylist() for f in dataclasses.fields(kind)]
+    columns = [arrow.pylist(table.column(f.name)) for f in dataclasses.fields(kind)]
     return [kind(*values) for values in zip(*columns)]
