@@ -188,9 +188,9 @@ _ROWS_TABLES = ("examples", "cots", "evaluations")  # what training and scored r
 
 @dataclass(frozen=True)
 class RowsState:
-    """What a set of rows is read from: for an arm's rows the arm, and for both train.sources, the
-    teacher they resolve against, the answer type and the parts of the tables read. While it stays
-    the same, so do the rows; the snapshot ids of rows read in it are remembered (storage.derived)."""
+    """What a set of rows is read from: train.sources, the teacher and prompt versions they resolve
+    against, the answer type, the parts of the tables read and, for an arm's rows, the arm. While it
+    stays the same, so do the rows; the snapshot ids of rows read in it are remembered (storage.derived)."""
 
     kind: str  # "arm-rows" or "scored-rows": the storage.derived kind they are kept under
     name: str
