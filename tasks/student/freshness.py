@@ -6,7 +6,9 @@ starts from; its evaluation inputs are those plus the checkpoints scored, the ev
 and the rows scored. Each is hashed into one id, recorded beside the arm's checkpoints when the work
 finishes (trained.json, evaluated.json). A rerun whose id matches the record, and whose outputs are
 still there, does nothing; any change gives another id, and the work is done again. Each seed of
-train.seeds is a run of its own, with its own folder and records.
+train.seeds is a run of its own, with its own folder and records. The snapshot ids are remembered
+under the store's parts they were read from (tasks.data.trainsets.RowsState), so a rerun over parts
+that have not changed decides without reading a row.
 """
 
 from __future__ import annotations
