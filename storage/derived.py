@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import uuid
 from collections.abc import Iterable
 
 import pyarrow.fs as pafs
@@ -52,20 +51,8 @@ def recall(store: Store, kind: str, name: str) -> dict | None:
 
 def remember(store: Store, kind: str, name: str, value: dict) -> None:
     """Keep `value` under `name`; best effort: a store that cannot take it is only slower."""
-    fs, folder = store.location.filesystem, f"{store.location.path}/{FOLDER}/{kind}"
-    final, temporary = f"{folder}/{name}.json", f"{folder}/.tmp-{uuid.uuid4().hex}.json"
-    data = json.dumps(value, sort_keys=True).encode()
     try:
-        fs.create_dir(folder, recursive=True)
-        if not store.location.rename_into_place:  # an object store puts a whole object or nothing
-            with fs.open_output_stream(final) as handle:
-                handle.write(data)
-            return
-        with fs.open_output_stream(temporary) as handle:
-            handle.write(data)
-        fs.move(temporary, final)
+        store.location.write_whole(f"{store.location.path}/{FOLDER}/{kind}/{name}.json",
+                                   json.dumps(value, sort_keys=True).encode())
     except OSError:
-        try:
-            fs.delete_file(temporary)
-        except OSError:
-            pass
+        pass

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
@@ -32,6 +33,26 @@ class Location:
     @property
     def is_object_store(self) -> bool:
         return urlparse(self.url).scheme in ("s3", "gs")
+
+    def write_whole(self, path: str, data: bytes) -> None:
+        """Write a small file whole or not at all, its folder created: renamed into place from a
+        temporary name on a filesystem, one upload on an object store. OSError leaves nothing behind."""
+        fs, temporary = self.filesystem, f"{path}.tmp-{uuid.uuid4().hex}"
+        fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+        if not self.rename_into_place:
+            with fs.open_output_stream(path) as handle:
+                handle.write(data)
+            return
+        try:
+            with fs.open_output_stream(temporary) as handle:
+                handle.write(data)
+            fs.move(temporary, path)
+        except OSError:
+            try:
+                fs.delete_file(temporary)
+            except OSError:
+                pass
+            raise
 
 
 def locate(root: str) -> Location:

@@ -460,20 +460,11 @@ class Store:
             con.close()
 
     def _write_checked_parts(self, checked: dict[str, CheckedParts]) -> None:
-        fs, path = self.location.filesystem, f"{self.location.path}/{UNIQUE}"
         text = json.dumps({table: entry.record(table) for table, entry in checked.items()}, indent=0).encode()
-        temporary = f"{path}.tmp-{uuid.uuid4().hex}"
         try:
-            fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
-            if not self.location.rename_into_place:
-                with fs.open_output_stream(path) as handle:
-                    handle.write(text)
-                return
-            with fs.open_output_stream(temporary) as handle:
-                handle.write(text)
-            fs.move(temporary, path)
+            self.location.write_whole(f"{self.location.path}/{UNIQUE}", text)
         except OSError:
-            _delete_quietly(fs, temporary)
+            pass
 
     def _unbounded_parts(self, table: str, part_rows: int) -> list[str]:
         """The parts compaction rewrites: those under half of `part_rows` rows (when there are two or
