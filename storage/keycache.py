@@ -110,11 +110,8 @@ def settled(store: Store, state: str) -> bool:
 
 def settle(store: Store, state: str) -> None:
     """Remember that a plan of this state found nothing missing (best effort, like kept keys)."""
-    fs, folder = store.location.filesystem, f"{store.location.path}/{SETTLED}"
     try:
-        fs.create_dir(folder, recursive=True)
-        with fs.open_output_stream(f"{folder}/{state}") as handle:
-            handle.write(b"")
+        store.location.write_whole(f"{store.location.path}/{SETTLED}/{state}", b"")
     except OSError:
         pass
 
