@@ -31,9 +31,10 @@ def arm_spends(config: Config) -> list[ArmSpend]:
     spend is remembered (storage.derived) while the parts of its rows and of `calls` stay as they were."""
     store = Store(config.store.path)
     sources, kind = None, answer_type(config.dataset)
+    calls = derived.part_listing(store, ("calls",))
     spends = []
     for arm in config.train.arms:
-        name = derived.name_of(rows_state(config, store, arm).name, derived.part_listing(store, ("calls",)))
+        name = derived.name_of(rows_state(config, store, arm).name, calls)
         if (kept := derived.recall(store, SPEND_KIND, name)) is not None:
             spends.append(ArmSpend(**kept))
             continue
