@@ -15,18 +15,20 @@ one pass over the kept evaluation keys, which of the stored CoTs' evaluations th
 which CoTs have no kept evaluation keys yet. Keys a plan derived but may not keep (a dry run writes
 nothing) join the kept ones as `extra` tables.
 
-A plan of `generate` that finds nothing missing is remembered as settled: an empty file
-``<root>/_keys/settled/<state>``, where the state hashes what the plan read (its key identities and
-counts, the wanted examples and the name, size and modification time of each part of `cots`,
-`evaluations` and the kept keys). Parts never change once written and a new part gets a new name, so
-while no part is added, merged, moved away or overwritten the same plan finds nothing again; any
-such change gives another state, and a full plan.
+The examples a plan of `generate` finds nothing missing for are remembered as settled:
+``<root>/_keys/settled/<state>.json`` maps each example id to its input hash, where the state hashes
+what the plan read besides the wanted examples (its key identities and counts and the name, size and
+modification time of each part of `cots`, `evaluations` and the kept keys). Parts never change once
+written and a new part gets a new name, so while no part is added, merged, moved away or overwritten
+a settled example still lacks nothing, and the next plan reads the tables only for the examples that
+are not settled (new examples, changed questions). An example's plan depends on nothing but its own
+keys and rows, so the settled examples of one state only grow. Any change to the parts gives another
+state, and a full plan.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -40,7 +42,8 @@ from storage import arrow, derived
 from storage.store import Store
 
 FOLDER = derived.FOLDER
-SETTLED = f"{FOLDER}/settled"
+SETTLED_KIND = "settled"
+SETTLED = f"{FOLDER}/{SETTLED_KIND}"
 COT_SCHEMA = pa.schema([("example_id", pa.string()), ("input_hash", pa.string()), ("cot_index", pa.int32()),
                         ("key", pa.string())])
 EVAL_SCHEMA = pa.schema([("cot_key", pa.string()), ("eval_index", pa.int32()), ("key", pa.string())])
@@ -94,26 +97,22 @@ def part_listing(store: Store, ids: Identities) -> list:
                                         _folder("evaluations", ids.evaluations)))
 
 
-def plan_state(ids: Identities, wanted: pa.Table, n_cots: int, n_evals: int, listing: list) -> str:
-    """A digest of everything a plan reads (see the module's docstring); listing: part_listing's."""
-    digest = hashlib.sha256(json.dumps([ids.cots, ids.evaluations, n_cots, n_evals, listing]).encode())
-    for row in sorted(zip(*(wanted.column(name).to_pylist() for name in WANTED_SCHEMA.names))):
-        digest.update("\t".join(row).encode() + b"\n")
-    return digest.hexdigest()
+def plan_state(ids: Identities, n_cots: int, n_evals: int, listing: list) -> str:
+    """A digest of the store as a plan reads it (see the module's docstring); listing: part_listing's."""
+    return derived.name_of(ids.cots, ids.evaluations, n_cots, n_evals, listing)
 
 
-def settled(store: Store, state: str) -> bool:
-    """Whether a plan of this state found nothing missing."""
-    info = store.location.filesystem.get_file_info(f"{store.location.path}/{SETTLED}/{state}")
-    return info.type == pafs.FileType.File
+def settled_examples(store: Store, state: str) -> dict[str, str]:
+    """The examples (id: input_hash) a plan of this state found nothing missing for; {} when none."""
+    value = derived.recall(store, SETTLED_KIND, state)
+    examples = value.get("examples") if value is not None else None
+    return examples if isinstance(examples, dict) else {}
 
 
-def settle(store: Store, state: str) -> None:
-    """Remember that a plan of this state found nothing missing (best effort, like kept keys)."""
-    try:
-        store.location.write_whole(f"{store.location.path}/{SETTLED}/{state}", b"")
-    except OSError:
-        pass
+def settle(store: Store, state: str, examples: dict[str, str]) -> None:
+    """Remember that a plan of this state found nothing missing for these examples (best effort,
+    like kept keys). Each example's plan is its own, so the examples settled before stay settled."""
+    derived.remember(store, SETTLED_KIND, state, {"examples": examples})
 
 
 def cot_rows(rows: Iterable[tuple[str, str, int, str]]) -> pa.Table:

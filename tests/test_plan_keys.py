@@ -87,17 +87,21 @@ def test_plans_with_kept_keys_match_plans_that_derive_every_key(tmp_path):
     assert _requests(grown) == _requests(plan_generation(store, more, kind, examples, remember_keys=False))
 
 
-def test_a_plan_that_finds_nothing_is_settled_until_a_part_is_added_merged_or_moved_away(tmp_path):
-    config = _config(tmp_path / "store", n_evals=1)
-    store = Store(config.store.path)
-    examples, kind = sync_examples(store, config)
-    cots = _store_cots(store, config, examples, kind)
+def _store_everything(store: Store, config, examples, kind) -> None:
+    """Every CoT and (one per parseable CoT) evaluation the config wants: nothing is missing."""
     by_id = {example.example_id: example for example in examples}
-    for cot in cots:  # every parseable CoT judged: nothing is missing
+    for cot in _store_cots(store, config, examples, kind):
         if cot.parse_error is None:
             request, _ = request_for(config.teacher, kind, "evaluation", by_id[cot.example_id], cot, 1)
             store.append([EvaluationRow(request.keys[0], cot.example_id, cot.cot_index, cot.key, 0, "ok", "correct",
                                         "ok", None, "stop", "simulated-teacher", "e", 0.7, 1.0, 64, "teacher", "c")])
+
+
+def test_a_plan_that_finds_nothing_is_settled_until_a_part_is_added_merged_or_moved_away(tmp_path):
+    config = _config(tmp_path / "store", n_evals=1)
+    store = Store(config.store.path)
+    examples, kind = sync_examples(store, config)
+    _store_everything(store, config, examples, kind)
     settled = tmp_path / "store" / keycache.SETTLED
 
     assert not plan_generation(store, config, kind, examples, remember_keys=False).work
@@ -133,3 +137,32 @@ def test_a_plan_that_finds_nothing_is_settled_until_a_part_is_added_merged_or_mo
     grown = [*examples, dataclasses.replace(examples[0], example_id="new", input="What is 1 + 1?")]
     assert plan_generation(store, config, kind, grown).cot_requests == 1
     assert plan_generation(store, _config(tmp_path / "store", n_evals=2), kind, examples).eval_requests > 0
+
+
+def test_a_settled_plan_reads_the_tables_only_for_examples_added_or_changed_since(tmp_path, monkeypatch):
+    config = _config(tmp_path / "store", n_evals=1)
+    store = Store(config.store.path)
+    examples, kind = sync_examples(store, config)
+    _store_everything(store, config, examples, kind)
+    plan_generation(store, config, kind, examples)  # keeps its derived keys
+    assert not plan_generation(store, config, kind, examples).work  # settles every example
+    planned = []
+    uncached = keycache.uncached_examples
+
+    def planning(con, wanted, n_cots):
+        planned.append(sorted(wanted.column("example_id").to_pylist()))
+        return uncached(con, wanted, n_cots)
+
+    monkeypatch.setattr(keycache, "uncached_examples", planning)
+    added = dataclasses.replace(examples[0], example_id="added", input="What is 1 + 1?")
+    changed = dataclasses.replace(examples[1], input="What is 2 + 2?")
+    grown = [added, changed, *examples[2:]]
+
+    incremental = plan_generation(store, config, kind, grown, remember_keys=False)
+    assert incremental.cot_requests == 2
+    assert planned == [sorted(["added", examples[1].example_id])]
+    # It asks what a plan of every example asks, with nothing settled.
+    shutil.rmtree(tmp_path / "store" / keycache.SETTLED)
+    full = plan_generation(store, config, kind, grown, remember_keys=False)
+    assert len(planned[1]) == len(grown)
+    assert _requests(incremental) == _requests(full)

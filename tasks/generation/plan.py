@@ -123,16 +123,20 @@ def plan_generation(
     the rest is anti-joined in DuckDB on one connection, so a plan costs what changed since the last one.
     With only_failed, just the samples of requests recorded as failed (and evaluations of their CoTs).
     remember_keys: keep the keys derived here in the key cache (a dry run and status write nothing).
-    A plan of `generate` that finds nothing is remembered (keycache.settle): while the store's
-    parts stay as they were, the next plan over the same examples reads no table.
+    The examples a plan of `generate` finds nothing for are remembered (keycache.settle): while the
+    store's parts stay as they were, the next plan reads tables only for the examples not settled
+    (new or changed ones), and none when every example is settled.
     """
     ids = key_identities(config.teacher, answer_type)
     teacher = config.teacher
-    wanted = keycache.wanted_rows((example.example_id, keycache.input_hash(example.input)) for example in examples)
+    hashes = {example.example_id: keycache.input_hash(example.input) for example in examples}
     listing = None if only_failed else keycache.part_listing(store, ids)
-    state = None if only_failed else keycache.plan_state(ids, wanted, teacher.n_cots, teacher.n_evals, listing)
-    if state is not None and keycache.settled(store, state):
+    state = None if only_failed else keycache.plan_state(ids, teacher.n_cots, teacher.n_evals, listing)
+    settled = keycache.settled_examples(store, state) if state is not None else {}
+    examples = [example for example in examples if settled.get(example.example_id) != hashes[example.example_id]]
+    if not examples:
         return estimate(teacher, ())
+    wanted = keycache.wanted_rows((example.example_id, hashes[example.example_id]) for example in examples)
 
     def work(con) -> Plan:
         keycache.attach(con, store, ids)
@@ -141,7 +145,8 @@ def plan_generation(
     plan = store.read(work)
     # Settled only if nothing was written meanwhile (this plan's own kept keys included: the next plan settles).
     if remember_keys and state is not None and not plan.work and keycache.part_listing(store, ids) == listing:
-        keycache.settle(store, state)
+        keycache.settle(store, state, {**settled, **{example.example_id: hashes[example.example_id]
+                                                     for example in examples}})
     return plan
 
 
