@@ -338,7 +338,9 @@ def test_time_on_the_wire_and_time_queued_are_told_apart():
     assert all(reply.queue_s + reply.server_s == pytest.approx(reply.latency_s) for reply in replies)
 
 
-@pytest.mark.parametrize("retry_after", [True, False])
+# Without Retry-After (the slower case, ~20 s) the flow-level test in test_generation_integrity runs
+# by default; this client-level one runs with -m slow.
+@pytest.mark.parametrize("retry_after", [True, pytest.param(False, marks=pytest.mark.slow)])
 def test_every_429_lowers_the_pace_with_or_without_retry_after(retry_after):
     """A server whose limit (120/min) is far below max_rpm: honouring each pause alone would keep
     sending at the configured pace between pauses; lowering it keeps 429s a small share."""
