@@ -44,6 +44,7 @@ from storage.store import Store
 FOLDER = derived.FOLDER
 SETTLED_KIND = "settled"
 SETTLED = f"{FOLDER}/{SETTLED_KIND}"
+KEPT_SETTLED = 8  # settled markers kept: the newest states, a few plan identities sharing a store
 COT_SCHEMA = pa.schema([("example_id", pa.string()), ("input_hash", pa.string()), ("cot_index", pa.int32()),
                         ("key", pa.string())])
 EVAL_SCHEMA = pa.schema([("cot_key", pa.string()), ("eval_index", pa.int32()), ("key", pa.string())])
@@ -111,8 +112,21 @@ def settled_examples(store: Store, state: str) -> dict[str, str]:
 
 def settle(store: Store, state: str, examples: dict[str, str]) -> None:
     """Remember that a plan of this state found nothing missing for these examples (best effort,
-    like kept keys). Each example's plan is its own, so the examples settled before stay settled."""
+    like kept keys). Each example's plan is its own, so the examples settled before stay settled.
+
+    A marker lists every settled example (~60 bytes each), and each change to the parts makes a new
+    state: only the newest KEPT_SETTLED markers are kept (the other states' parts are gone, or belong
+    to another plan identity on the same store, which at worst plans in full once)."""
     derived.remember(store, SETTLED_KIND, state, {"examples": examples})
+    fs = store.location.filesystem
+    try:
+        markers = fs.get_file_info(pafs.FileSelector(f"{store.location.path}/{SETTLED}", allow_not_found=True))
+        others = sorted((info for info in markers if info.base_name != f"{state}.json"),
+                        key=lambda info: (info.mtime_ns or 0, info.base_name), reverse=True)
+        for info in others[KEPT_SETTLED - 1:]:
+            fs.delete_file(info.path)
+    except OSError:
+        pass
 
 
 def cot_rows(rows: Iterable[tuple[str, str, int, str]]) -> pa.Table:

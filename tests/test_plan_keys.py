@@ -166,3 +166,13 @@ def test_a_settled_plan_reads_the_tables_only_for_examples_added_or_changed_sinc
     full = plan_generation(store, config, kind, grown, remember_keys=False)
     assert len(planned[1]) == len(grown)
     assert _requests(incremental) == _requests(full)
+
+
+def test_only_the_newest_settled_markers_are_kept_and_never_the_one_just_written(tmp_path):
+    store = Store(str(tmp_path / "store"))
+    for number in range(keycache.KEPT_SETTLED + 3):
+        keycache.settle(store, f"state-{number}", {"e1": "hash"})
+    markers = sorted(path.name for path in (tmp_path / "store" / keycache.SETTLED).iterdir())
+    assert len(markers) == keycache.KEPT_SETTLED
+    assert f"state-{keycache.KEPT_SETTLED + 2}.json" in markers
+    assert keycache.settled_examples(store, f"state-{keycache.KEPT_SETTLED + 2}") == {"e1": "hash"}
