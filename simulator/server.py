@@ -216,7 +216,7 @@ def start_simulator(
     """
     teacher = SimulatedTeacher(examples, answer_type, **options)
     server = _Server((host, port), teacher)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1},
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02},
                               name="simulated-teacher", daemon=True)
     thread.start()
     bound = server.server_address[1]

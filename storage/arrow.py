@@ -24,6 +24,13 @@ _STEPS = {"s": timedelta(seconds=1), "ms": timedelta(milliseconds=1), "us": time
 
 def strings(values: Iterable[str]) -> pa.Array:
     """A `string` column of these values (none of them None)."""
+    values = values if isinstance(values, list) else list(values)
+    lengths = np.fromiter(map(len, values), np.int64, len(values))
+    data = "".join(values).encode("utf-8")
+    if len(data) == lengths.sum() <= _MAX_OFFSET:  # ASCII only: a character is a byte
+        offsets = np.zeros(len(values) + 1, np.int32)
+        np.cumsum(lengths, out=offsets[1:])
+        return pa.Array.from_buffers(pa.string(), len(values), [None, pa.py_buffer(offsets), pa.py_buffer(data)])
     encoded = [value.encode("utf-8") for value in values]
     offsets = np.zeros(len(encoded) + 1, np.int64)
     np.cumsum(np.fromiter(map(len, encoded), np.int64, len(encoded)), out=offsets[1:])

@@ -103,6 +103,9 @@ def test_imports_and_other_teachers_are_chosen_by_name_and_mixing_is_explicit(tm
     assert origins(2, sources=[{"cot_prompt_version": "equation-cot-0"}]) == ["old prompt"] * len(TRAIN)
     assert origins(2) == sorted(["this run", "again"] * len(TRAIN))
     assert origins(1, sources=[{"source": "teacher"}, {"source": "dss"}]) == sorted(["dss", "this run"] * len(TRAIN))
+    # A CoT two sources both match is trained on once.
+    assert origins(2, sources=[{"source": "teacher"}, {"source": "teacher", "teacher_model": TEACHER}]) == \
+        origins(2, sources=[{"source": "teacher"}])
     dss = _config(tmp_path, sources=[{"source": "dss"}])
     # Self-evaluations follow the same choice: the DSS import has none, this run's teacher two per CoT.
     assert self_eval_set(store, "train", 1, provenances(dss, store)).rows == []

@@ -15,6 +15,8 @@ TEXTS = ["", "plain", "ünïcödé ✓", "two\nlines", "x" * 5000]
 def test_columns_are_the_ones_pa_array_makes():
     assert arrow.strings(TEXTS).equals(pa.array(TEXTS, pa.string()))
     assert arrow.strings(text for text in TEXTS).equals(pa.array(TEXTS, pa.string()))  # any iterable
+    ascii_only = [text for text in TEXTS if text.isascii()]  # laid out without encoding each value
+    assert arrow.strings(ascii_only).equals(pa.array(ascii_only, pa.string()))
     assert arrow.int32s([0, -1, 2**31 - 1, -(2**31)]).equals(pa.array([0, -1, 2**31 - 1, -(2**31)], pa.int32()))
     flags = [True, False, False, True, True, False, True, True, False]  # more than one byte of bits
     assert arrow.booleans(flags).equals(pa.array(flags, pa.bool_()))

@@ -152,9 +152,11 @@ WITH matched AS (
         ORDER BY c.created_at DESC, c.key
     ) = 1
 ), chosen AS (
-    SELECT * FROM matched QUALIFY row_number() OVER (PARTITION BY key ORDER BY _entry) = 1
+    SELECT * FROM matched {once}
 )
 """
+# A CoT matched by two provenances counts once; with one provenance no CoT can be matched twice.
+_ONCE = "QUALIFY row_number() OVER (PARTITION BY key ORDER BY _entry) = 1"
 
 
 # The chosen CoTs of a split with their questions (numbered `cot` in this order by _judged); the
@@ -205,8 +207,10 @@ def _limit(n: int | None) -> int:
 def _judged(con: duckdb.DuckDBPyConnection, sql: str, split: str, n_cots: int,
             sources: Sequence[Provenance] | None) -> pa.Table:
     """The chosen CoTs of `sql`, registered as _judged on `con` for the evaluation queries."""
-    con.register("_sources", _provenance_table(sources))
+    provenances = _provenance_table(sources)
+    con.register("_sources", provenances)
     try:
+        sql = sql.replace("{once}", _ONCE if provenances.num_rows > 1 else "")
         judged = con.sql(sql, params={"split": split, "n_cots": n_cots}).to_arrow_table()
     finally:
         con.unregister("_sources")

@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from storage import Store, derived, queries
+from storage import Store, arrow, derived, queries
 from storage.queries import Provenance, TrainingRow, TrainingRows
 from tasks.answers import answers_match
 from tasks.config import ArmConfig, Config
@@ -108,8 +108,10 @@ def self_eval_set(store: Store, split: str = "train", n_cots: int | None = None,
 def _judged_inputs(cots: pa.Table) -> pa.Array:
     """The student's input for each judged CoT; none for an unparseable one, whose pairs are left out."""
     questions, texts = cots.column("question").to_pylist(), cots.column("cot_text").to_pylist()
-    return pa.array([None if text is None else format_judged_input(question, text)
-                     for question, text in zip(questions, texts)], pa.string())
+    inputs = arrow.strings(["" if text is None else format_judged_input(question, text)
+                            for question, text in zip(questions, texts)])
+    unparsed = pc.is_null(cots.column("cot_text")).combine_chunks()
+    return pc.if_else(unparsed, pa.scalar(None, pa.string()), inputs) if unparsed.true_count else inputs
 
 
 def _cot_rows(cots: pa.Table, labels: Literal["gold", "teacher"]) -> TrainingRows:
@@ -303,6 +305,7 @@ def _distinct(column: pa.ChunkedArray) -> _Distinct:
         encoded = pc.dictionary_encode(encoded)
     strings = encoded.dictionary.to_pylist()
     values = pc.fill_null(encoded.indices, len(strings)).to_numpy(zero_copy_only=False)
-    texts = pa.array([*map(json.encoder.encode_basestring_ascii, strings), "null"], pa.string())  # as json.dumps
-    ranks = pc.rank(pa.array([*strings, ""], pa.string()), sort_keys="ascending", tiebreaker="dense")
+    texts = arrow.strings([*map(json.encoder.encode_basestring_ascii, strings), "null"])  # as json.dumps
+    ranked = pa.concat_arrays([encoded.dictionary.cast(pa.string()), arrow.strings([""])])
+    ranks = pc.rank(ranked, sort_keys="ascending", tiebreaker="dense")
     return _Distinct(values, texts, ranks.to_numpy()[values])
