@@ -21,14 +21,18 @@ if TYPE_CHECKING:
 # that finds nothing missing (a scheduled one, mostly) never loads the openai SDK (~0.8 s).
 
 
+# The flow is async, so its tasks are too: a sync task in an async flow opens its own API client
+# (~40 ms each). The work itself blocks, so it runs on a worker thread and the loop stays free.
+
+
 @task(name="load-examples", cache_policy=NONE)
-def load_examples(store: Store, config: Config):
-    return sync_examples(store, config)
+async def load_examples(store: Store, config: Config):
+    return await asyncio.to_thread(sync_examples, store, config)
 
 
 @task(name="plan", cache_policy=NONE)
-def plan(store: Store, config: Config, examples, answer_type: str, only_failed: bool) -> Plan:
-    return plan_generation(store, config, answer_type, examples, only_failed)
+async def plan(store: Store, config: Config, examples, answer_type: str, only_failed: bool) -> Plan:
+    return await asyncio.to_thread(plan_generation, store, config, answer_type, examples, only_failed)
 
 
 @task(name="ask-teacher", cache_policy=NONE, task_run_name="ask-teacher-{first}")
@@ -37,9 +41,7 @@ async def ask_teacher(session: Session, batch: tuple[ExampleWork, ...], first: s
     return sum(await asyncio.gather(*(session.run_example(work) for work in batch)))
 
 
-@task(name="batch-pass", cache_policy=NONE)
-def batch_pass(store: Store, config: Config, examples, answer_type: str, only_failed: bool):
-    """Collect finished batches, then submit what is still missing (teacher.mode: batch)."""
+def _batch_pass(store: Store, config: Config, examples, answer_type: str, only_failed: bool):
     from simulator import simulated_teacher
     from tasks.generation.batch import run_batch_pass
     from tasks.teacher.endpoint import open_endpoint
@@ -49,20 +51,26 @@ def batch_pass(store: Store, config: Config, examples, answer_type: str, only_fa
         return run_batch_pass(store, config, answer_type, examples, endpoint, only_failed)
 
 
+@task(name="batch-pass", cache_policy=NONE)
+async def batch_pass(store: Store, config: Config, examples, answer_type: str, only_failed: bool):
+    """Collect finished batches, then submit what is still missing (teacher.mode: batch)."""
+    return await asyncio.to_thread(_batch_pass, store, config, examples, answer_type, only_failed)
+
+
 @task(name="dry-run", cache_policy=NONE)
-def plan_dry_run(config: Config) -> tuple[str, Plan]:
-    return dry_run_plan(config)
+async def plan_dry_run(config: Config) -> tuple[str, Plan]:
+    return await asyncio.to_thread(dry_run_plan, config)
 
 
 @task(name="replay-journal", cache_policy=NONE)
-def replay_journal(store: Store) -> int:
+async def replay_journal(store: Store) -> int:
     """Store the answers an earlier run received but could not write (see storage.journal)."""
-    return journal.replay(store)
+    return await asyncio.to_thread(journal.replay, store)
 
 
 @task(name="compact-store", cache_policy=NONE)
-def compact_store(store: Store) -> None:
-    store.compact()
+async def compact_store(store: Store) -> None:
+    await asyncio.to_thread(store.compact)
 
 
 async def dispatch(store: Store, config: Config, examples, answer_type: str, work: Plan, show_progress: bool):
@@ -79,13 +87,13 @@ async def dispatch(store: Store, config: Config, examples, answer_type: str, wor
     return session, [state for state in states if not state.is_completed()]
 
 
-def batch_mode(store: Store, config: Config, examples, answer_type: str, only_failed: bool):
+async def batch_mode(store: Store, config: Config, examples, answer_type: str, only_failed: bool):
     """teacher.mode: batch: one pass that collects finished batches and submits what is missing."""
     from tasks.teacher.errors import FatalError
 
     simulated = config.teacher.simulate
     try:
-        summary = batch_pass(store, config, quote(examples), answer_type, only_failed)
+        summary = await batch_pass(store, config, quote(examples), answer_type, only_failed)
     except (FatalError, ClaimsUnavailable) as error:
         return Failed(message=str(error))
     message = summary.describe(simulated)
@@ -100,24 +108,24 @@ async def generate(config: Config | str, dry_run: bool = False, only_failed: boo
     """Generate chains of thought and self-evaluations for every example the store is missing."""
     config = resolve_config(config)
     if dry_run:  # writes nothing
-        message, work = plan_dry_run(config)
+        message, work = await plan_dry_run(config)
         return Completed(message=message, data=work)
     store = Store(config.store.path)
     try:
-        replay_journal(store)  # before planning: those answers are paid for
-        compact_store(store)  # after a crash the store may hold thousands of one-response files
+        await replay_journal(store)  # before planning: those answers are paid for
+        await compact_store(store)  # after a crash the store may hold thousands of one-response files
     except OSError as error:
         return Failed(message=f"could not store the answers journalled by an earlier run ({error.strerror or error}) "
                       f"in {store.root}: free space and rerun")
     try:
-        examples, answer_type = load_examples(store, config)
+        examples, answer_type = await load_examples(store, config)
         # quote: Prefect would otherwise visit every example looking for futures (seconds at 20,000)
-        work = plan(store, config, quote(examples), answer_type, only_failed)
+        work = await plan(store, config, quote(examples), answer_type, only_failed)
     except OSError as error:
         return Failed(message=f"could not write to the store {store.root} ({error.strerror or error}): "
                       "free space and rerun")
     if config.teacher.mode == "batch":
-        return batch_mode(store, config, examples, answer_type, only_failed)
+        return await batch_mode(store, config, examples, answer_type, only_failed)
     if not work.work:
         return Completed(message=work.describe(config.teacher.simulate), data=work)
     from tasks.teacher.errors import FatalError
@@ -130,7 +138,7 @@ async def generate(config: Config | str, dry_run: bool = False, only_failed: boo
         return Failed(message=f"{len(crashed)} batches crashed: {crashed[0].message}")
     if not session.summary.pending:
         try:
-            compact_store(store)
+            await compact_store(store)
         except OSError as error:  # every answer is stored: merging parts can wait for the next run
             get_run_logger().warning("compaction skipped: %s", error.strerror or error)
     if (failure := session.failure()) is not None:

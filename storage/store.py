@@ -24,11 +24,12 @@ Object stores publish an upload only once it completes, so there parts are writt
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -369,32 +370,54 @@ class Store:
         leave), so views read them without deduplicating. Also removes temporary files left by
         writers that died."""
         merged = {}
-        for table in SCHEMAS:
-            self._remove_stale_temporaries(table)
-            for attempt in (1, 2):
-                files = self._unbounded_parts(table, part_rows)
-                if not files:
+        with self._scratch() as scratch:
+            for table in SCHEMAS:
+                self._remove_stale_temporaries(table)
+                for attempt in (1, 2):
+                    files = self._unbounded_parts(table, part_rows)
+                    if not files:
+                        break
+                    try:
+                        self._merge(scratch, table, files, part_rows)
+                    except FileNotFoundError:
+                        if attempt == 2:  # another compaction is deleting these files right now
+                            raise
+                        continue
+                    merged[table] = len(files)
                     break
-                try:
-                    self._merge(table, files, part_rows)
-                except FileNotFoundError:
-                    if attempt == 2:  # another compaction is deleting these files right now
-                        raise
-                    continue
-                merged[table] = len(files)
-                break
-        self._record_checked_parts(part_rows)
+            self._record_checked_parts(scratch, part_rows)
         return merged
 
-    def _merge(self, table: str, files: list[str], part_rows: int) -> None:
+    @contextlib.contextmanager
+    def _scratch(self) -> Iterator[Callable[[], duckdb.DuckDBPyConnection]]:
+        """One in-memory DuckDB connection for a compaction's merges and checks, opened when first
+        needed: opening one costs ~20 ms, and a compaction after a small buy runs eight queries."""
+        opened: list[duckdb.DuckDBPyConnection] = []
+
+        def connection() -> duckdb.DuckDBPyConnection:
+            if not opened:
+                con = duckdb.connect()
+                opened.append(con)
+                con.execute("SET TimeZone = 'UTC'")
+                if self.location.fsspec_filesystem is not None:
+                    con.register_filesystem(self.location.fsspec_filesystem)
+            return opened[0]
+
+        try:
+            yield connection
+        finally:
+            for con in opened:
+                con.close()
+
+    def _merge(self, scratch, table: str, files: list[str], part_rows: int) -> None:
         """Replace `files` by parts of at most `part_rows` rows holding each of their keys once."""
-        data = self._read_deduplicated(table, files)
+        data = self._read_deduplicated(scratch(), table, files)
         for offset in range(0, data.num_rows, part_rows):
             self._write_checked(table, data.slice(offset, part_rows))
         for path in files:
             _delete_quietly(self.location.filesystem, path)
 
-    def _record_checked_parts(self, part_rows: int) -> None:
+    def _record_checked_parts(self, scratch, part_rows: int) -> None:
         """Check each table whose parts changed since the last record for keys held twice, merge the
         parts that hold such keys, and record the parts that now hold each key once, and which of
         them have this code's schema (best effort: without a record views only deduplicate)."""
@@ -405,11 +428,11 @@ class Store:
             before = recorded.get(table, CheckedParts())
             if not names <= before.unique:
                 try:
-                    holding = self._parts_holding_duplicates(table, files, before.unique)
+                    holding = self._parts_holding_duplicates(scratch(), table, files, before.unique)
                     if holding:
-                        self._merge(table, holding, part_rows)
+                        self._merge(scratch, table, holding, part_rows)
                         files = self.files(table)
-                        if self._parts_holding_duplicates(table, files, frozenset()):
+                        if self._parts_holding_duplicates(scratch(), table, files, frozenset()):
                             continue
                 except (duckdb.Error, OSError):
                     continue  # a part vanished under another compaction: the next one checks again
@@ -426,7 +449,8 @@ class Store:
         except (OSError, pa.ArrowException):
             return False
 
-    def _parts_holding_duplicates(self, table: str, files: list[str], checked: frozenset[str]) -> list[str]:
+    def _parts_holding_duplicates(self, con: duckdb.DuckDBPyConnection, table: str, files: list[str],
+                                  checked: frozenset[str]) -> list[str]:
         """The parts among `files` that hold a key some other row (in any of them) holds too. Parts
         in `checked` are known to hold no key twice between them: only the others' keys are
         grouped, and the checked parts' keys are only probed against them."""
@@ -447,17 +471,8 @@ class Store:
             sql = (f"WITH r AS ({read}) SELECT DISTINCT filename FROM r SEMI JOIN "
                    f"(SELECT {keys} FROM r GROUP BY ALL HAVING count(*) > 1) d USING ({keys})")
             params = [new]
-        names = {_name(url) for (url,) in self._query(sql, params)}
+        names = {_name(url) for (url,) in con.execute(sql, params).fetchall()}
         return [path for path in files if _name(path) in names]
-
-    def _query(self, sql: str, params: Sequence) -> list[tuple]:
-        con = duckdb.connect()
-        try:
-            if self.location.fsspec_filesystem is not None:
-                con.register_filesystem(self.location.fsspec_filesystem)
-            return con.execute(sql, params).fetchall()
-        finally:
-            con.close()
 
     def _write_checked_parts(self, checked: dict[str, CheckedParts]) -> None:
         text = json.dumps({table: entry.record(table) for table, entry in checked.items()}, indent=0).encode()
@@ -499,7 +514,7 @@ class Store:
             _delete_quietly(self.location.filesystem, path)
             raise
 
-    def _read_deduplicated(self, table: str, files: list[str]) -> pa.Table:
+    def _read_deduplicated(self, con: duckdb.DuckDBPyConnection, table: str, files: list[str]) -> pa.Table:
         schema = SCHEMAS[table]
         parts = []
         for order, path in enumerate(files):
@@ -514,10 +529,8 @@ class Store:
         combined = pa.concat_tables(parts)
         keys = ", ".join(_quote(key) for key in PRIMARY_KEYS[table])
         columns = ", ".join(_quote(f.name) for f in schema)
-        con = duckdb.connect()
+        con.register("_merging", combined)
         try:
-            con.execute("SET TimeZone = 'UTC'")
-            con.register("_merging", combined)
             deduplicated = con.sql(
                 f"SELECT {columns} FROM (SELECT *, row_number() OVER () AS _row FROM _merging) "
                 f"QUALIFY row_number() OVER (PARTITION BY {keys} "
@@ -525,7 +538,7 @@ class Store:
                 "ORDER BY created_at, _file_order, _row"
             ).to_arrow_table()
         finally:
-            con.close()
+            con.unregister("_merging")
         return deduplicated.cast(schema)
 
     def _remove_stale_temporaries(self, table: str) -> None:
