@@ -58,6 +58,7 @@ QUARANTINE = "_quarantine"
 UNIQUE = "_unique/parts.json"  # per table, the parts that hold no key twice between them (CheckedParts)
 
 T = TypeVar("T")
+_Connection = Callable[[], duckdb.DuckDBPyConnection]  # the connection, opened on first call
 
 
 class CorruptFileError(ValueError):
@@ -389,7 +390,7 @@ class Store:
         return merged
 
     @contextlib.contextmanager
-    def _scratch(self) -> Iterator[Callable[[], duckdb.DuckDBPyConnection]]:
+    def _scratch(self) -> Iterator[_Connection]:
         """One in-memory DuckDB connection for a compaction's merges and checks, opened when first
         needed: opening one costs ~20 ms, and a compaction after a small buy runs eight queries."""
         opened: list[duckdb.DuckDBPyConnection] = []
@@ -409,7 +410,7 @@ class Store:
             for con in opened:
                 con.close()
 
-    def _merge(self, scratch, table: str, files: list[str], part_rows: int) -> None:
+    def _merge(self, scratch: _Connection, table: str, files: list[str], part_rows: int) -> None:
         """Replace `files` by parts of at most `part_rows` rows holding each of their keys once."""
         data = self._read_deduplicated(scratch(), table, files)
         for offset in range(0, data.num_rows, part_rows):
@@ -417,7 +418,7 @@ class Store:
         for path in files:
             _delete_quietly(self.location.filesystem, path)
 
-    def _record_checked_parts(self, scratch, part_rows: int) -> None:
+    def _record_checked_parts(self, scratch: _Connection, part_rows: int) -> None:
         """Check each table whose parts changed since the last record for keys held twice, merge the
         parts that hold such keys, and record the parts that now hold each key once, and which of
         them have this code's schema (best effort: without a record views only deduplicate)."""
