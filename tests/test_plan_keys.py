@@ -4,7 +4,9 @@ plan exactly what a plan deriving every key would."""
 from __future__ import annotations
 
 import dataclasses
+import os
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -170,9 +172,18 @@ def test_a_settled_plan_reads_the_tables_only_for_examples_added_or_changed_sinc
 
 def test_only_the_newest_settled_markers_are_kept_and_never_the_one_just_written(tmp_path):
     store = Store(str(tmp_path / "store"))
+    folder = tmp_path / "store" / keycache.SETTLED
+    start = time.time() - 1000
     for number in range(keycache.KEPT_SETTLED + 3):
         keycache.settle(store, f"state-{number}", {"e1": "hash"})
-    markers = sorted(path.name for path in (tmp_path / "store" / keycache.SETTLED).iterdir())
-    assert len(markers) == keycache.KEPT_SETTLED
-    assert f"state-{keycache.KEPT_SETTLED + 2}.json" in markers
-    assert keycache.settled_examples(store, f"state-{keycache.KEPT_SETTLED + 2}") == {"e1": "hash"}
+        os.utime(folder / f"state-{number}.json", (start + number, start + number))  # one second apart
+    newest = {f"state-{number}.json" for number in range(3, keycache.KEPT_SETTLED + 3)}
+    assert {path.name for path in folder.iterdir()} == newest
+
+    # A marker written now survives even if the others look newer (clocks of another writer).
+    for path in folder.iterdir():
+        os.utime(path, (start + 5000, start + 5000))
+    keycache.settle(store, "state-now", {"e2": "hash"})
+    markers = {path.name for path in folder.iterdir()}
+    assert len(markers) == keycache.KEPT_SETTLED and "state-now.json" in markers
+    assert keycache.settled_examples(store, "state-now") == {"e2": "hash"}
