@@ -64,21 +64,29 @@ try:
     from tasks.data.trainsets import rows_state
 except ImportError:  # older code reads the rows on every run
     rows_state = None
+try:
+    from tasks.data.trainsets import data_snapshots, read_arm_rows
+except ImportError:  # older code reads each set on its own connection, one snapshot after another
+    read_arm_rows = None
 config = load_config(sys.argv[1])
 arm = config.train.arms[0]
 store = Store(config.store.path)
 state = rows_state(config, store, arm) if rows_state else None
 snapshots = state.recall(store) if state else None  # as tasks.student.train_one decides
 names = ("train_rows", "validation_rows", "self_eval_rows", "judged_rows")
-if not snapshots:
+remembered = bool(snapshots)
+if not snapshots and read_arm_rows:  # as tasks.student.arms.arm_rows and freshness.row_snapshots do
+    rows = read_arm_rows(config, store, arm)
+    snapshots = data_snapshots(dict(zip(names, (rows.training.rows, rows.validation, rows.self_eval_rows, rows.judged))))
+elif not snapshots:
     sources = provenances(config, store)
     training = arm_training_set(store, arm, sources, answer_type(config.dataset))
     validation = label_set(store, "validation").rows
     self_eval = arm_self_eval_set(store, arm, sources)
     judged = self_eval_set(store, "validation", arm.n_cots, sources).rows
     snapshots = dict(zip(names, [data_snapshot(rows) for rows in (training.rows, validation, self_eval.rows, judged)]))
-    if state:
-        state.remember(store, snapshots)
+if state and not remembered:
+    state.remember(store, snapshots)
 print([snapshots[name] for name in names])
 """
 
@@ -91,11 +99,19 @@ try:
     from tasks.data.trainsets import rows_state
 except ImportError:  # older code reads the rows on every run
     rows_state = None
+try:
+    from tasks.data.trainsets import data_snapshots, read_scored_rows
+except ImportError:  # older code reads each set on its own connection, one snapshot after another
+    read_scored_rows = None
 config = load_config(sys.argv[1])
 store = Store(config.store.path)
 state = rows_state(config, store, None) if rows_state else None
 snapshots = state.recall(store) if state else None  # as tasks.student.evaluate_one decides
-if not snapshots:
+if not snapshots and read_scored_rows:
+    snapshots = data_snapshots(read_scored_rows(config, store))
+    if state:
+        state.remember(store, snapshots)
+elif not snapshots:
     rows = {"test": label_set(store, "test").rows, "validation": label_set(store, "validation").rows,
             "judged": self_eval_set(store, "validation", None, provenances(config, store)).rows}
     snapshots = {name: data_snapshot(scored) for name, scored in rows.items()}

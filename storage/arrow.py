@@ -9,12 +9,13 @@ types and values as `pa.array`, and `pylist` reads UTC timestamps (every row's `
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 _MAX_OFFSET = 2**31 - 1  # a `string` column's offsets are int32
 _UTC = ZoneInfo("UTC")  # what to_pylist gives a timestamp column's "UTC" time zone
@@ -40,6 +41,26 @@ def strings(values: Iterable[str]) -> pa.Array:
     return pa.Array.from_buffers(pa.string(), len(encoded), buffers)
 
 
+def optional_strings(values: Iterable[str | None]) -> pa.Array:
+    """A `string` column of these values, None as null."""
+    values = values if isinstance(values, list) else list(values)
+    filled = strings(["" if value is None else value for value in values])
+    if None not in values:
+        return filled
+    valid = booleans(value is not None for value in values).buffers()[1]
+    return pa.Array.from_buffers(pa.string(), len(values), [valid, *filled.buffers()[1:]])
+
+
+def optional_string_lists(values: Iterable[Sequence[str] | None]) -> pa.Array:
+    """A `list<string>` column of these lists of strings, None as null."""
+    values = values if isinstance(values, list) else list(values)
+    offsets = np.zeros(len(values) + 1, np.int32)
+    np.cumsum([len(value or ()) for value in values], out=offsets[1:])
+    mask = booleans(value is None for value in values) if None in values else None
+    return pa.ListArray.from_arrays(numbers(offsets), strings([s for value in values for s in value or ()]),
+                                    type=pa.list_(pa.string()), mask=mask)
+
+
 def int32s(values: Iterable[int]) -> pa.Array:
     """An `int32` column of these values (none of them None)."""
     data = np.fromiter(values, np.int32)
@@ -50,6 +71,27 @@ def booleans(values: Iterable[bool]) -> pa.Array:
     """A `bool` column of these values (none of them None)."""
     data = np.fromiter(values, np.bool_)
     return pa.Array.from_buffers(pa.bool_(), len(data), [None, pa.py_buffer(np.packbits(data, bitorder="little"))])
+
+
+def numbers(values: np.ndarray) -> pa.Array:
+    """A column of a 1-D NumPy array of numbers or booleans (what `pa.array` gives it)."""
+    if values.dtype == np.bool_:
+        return booleans(values)
+    values = np.ascontiguousarray(values)
+    return pa.Array.from_buffers(pa.from_numpy_dtype(values.dtype), len(values), [None, pa.py_buffer(values)])
+
+
+_NUMPY_TYPES = {pa.int32(): np.int32, pa.int64(): np.int64, pa.uint64(): np.uint64}
+
+
+def to_numpy(values: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """A null-free integer column as a NumPy array (what `to_numpy` gives, which imports pandas)."""
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    if values.null_count:
+        raise ValueError("to_numpy takes a column without nulls")
+    dtype = np.dtype(_NUMPY_TYPES[values.type])
+    return np.frombuffer(values.buffers()[1], dtype, len(values), values.offset * dtype.itemsize)
 
 
 _BUILDERS = {pa.string(): strings, pa.int32(): int32s, pa.bool_(): booleans}
@@ -64,6 +106,14 @@ def table(schema: pa.Schema, columns: Iterable[Iterable]) -> pa.Table:
 def empty(schema: pa.Schema) -> pa.Table:
     """A table of `schema` with no rows (what `schema.empty_table()` gives)."""
     return table(schema, [()] * len(schema))
+
+
+def where(table: pa.Table, mask: pa.Array | pa.ChunkedArray) -> pa.Table:
+    """The rows of `table` where `mask` is true; `table` itself when that is every row (a filter
+    copies every value, ~0.25 s for 180,000 CoTs with their texts)."""
+    if pc.all(mask, skip_nulls=False).as_py() is True:  # a null counts as not true
+        return table
+    return table.filter(mask)
 
 
 def pylist(column: pa.Array | pa.ChunkedArray) -> list:

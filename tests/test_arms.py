@@ -14,7 +14,17 @@ from conftest import cot_row, evaluation_row
 from flows.cli import main
 from storage import ExampleRow, Store
 from tasks.config import parse_config
-from tasks.data.trainsets import answered_by, cot_set, provenances, self_eval_set
+from tasks.data.datasets import answer_type
+from tasks.data.trainsets import (
+    answered_by,
+    arm_self_eval_set,
+    arm_training_set,
+    cot_set,
+    label_set,
+    provenances,
+    read_arm_rows,
+    self_eval_set,
+)
 from tasks.student import NothingToTrain, arm_scoring, arm_training, evaluate_one, freshness, train_one
 from tasks.student.arms import arm_rows
 from tasks.student.checkpoints import RECORD
@@ -110,6 +120,28 @@ def test_imports_and_other_teachers_are_chosen_by_name_and_mixing_is_explicit(tm
     # Self-evaluations follow the same choice: the DSS import has none, this run's teacher two per CoT.
     assert self_eval_set(store, "train", 1, provenances(dss, store)).rows == []
     assert len(self_eval_set(store, "train", 1, provenances(_config(tmp_path), store)).rows) == 2 * len(TRAIN)
+
+
+@pytest.mark.parametrize("sources", [None, [{"source": "teacher"}, {"source": "dss"}],
+                                     [{"source": "teacher"}, {"source": "teacher", "teacher_model": TEACHER}],
+                                     [{"source": "teacher", "teacher_model": "gpt-4o"}, {"source": "teacher"}]])
+@pytest.mark.parametrize("arm", [{"mode": "cot", "n_cots": 2}, {"mode": "standard", "labels": "teacher"},
+                                 {"mode": "cot", "n_cots": 2, "cot_filter": "teacher_verdict", "n_evals": 1}])
+def test_an_arms_rows_are_read_on_one_connection_and_are_the_rows_each_set_reads_alone(tmp_path, store, sources, arm,
+                                                                                      monkeypatch):
+    config = _config(tmp_path, **({"sources": sources} if sources else {}),
+                     arms=[{"name": "arm", "self_eval": True, **arm}])
+    arm = config.train.arms[0]
+    kind, chosen = answer_type(config.dataset), provenances(config, store)
+    alone = (arm_training_set(store, arm, chosen, kind), arm_self_eval_set(store, arm, chosen),
+             self_eval_set(store, "validation", arm.n_cots, chosen).rows, label_set(store, "validation").rows)
+    connections = []
+    monkeypatch.setattr(store, "connect", lambda connect=store.connect, **options: connections.append(1) or
+                        connect(**options))
+    rows = read_arm_rows(config, store, arm)
+    assert len(connections) == 1
+    assert (rows.training, rows.self_eval, rows.judged, rows.validation) == alone
+    assert rows.training.rows and rows.self_eval.rows and rows.judged
 
 
 def test_stage_1_is_picked_on_validation_self_evaluation_agreement(tmp_path, store):

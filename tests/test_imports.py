@@ -101,3 +101,36 @@ def test_status_a_dry_run_and_sql_never_load_pandas(tmp_path):
                     ["sql", str(config), "SELECT * FROM calibration"]):
         code = f"import sys; from flows.cli import main; main({command!r}); assert 'pandas' not in sys.modules"
         subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO, stdout=subprocess.DEVNULL)
+
+
+def test_an_arms_rows_the_scored_rows_and_their_snapshot_ids_never_load_pandas(tmp_path):
+    # A first `train` or `evaluate` on a large store reads its sets as Arrow columns: no pandas either.
+    store = Store(str(tmp_path / "store"))
+    store.append([ExampleRow(f"arithmetic-{split}-00000", split, "Ann has 2 pens and buys 3 more.\nHow many?",
+                             "( 2.0 + 3.0 )", "arithmetic", "gen") for split in ("train", "validation", "test")])
+    cots = [cot_row(f"arithmetic-{split}-00000", 0, "( 2.0 + 3.0 )", "2 + 3 = 5. The answer is ( 2.0 + 3.0 ).")
+            for split in ("train", "validation")]
+    store.append(cots)
+    store.append([evaluation_row(cot, 0, "correct", "It adds up.") for cot in cots])
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({
+        "dataset": {"name": "arithmetic", "arithmetic": {"train": 20, "test": 5}}, "store": {"path": str(store.root)},
+        "teacher": {"simulate": True},
+        "train": {"sources": [{"source": "teacher", "teacher_model": "simulated", "cot_prompt_version": "cot-v1",
+                               "eval_prompt_version": "eval-v1"}],
+                  "arms": [{"name": "cot-selfeval", "mode": "cot", "n_cots": 1, "self_eval": True}]}}))
+    code = f"""
+import sys
+from storage import Store
+from tasks.config import load_config
+from tasks.data.trainsets import data_snapshots, read_arm_rows, read_scored_rows
+config = load_config({str(config)!r})
+store = Store(config.store.path)
+rows = read_arm_rows(config, store, config.train.arms[0])
+assert rows.training.rows and rows.self_eval_rows and rows.judged and rows.validation
+ids = data_snapshots({{"train": rows.training.rows, "self_eval": rows.self_eval_rows, "judged": rows.judged,
+                      "validation": rows.validation, **read_scored_rows(config, store)}})
+assert all(ids.values()), ids
+assert 'pandas' not in sys.modules
+"""
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)

@@ -12,6 +12,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from storage import arrow
 from storage.queries.common import Source, _on_connection, _records, _run
 from storage.queries.generation import examples
 
@@ -123,12 +124,12 @@ def _provenance_table(sources: Sequence[Provenance] | None) -> pa.Table:
     if not rows:
         raise ValueError("a training set needs at least one provenance to select from")
     return pa.table({
-        "entry": pa.array([None if sources is None else i for i in range(len(rows))], pa.int32()),
-        "source": pa.array([r.source for r in rows], pa.string()),
-        "teacher_models": pa.array([None if r.teacher_models is None else list(r.teacher_models) for r in rows],
-                                   pa.list_(pa.string())),
-        "cot_prompt_version": pa.array([r.cot_prompt_version for r in rows], pa.string()),
-        "eval_prompt_version": pa.array([r.eval_prompt_version for r in rows], pa.string()),
+        "entry": arrow.numbers(np.arange(len(rows), dtype=np.int32)) if sources is not None else
+        pa.nulls(1, pa.int32()),
+        "source": arrow.optional_strings([r.source for r in rows]),
+        "teacher_models": arrow.optional_string_lists([r.teacher_models for r in rows]),
+        "cot_prompt_version": arrow.optional_strings([r.cot_prompt_version for r in rows]),
+        "eval_prompt_version": arrow.optional_strings([r.eval_prompt_version for r in rows]),
     })
 
 
@@ -159,19 +160,16 @@ WITH matched AS (
 _ONCE = "QUALIFY row_number() OVER (PARTITION BY key ORDER BY _entry) = 1"
 
 
-# The chosen CoTs of a split with their questions (numbered `cot` in this order by _judged); the
-# evaluations of those CoTs are then read against this table on the same connection, so the CoTs'
-# texts are read once and not repeated on every evaluation.
+# The chosen CoTs of a split with their questions (numbered `cot` in this order by _judged), for a
+# CoT set and a self-evaluation set alike; the evaluations of those CoTs are then read against this
+# table on the same connection, so the CoTs' texts are read once and not repeated on every evaluation.
 _JUDGED_SQL = _CHOSEN_COTS + """
 SELECT x.example_id, x.input AS question, x.label AS gold, c.answer, c.rationale, c.key AS cot_key,
        c.teacher_model, c.created_at, c._eval_version AS eval_version, c.parse_error IS NOT NULL AS excluded
 FROM chosen c JOIN examples x ON x.example_id = c.example_id
 WHERE x.split = $split
-ORDER BY x.example_id, c.cot_index, {order}
+ORDER BY x.example_id, c.cot_index, c.source, c.teacher_model, c.prompt_version, c.key
 """
-# The order of a self-evaluation set's CoTs, and of a CoT set's (which sorts ties by provenance).
-_SELF_EVAL_COTS_SQL = _JUDGED_SQL.replace("{order}", "c.key")
-_COTS_SQL = _JUDGED_SQL.replace("{order}", "c.source, c.teacher_model, c.prompt_version, c.key")
 
 # An evaluation of a judged CoT `j` from the same teacher, within the allowed eval prompt version.
 _EVALUATIONS_OF_JUDGED = """
@@ -204,17 +202,29 @@ def _limit(n: int | None) -> int:
     return _ALL if n is None else n
 
 
-def _judged(con: duckdb.DuckDBPyConnection, sql: str, split: str, n_cots: int,
-            sources: Sequence[Provenance] | None) -> pa.Table:
-    """The chosen CoTs of `sql`, registered as _judged on `con` for the evaluation queries."""
+def chosen_cots(store: Source, split: str = "train", n_cots: int | None = None,
+                sources: Sequence[Provenance] | None = None) -> pa.Table:
+    """The CoTs a CoT set and a self-evaluation set of these arguments both judge, read once for
+    both (`chosen=` of judged_cot_table and self_eval_tables)."""
+    return _on_connection(store, lambda con: _chosen(con, split, _limit(n_cots), sources))
+
+
+def _chosen(con: duckdb.DuckDBPyConnection, split: str, n_cots: int, sources: Sequence[Provenance] | None) -> pa.Table:
     provenances = _provenance_table(sources)
     con.register("_sources", provenances)
     try:
-        sql = sql.replace("{once}", _ONCE if provenances.num_rows > 1 else "")
-        judged = con.sql(sql, params={"split": split, "n_cots": n_cots}).to_arrow_table()
+        sql = _JUDGED_SQL.replace("{once}", _ONCE if provenances.num_rows > 1 else "")
+        return con.sql(sql, params={"split": split, "n_cots": n_cots}).to_arrow_table()
     finally:
         con.unregister("_sources")
-    judged = judged.add_column(0, "cot", pa.array(np.arange(judged.num_rows, dtype=np.int32)))
+
+
+def _judged(con: duckdb.DuckDBPyConnection, split: str, n_cots: int, sources: Sequence[Provenance] | None,
+            chosen: pa.Table | None) -> pa.Table:
+    """The chosen CoTs (read now unless given), numbered and registered as _judged on `con` for the
+    evaluation queries."""
+    judged = _chosen(con, split, n_cots, sources) if chosen is None else chosen
+    judged = judged.add_column(0, "cot", arrow.numbers(np.arange(judged.num_rows, dtype=np.int32)))
     con.register("_judged", judged)
     return judged
 
@@ -231,12 +241,13 @@ class SelfEvalTables:
 
 def self_eval_tables(
     store: Source, split: str = "train", n_cots: int | None = None,
-    sources: Sequence[Provenance] | None = None, n_evals: int | None = None,
+    sources: Sequence[Provenance] | None = None, n_evals: int | None = None, chosen: pa.Table | None = None,
 ) -> SelfEvalTables:
-    """What self_eval_rows returns, as Arrow columns: each judged CoT's texts once."""
+    """What self_eval_rows returns, as Arrow columns: each judged CoT's texts once. `chosen`:
+    chosen_cots of the same split, n_cots and sources, if already read."""
 
     def work(con: duckdb.DuckDBPyConnection) -> SelfEvalTables:
-        judged = _judged(con, _SELF_EVAL_COTS_SQL, split, _limit(n_cots), sources)
+        judged = _judged(con, split, _limit(n_cots), sources, chosen)
         try:
             pairs = con.sql(_PAIRS_SQL, params={"n_evals": _limit(n_evals)}).to_arrow_table()
         finally:
@@ -259,7 +270,7 @@ def self_eval_rows(
     Pairs where the CoT or the evaluation did not parse are left out; the second value counts them.
     """
     tables = self_eval_tables(store, split, n_cots, sources, n_evals)
-    pairs = tables.pairs.filter(pc.invert(tables.pairs.column("excluded")))
+    pairs = arrow.where(tables.pairs, pc.invert(tables.pairs.column("excluded")))
     cot = pairs.column("cot")
     columns = [tables.cots.column(name).take(cot).to_pylist() for name in ("example_id", "question", "cot_text")]
     columns += [pairs.column(name).to_pylist() for name in ("verdict", "eval_rationale")]
@@ -285,15 +296,16 @@ class JudgedCot:
 
 def judged_cot_table(
     store: Source, split: str = "train", n_cots: int = 1, sources: Sequence[Provenance] | None = None,
-    n_evals: int | None = None, verdicts: bool = True,
+    n_evals: int | None = None, verdicts: bool = True, chosen: pa.Table | None = None,
 ) -> tuple[pa.Table, int]:
     """What judged_cots returns, as Arrow columns (JudgedCot's fields), and how many CoTs did not
-    parse. Without `verdicts` the evaluations are not read and both counts are 0."""
+    parse. Without `verdicts` the evaluations are not read and both counts are 0. `chosen`:
+    chosen_cots of the same split, n_cots and sources, if already read."""
     if n_cots < 1:
         raise ValueError(f"n_cots must be >= 1, not {n_cots}")
 
     def work(con: duckdb.DuckDBPyConnection) -> pa.Table:
-        judged = _judged(con, _COTS_SQL, split, n_cots, sources)
+        judged = _judged(con, split, n_cots, sources, chosen)
         try:
             counted = con.sql(_VERDICTS_SQL, params={"n_evals": _limit(n_evals)}).to_arrow_table() \
                 if verdicts else None
@@ -303,7 +315,7 @@ def judged_cot_table(
 
     table = _on_connection(store, work)
     table = table.rename_columns(["input" if name == "question" else name for name in table.column_names])
-    kept = table.filter(pc.invert(table.column("excluded")))
+    kept = arrow.where(table, pc.invert(table.column("excluded")))
     return kept.select([f.name for f in dataclasses.fields(JudgedCot)]), table.num_rows - kept.num_rows
 
 
@@ -312,8 +324,8 @@ def _with_verdicts(judged: pa.Table, counted: pa.Table | None) -> pa.Table:
     for name in ("verdicts", "said_correct"):
         values = np.zeros(judged.num_rows, np.int64)
         if counted is not None:
-            values[counted.column("cot").to_numpy()] = counted.column(name).to_numpy()
-        judged = judged.append_column(name, pa.array(values))
+            values[arrow.to_numpy(counted.column("cot"))] = arrow.to_numpy(counted.column(name))
+        judged = judged.append_column(name, arrow.numbers(values))
     return judged
 
 

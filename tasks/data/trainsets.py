@@ -3,7 +3,8 @@
 Rows are chosen by provenance (train.sources: where a CoT came from, which teacher, which prompt
 version), so a prompt change, a second teacher or an import never adds CoTs to an arm's set unless
 the config mixes them on purpose. Unparseable teacher outputs are left out and counted, never
-trained on as blank rows.
+trained on as blank rows. The readers take a Store or a connection to one (storage.queries.Source):
+an arm's sets are read on one connection (tasks.student.arms.arm_rows).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import hashlib
 import json
 import re
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Literal
 
@@ -20,7 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from storage import Store, arrow, derived, queries
-from storage.queries import Provenance, TrainingRow, TrainingRows
+from storage.queries import Provenance, Source, TrainingRow, TrainingRows
 from tasks.answers import answers_match
 from tasks.config import ArmConfig, Config
 from tasks.data.datasets import answer_type
@@ -50,7 +52,7 @@ def answered_by(asked: str, stored: str, simulate: bool = False) -> bool:
     )
 
 
-def provenances(config: Config, store: Store) -> list[Provenance]:
+def provenances(config: Config, store: Source) -> list[Provenance]:
     """train.sources resolved: a `teacher` source without a model or versions means the models that
     answered this run's teacher.model (see answered_by) and the current prompt versions of the
     dataset's answer type."""
@@ -76,7 +78,7 @@ def provenances(config: Config, store: Store) -> list[Provenance]:
     return resolved
 
 
-def describe_stored(store: Store, split: str = "train") -> str:
+def describe_stored(store: Source, split: str = "train") -> str:
     """What the split's stored CoTs come from, for a message that says which train.sources to name."""
     found = queries.stored_sources(store, split)
     if not found:
@@ -87,13 +89,14 @@ def describe_stored(store: Store, split: str = "train") -> str:
     )
 
 
-def self_eval_set(store: Store, split: str = "train", n_cots: int | None = None,
-                  sources: Sequence[Provenance] | None = None, n_evals: int | None = None) -> TrainingSet:
+def self_eval_set(store: Source, split: str = "train", n_cots: int | None = None,
+                  sources: Sequence[Provenance] | None = None, n_evals: int | None = None,
+                  chosen: pa.Table | None = None) -> TrainingSet:
     """Input = the question with a chain of thought, label = the teacher's verdict on it,
     rationale = the evaluation text; every CoT (index < n_cots) of `sources` x every evaluation of
-    it (index < n_evals)."""
-    tables = queries.self_eval_tables(store, split, n_cots, sources, n_evals)
-    pairs = tables.pairs.filter(pc.invert(tables.pairs.column("excluded")))
+    it (index < n_evals). `chosen`: those CoTs (queries.chosen_cots), if already read."""
+    tables = queries.self_eval_tables(store, split, n_cots, sources, n_evals, chosen)
+    pairs = arrow.where(tables.pairs, pc.invert(tables.pairs.column("excluded")))
     judged = pairs.column("cot").combine_chunks()  # each pair's row of tables.cots
     rows = pa.table({
         # one input per judged CoT, shared by its evaluations
@@ -111,7 +114,7 @@ def _judged_inputs(cots: pa.Table) -> pa.Array:
     inputs = arrow.strings(["" if text is None else format_judged_input(question, text)
                             for question, text in zip(questions, texts)])
     unparsed = pc.is_null(cots.column("cot_text")).combine_chunks()
-    return pc.if_else(unparsed, pa.scalar(None, pa.string()), inputs) if unparsed.true_count else inputs
+    return pc.if_else(unparsed, pa.nulls(len(inputs), pa.string()), inputs) if unparsed.true_count else inputs
 
 
 def _cot_rows(cots: pa.Table, labels: Literal["gold", "teacher"]) -> TrainingRows:
@@ -124,7 +127,7 @@ def _cot_rows(cots: pa.Table, labels: Literal["gold", "teacher"]) -> TrainingRow
     }))
 
 
-def cot_set(store: Store, split: str = "train", n_cots: int = 1,
+def cot_set(store: Source, split: str = "train", n_cots: int = 1,
             labels: Literal["gold", "teacher"] = "gold",
             sources: Sequence[Provenance] | None = None) -> TrainingSet:
     """Input = the question, label = the gold label or the teacher's answer, rationale = the CoT;
@@ -135,42 +138,68 @@ def cot_set(store: Store, split: str = "train", n_cots: int = 1,
     return TrainingSet(_cot_rows(cots, labels), excluded)
 
 
-def label_set(store: Store, split: str) -> TrainingSet:
+def label_set(store: Source, split: str) -> TrainingSet:
     """Input = the question, label = the gold label, no rationale (standard fine-tuning, scoring)."""
     return TrainingSet(queries.label_rows(store, split), 0)
 
 
-def _kept(cots: pa.Table, cot_filter: str | None, kind: str) -> pa.Array:
-    """Which of `cots` (queries.judged_cot_table) an arm's cot_filter keeps."""
+def _kept(cots: pa.Table, cot_filter: str | None, kind: str) -> pa.Array | None:
+    """Which of `cots` (queries.judged_cot_table) an arm's cot_filter keeps; None: every one."""
     if cot_filter == "teacher_verdict":  # a strict majority of its parsed verdicts
         return pc.greater(pc.multiply(cots.column("said_correct"), 2), cots.column("verdicts"))
     if cot_filter == "gold":
         answers, golds = cots.column("answer").to_pylist(), cots.column("gold").to_pylist()
-        return pa.array([answers_match(kind, answer, gold) for answer, gold in zip(answers, golds)], pa.bool_())
-    return pa.array(np.ones(cots.num_rows, dtype=bool))
+        return arrow.booleans(answers_match(kind, answer, gold) for answer, gold in zip(answers, golds))
+    return None
 
 
-def _arm_cots(store: Store, arm: ArmConfig, sources: Sequence[Provenance] | None, kind: str,
-              split: str) -> tuple[pa.Table, int, int]:
+def _stage2_cots(arm: ArmConfig) -> int:
+    """How many CoTs of each example an arm's stage 2 trains on (standard distillation: the first)."""
+    return arm.n_cots if arm.mode == "cot" else 1
+
+
+def _arm_cots(store: Source, arm: ArmConfig, sources: Sequence[Provenance] | None, kind: str,
+              split: str, chosen: pa.Table | None = None) -> tuple[pa.Table, int, int]:
     """The CoTs an arm's stage 2 trains on (queries.judged_cot_table's columns), how many did not
-    parse, how many its cot_filter left out (standard distillation: the teacher's first CoT of each
-    example). Verdicts are counted only for the filter that reads them."""
-    k = arm.n_cots if arm.mode == "cot" else 1
-    cots, excluded = queries.judged_cot_table(store, split, k, sources, arm.n_evals,
-                                              verdicts=arm.cot_filter == "teacher_verdict")
-    kept = cots.filter(_kept(cots, arm.cot_filter, kind))
+    parse, how many its cot_filter left out. Verdicts are counted only for the filter that reads them."""
+    cots, excluded = queries.judged_cot_table(store, split, _stage2_cots(arm), sources, arm.n_evals,
+                                              verdicts=arm.cot_filter == "teacher_verdict", chosen=chosen)
+    kept = _kept(cots, arm.cot_filter, kind)
+    kept = cots if kept is None else arrow.where(cots, kept)
     return kept, excluded, cots.num_rows - kept.num_rows
 
 
-def arm_training_set(store: Store, arm: ArmConfig, sources: Sequence[Provenance], kind: str,
-                     split: str = "train") -> TrainingSet:
+def arm_sets(store: Source, arm: ArmConfig, sources: Sequence[Provenance], kind: str,
+             split: str = "train") -> tuple[TrainingSet, TrainingSet | None]:
+    """arm_training_set and arm_self_eval_set (None for an arm without self_eval); when both judge
+    the same CoTs, those are read once."""
+    chosen = _shared_cots(store, arm, sources, split)
+    training = arm_training_set(store, arm, sources, kind, split, chosen)
+    return training, arm_self_eval_set(store, arm, sources, split, chosen) if arm.self_eval else None
+
+
+def _shared_cots(store: Source, arm: ArmConfig, sources: Sequence[Provenance] | None, split: str) -> pa.Table | None:
+    """The CoTs both of an arm's stages judge, read once; None unless both stages read the same ones."""
+    if arm.self_eval and not _gold_labels_only(arm) and _stage2_cots(arm) == arm.n_cots:
+        return queries.chosen_cots(store, split, arm.n_cots, sources)
+    return None
+
+
+def _gold_labels_only(arm: ArmConfig) -> bool:
+    """Standard fine-tuning: stage 2 trains on gold labels, no CoTs."""
+    return arm.mode == "standard" and arm.labels == "gold"
+
+
+def arm_training_set(store: Source, arm: ArmConfig, sources: Sequence[Provenance], kind: str,
+                     split: str = "train", chosen: pa.Table | None = None) -> TrainingSet:
     """The stage-2 rows of an arm: gold labels (standard fine-tuning) or its CoTs (the teacher's
     label of the first CoT for standard distillation), less the CoTs `arm.cot_filter` rejects,
-    with `arm.label_noise` of its examples given a wrong label."""
-    if arm.mode == "standard" and arm.labels == "gold":
+    with `arm.label_noise` of its examples given a wrong label. `chosen`: its CoTs
+    (queries.chosen_cots), if already read."""
+    if _gold_labels_only(arm):
         training = label_set(store, split)
     else:
-        kept, excluded, filtered = _arm_cots(store, arm, sources, kind, split)
+        kept, excluded, filtered = _arm_cots(store, arm, sources, kind, split, chosen)
         training = TrainingSet(_cot_rows(kept, arm.labels), excluded, filtered)
     if not arm.label_noise:
         return training
@@ -178,10 +207,51 @@ def arm_training_set(store: Store, arm: ArmConfig, sources: Sequence[Provenance]
     return TrainingSet(noisy.rows, training.excluded, training.filtered, tuple(sorted(noisy.noised)))
 
 
-def arm_self_eval_set(store: Store, arm: ArmConfig, sources: Sequence[Provenance],
-                      split: str = "train") -> TrainingSet:
+def arm_self_eval_set(store: Source, arm: ArmConfig, sources: Sequence[Provenance],
+                      split: str = "train", chosen: pa.Table | None = None) -> TrainingSet:
     """The stage-1 rows of an arm: every evaluation (the first `arm.n_evals`) of its CoTs."""
-    return self_eval_set(store, split, arm.n_cots, sources, arm.n_evals)
+    return self_eval_set(store, split, arm.n_cots, sources, arm.n_evals, chosen)
+
+
+@dataclass(frozen=True)
+class ArmRows:
+    """What one arm trains on and picks its checkpoints on, read from the store once."""
+
+    training: TrainingSet  # CoT rows (mode cot, standard distillation) or gold label rows
+    validation: list  # gold labels: stage 2's checkpoint is picked on them
+    self_eval: TrainingSet | None  # stage 1's rows, for arms with self_eval
+    judged: list  # validation examples' judged CoTs: stage 1 is picked on verdict agreement with the teacher
+
+    @property
+    def self_eval_rows(self) -> list:
+        return self.self_eval.rows if self.self_eval else []
+
+    @property
+    def excluded(self) -> int:
+        return self.training.excluded + (self.self_eval.excluded if self.self_eval else 0)
+
+
+def read_arm_rows(config: Config, store: Store, arm: ArmConfig) -> ArmRows:
+    """An arm's rows, all read on one connection: from one state of the store, with one set of views."""
+
+    def read(con: Source) -> ArmRows:
+        sources = provenances(config, con)
+        training, self_eval = arm_sets(con, arm, sources, answer_type(config.dataset))
+        judged = self_eval_set(con, "validation", arm.n_cots, sources).rows if arm.self_eval else []
+        return ArmRows(training, label_set(con, "validation").rows, self_eval, judged)
+
+    return store.read(read)
+
+
+def read_scored_rows(config: Config, store: Store) -> dict[str, Sequence]:
+    """The rows every arm is scored on, read on one connection: the test and validation labels, and
+    every judged CoT of the validation examples (which no arm trains on)."""
+
+    def read(con: Source) -> dict[str, Sequence]:
+        return {"test": label_set(con, "test").rows, "validation": label_set(con, "validation").rows,
+                "judged": self_eval_set(con, "validation", None, provenances(config, con)).rows}
+
+    return store.read(read)
 
 
 ROWS_FORMAT = 1  # raise it when the same parts give other rows or snapshot ids (these sets, data_snapshot)
@@ -219,16 +289,17 @@ def rows_state(config: Config, store: Store, arm: ArmConfig | None) -> RowsState
     return RowsState("scored-rows" if arm is None else "arm-rows", name, listing)
 
 
-def arm_sample_keys(store: Store, arm: ArmConfig, sources: Sequence[Provenance] | None, kind: str,
+def arm_sample_keys(store: Source, arm: ArmConfig, sources: Sequence[Provenance] | None, kind: str,
                     split: str = "train") -> tuple[pa.Array, pa.Array]:
     """The stored teacher samples an arm trains on, each key once: the keys of its CoTs (stage 2,
     and those judged in stage 1) and of its self-evaluations (stage 1). Standard fine-tuning uses none."""
-    cots, evaluations = [pa.array([], pa.string())], pa.array([], pa.string())
-    if not (arm.mode == "standard" and arm.labels == "gold"):
-        cots.append(_arm_cots(store, arm, sources, kind, split)[0].column("cot_key").combine_chunks())
+    cots, evaluations = [arrow.strings([])], arrow.strings([])
+    chosen = _shared_cots(store, arm, sources, split)
+    if not _gold_labels_only(arm):
+        cots.append(_arm_cots(store, arm, sources, kind, split, chosen)[0].column("cot_key").combine_chunks())
     if arm.self_eval:
-        tables = queries.self_eval_tables(store, split, arm.n_cots, sources, arm.n_evals)
-        pairs = tables.pairs.filter(pc.invert(tables.pairs.column("excluded")))
+        tables = queries.self_eval_tables(store, split, arm.n_cots, sources, arm.n_evals, chosen)
+        pairs = arrow.where(tables.pairs, pc.invert(tables.pairs.column("excluded")))
         cots.append(tables.cots.column("cot_key").take(pairs.column("cot")).combine_chunks())
         evaluations = pc.unique(pairs.column("eval_key"))
     return pc.unique(pa.concat_arrays(cots)), evaluations
@@ -249,6 +320,14 @@ def data_snapshot(rows: Sequence) -> str:
         task = [row.task] if getattr(row, "task", "answer") != "answer" else []  # answer rows hash as before
         digest.update(json.dumps([row.input, row.label, row.rationale, *task]).encode())
     return digest.hexdigest()[:16]
+
+
+def data_snapshots(named_rows: dict[str, Sequence]) -> dict[str, str | None]:
+    """data_snapshot of each set of rows (None for no rows), two sets at a time: much of the work
+    runs in Arrow, NumPy and hashlib without the GIL."""
+    with ThreadPoolExecutor(2) as pool:
+        ids = pool.map(lambda rows: data_snapshot(rows) if rows else None, named_rows.values())
+        return dict(zip(named_rows, ids))
 
 
 _SNAPSHOT_BATCH = 16_384  # rows whose JSON text is made and hashed at a time
@@ -272,15 +351,24 @@ def _table_snapshot(table: pa.Table) -> str:
     input_, label, rationale, example_id = (_distinct(table.column(name)) for name in
                                             ("input", "label", "rationale", "example_id"))
     order = np.lexsort([example_id.ranks, rationale.ranks, label.ranks, input_.ranks])  # last key sorts first
-    digest = hashlib.sha256()
-    for start in range(0, len(order), _SNAPSHOT_BATCH):
-        rows = order[start:start + _SNAPSHOT_BATCH]
-        lines = pc.binary_join_element_wise(
-            "[", input_.json(rows), ", ", label.json(rows), ", ", rationale.json(rows), "]", "")
-        _, offsets, data = lines.buffers()
-        ends = np.frombuffer(offsets, np.int32)[[lines.offset, lines.offset + len(lines)]]
-        digest.update(memoryview(data)[ends[0]:ends[1]])
+    digest, hashed = hashlib.sha256(), None
+    with ThreadPoolExecutor(1) as hasher:  # a batch is hashed (without the GIL) while the next is joined
+        for start in range(0, len(order), _SNAPSHOT_BATCH):
+            rows = order[start:start + _SNAPSHOT_BATCH]
+            lines = pc.binary_join_element_wise(
+                _OPEN, input_.json(rows), _COMMA, label.json(rows), _COMMA, rationale.json(rows), _CLOSE, _NOTHING)
+            _, offsets, data = lines.buffers()
+            ends = np.frombuffer(offsets, np.int32)[[lines.offset, lines.offset + len(lines)]]
+            if hashed:
+                hashed.result()
+            hashed = hasher.submit(digest.update, memoryview(data)[ends[0]:ends[1]])
+        if hashed:
+            hashed.result()
     return digest.hexdigest()[:16]
+
+
+# A JSON line's punctuation as Arrow scalars (a str argument would be made one by pa.scalar, which imports pandas)
+_OPEN, _COMMA, _CLOSE, _NOTHING = arrow.strings(["[", ", ", "]", ""])
 
 
 @dataclass(frozen=True)
@@ -294,7 +382,7 @@ class _Distinct:
     ranks: np.ndarray  # per row
 
     def json(self, rows: np.ndarray) -> pa.Array:
-        return self.texts.take(pa.array(self.values[rows]))
+        return self.texts.take(arrow.numbers(self.values[rows]))
 
 
 def _distinct(column: pa.ChunkedArray) -> _Distinct:
@@ -304,8 +392,11 @@ def _distinct(column: pa.ChunkedArray) -> _Distinct:
     if not pa.types.is_dictionary(encoded.type):
         encoded = pc.dictionary_encode(encoded)
     strings = encoded.dictionary.to_pylist()
-    values = pc.fill_null(encoded.indices, len(strings)).to_numpy(zero_copy_only=False)
+    indices = encoded.indices.cast(pa.int64())
+    if indices.null_count:  # not pc.fill_null: its scalar imports pandas
+        indices = pc.if_else(pc.is_null(indices), arrow.numbers(np.full(len(indices), len(strings))), indices)
+    values = arrow.to_numpy(indices)
     texts = arrow.strings([*map(json.encoder.encode_basestring_ascii, strings), "null"])  # as json.dumps
     ranked = pa.concat_arrays([encoded.dictionary.cast(pa.string()), arrow.strings([""])])
     ranks = pc.rank(ranked, sort_keys="ascending", tiebreaker="dense")
-    return _Distinct(values, texts, ranks.to_numpy()[values])
+    return _Distinct(values, texts, arrow.to_numpy(ranks)[values])

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass
 
 import pyarrow as pa
 
 from storage import Store, derived, queries
-from tasks.config import Config
+from storage.queries import Provenance
+from tasks.config import ArmConfig, Config
 from tasks.data.datasets import answer_type
 from tasks.data.trainsets import arm_sample_keys, provenances, rows_state
 
@@ -39,8 +41,13 @@ def arm_spends(config: Config) -> list[ArmSpend]:
             spends.append(ArmSpend(**kept))
             continue
         sources = sources or provenances(config, store)
-        cots, evaluations = arm_sample_keys(store, arm, sources, kind)
-        usd = queries.spent_on(store, pa.concat_arrays([cots, evaluations]))
-        spends.append(ArmSpend(arm.name, usd, len(cots), len(evaluations)))
+        spends.append(store.read(functools.partial(_spend, arm=arm, sources=sources, kind=kind)))
         derived.remember(store, SPEND_KIND, name, dataclasses.asdict(spends[-1]))
     return spends
+
+
+def _spend(con: queries.Source, arm: ArmConfig, sources: list[Provenance], kind: str) -> ArmSpend:
+    """An arm's spend, its sample keys and their prices read on one connection."""
+    cots, evaluations = arm_sample_keys(con, arm, sources, kind)
+    usd = queries.spent_on(con, pa.concat_arrays([cots, evaluations]))
+    return ArmSpend(arm.name, usd, len(cots), len(evaluations))

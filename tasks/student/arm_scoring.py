@@ -10,7 +10,7 @@ from storage import PredictionRow, ResultRow, Store
 from tasks.answers import answers_match
 from tasks.config import ArmConfig, Config
 from tasks.data.datasets import answer_type as answer_type_of
-from tasks.data.trainsets import label_set, provenances, rows_state, self_eval_set
+from tasks.data.trainsets import read_scored_rows, rows_state
 from tasks.student import freshness
 from tasks.student.arms import arm_folder, find_arm, seeded_name, trained_checkpoints
 from tasks.student.decoding import (
@@ -39,8 +39,7 @@ class ScoredRows:
 
 
 def _scored_rows(config: Config, store: Store) -> ScoredRows:
-    return ScoredRows(label_set(store, "test").rows, label_set(store, "validation").rows,
-                      self_eval_set(store, "validation", None, provenances(config, store)).rows)
+    return ScoredRows(**read_scored_rows(config, store))
 
 
 def evaluate_one(config: Config, name: str, progress: bool = False, force: bool = False,

@@ -10,21 +10,11 @@ there and each other seed's run lives in `<store>/students/<arm>/seed-<n>/`, sco
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 from storage import Store
 from tasks.config import ArmConfig, Config
-from tasks.data.datasets import answer_type
-from tasks.data.trainsets import (
-    TrainingSet,
-    arm_self_eval_set,
-    arm_training_set,
-    describe_stored,
-    label_set,
-    provenances,
-    self_eval_set,
-)
+from tasks.data.trainsets import ArmRows, describe_stored, read_arm_rows
 from tasks.student import freshness
 from tasks.student.folders import ArmFolder
 
@@ -58,40 +48,20 @@ def with_seed(config: Config, seed: int | None) -> Config:
     return config.model_copy(update={"train": config.train.model_copy(update={"seed": seed})})
 
 
-@dataclass(frozen=True)
-class ArmRows:
-    """What one arm trains on and picks its checkpoints on, read from the store once."""
-
-    training: TrainingSet  # CoT rows (mode cot, standard distillation) or gold label rows
-    validation: list  # gold labels: stage 2's checkpoint is picked on them
-    self_eval: TrainingSet | None  # stage 1's rows, for arms with self_eval
-    judged: list  # validation examples' judged CoTs: stage 1 is picked on verdict agreement with the teacher
-
-    @property
-    def self_eval_rows(self) -> list:
-        return self.self_eval.rows if self.self_eval else []
-
-    @property
-    def excluded(self) -> int:
-        return self.training.excluded + (self.self_eval.excluded if self.self_eval else 0)
-
-
 def arm_rows(config: Config, store: Store, arm: ArmConfig) -> ArmRows:
-    """The arm's rows; NothingToTrain, naming the command that fills the store, when they are missing."""
-    sources = provenances(config, store)
-    training = arm_training_set(store, arm, sources, answer_type(config.dataset))
-    if not training.rows:
+    """The arm's rows (read on one connection); NothingToTrain, naming the command that fills the
+    store, when they are missing."""
+    rows = read_arm_rows(config, store, arm)
+    if not rows.training.rows:
         raise NothingToTrain(
             f"arm {arm.name!r}: no usable training rows from train.sources ({describe_stored(store)}); run "
             "`mindsmirror generate CONFIG` or `mindsmirror import dss CONFIG`, or name a stored source, teacher_model "
             "or prompt version in train.sources"
         )
-    self_eval = arm_self_eval_set(store, arm, sources) if arm.self_eval else None
-    if self_eval is not None and not self_eval.rows:
+    if rows.self_eval is not None and not rows.self_eval.rows:
         raise NothingToTrain(f"arm {arm.name!r} wants self-evaluations but none are stored for the CoTs of "
                              f"train.sources ({describe_stored(store)}); generate them first")
-    judged = self_eval_set(store, "validation", arm.n_cots, sources).rows if arm.self_eval else []
-    return ArmRows(training, label_set(store, "validation").rows, self_eval, judged)
+    return rows
 
 
 def trained_checkpoints(folder: Path, name: str) -> tuple[Path, Path | None]:

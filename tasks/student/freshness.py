@@ -22,7 +22,7 @@ from pathlib import Path
 from storage import Store, queries
 from tasks.config import ArmConfig, Config
 from tasks.data.datasets import answer_type
-from tasks.data.trainsets import data_snapshot
+from tasks.data.trainsets import data_snapshots
 from tasks.student.prefixes import PREFIXES
 
 TRAINED = "trained.json"
@@ -31,10 +31,6 @@ EVALUATED = "evaluated.json"
 
 def _digest(parts: dict) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def _snapshot(rows: Sequence) -> str | None:
-    return data_snapshot(rows) if rows else None
 
 
 def student_identity(model: str) -> object:
@@ -49,7 +45,7 @@ def student_identity(model: str) -> object:
 
 def snapshots(named_rows: dict[str, Sequence]) -> dict[str, str | None]:
     """Each set of rows by its snapshot id (None for no rows)."""
-    return {name: _snapshot(rows) for name, rows in named_rows.items()}
+    return data_snapshots(named_rows)
 
 
 def row_snapshots(train_rows: Sequence, validation_rows: Sequence, self_eval_rows: Sequence = (),
