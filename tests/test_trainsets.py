@@ -76,6 +76,19 @@ def test_self_eval_set_pairs_each_judged_cot_with_its_verdict_and_evaluation(sto
     assert judged.excluded == 1  # the evaluation without a verdict
 
 
+def test_a_judged_input_is_format_judged_input_of_its_texts_whatever_whitespace_they_carry(store):
+    # The set lays its inputs out from buffers: they must be the strings format_judged_input makes.
+    edges = ["\x1c\t", "\u3000", "\x85 ", "\u200b", "\ufeff", "\xa0\u2028", ""]
+    question = f"{edges[0]}Dana has 1 cat.\nHow many?{edges[1]}"
+    store.append([ExampleRow("ex-4", "train", question, "( 1.0 )", "arithmetic", "gen:3")])
+    texts = [f"{before}1 cat. The answer is (1).{after}" for before, after in zip(edges, reversed(edges))]
+    judged = [cot("ex-4", index, "(1)", text) for index, text in enumerate(texts)]
+    store.append(judged)
+    store.append([evaluation(row, 0, "correct") for row in judged])
+    inputs = [row.input for row in self_eval_set(store, "train").rows if row.example_id == "ex-4"]
+    assert inputs == [format_judged_input(question, text) for text in texts]
+
+
 def test_label_set_is_the_gold_labels_of_a_split_without_rationales(store):
     validation = label_set(store, "validation")
     assert [(r.example_id, r.label, r.rationale) for r in validation.rows] == [("ex-2", "( 4.0 )", None)]
