@@ -14,6 +14,7 @@ and peak RSS):
   scored       the rows every arm is scored on and their snapshot ids (an `evaluate`); then the same again
   spend        one arm's teacher spend, the report's US$ column; then the same again
   generate+10  mindsmirror generate after adding 10 examples (simulated teacher)
+  floor        a Prefect flow of six no-op tasks (the task runs of generate +10): what generate pays before its own work
 
 Run: python bench/store_scale.py [--scale 0.05] [--code DIR ...]
 --scale shrinks every count (0.05: 1,010 examples, ~5 MB). --code runs the operations with the
@@ -228,6 +229,26 @@ def timed(command: list[str], env: dict, cwd: Path) -> tuple[float, float, float
     return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, (output.strip().splitlines() or [""])[-1][:100]
 
 
+# What any `generate` pays before its own work: Prefect's import, a flow run and its task runs on the
+# server (generate +10 runs six: replay-journal, compact-store, load-examples, plan, ask-teacher,
+# compact-store), and the flush of their events at exit.
+PREFECT_FLOOR = """
+import asyncio
+from prefect import flow, task
+
+@task
+async def nothing():
+    pass
+
+@flow
+async def six_tasks():
+    for _ in range(6):
+        await nothing()
+
+asyncio.run(six_tasks())
+"""
+
+
 def operations(folder: Path, train: int) -> list[tuple[str, list[str]]]:
     cli = [sys.executable, "-m", "flows.cli"]
     now = folder / "config.yaml"
@@ -246,6 +267,7 @@ def operations(folder: Path, train: int) -> list[tuple[str, list[str]]]:
         ("one arm's teacher spend (report)", [sys.executable, "-c", SPEND, str(now)]),
         ("the same, parts unchanged (a report rerun)", [sys.executable, "-c", SPEND, str(now)]),
         ("generate after adding 10 examples", [*cli, "generate", str(grown), "--no-progress"]),
+        ("a Prefect flow of six no-op tasks (generate's floor)", [sys.executable, "-c", PREFECT_FLOOR]),
     ]
 
 
