@@ -10,7 +10,7 @@ from storage import PredictionRow, ResultRow, Store
 from tasks.answers import answers_match
 from tasks.config import ArmConfig, Config
 from tasks.data.datasets import answer_type as answer_type_of
-from tasks.data.trainsets import read_scored_rows, rows_state
+from tasks.data.trainsets import data_snapshots, read_scored_rows, rows_state
 from tasks.student import freshness
 from tasks.student.arms import arm_folder, find_arm, seeded_name, trained_checkpoints
 from tasks.student.decoding import (
@@ -95,7 +95,7 @@ def _rows_unless_current(config: Config, store: Store, folder: ArmFolder, name: 
             store, folder.local, name, (inputs := inputs_of(scored))):
         return None, inputs
     rows = _scored_rows(config, store)
-    scored = freshness.snapshots(rows.by_name())
+    scored = data_snapshots(rows.by_name())
     state.remember(store, scored)
     inputs = inputs_of(scored)
     if not force and freshness.evaluated_is_current(store, folder.local, name, inputs):

@@ -43,16 +43,11 @@ def student_identity(model: str) -> object:
     return [model, [(str(p.relative_to(folder)), p.stat().st_size, p.stat().st_mtime_ns) for p in files]]
 
 
-def snapshots(named_rows: dict[str, Sequence]) -> dict[str, str | None]:
-    """Each set of rows by its snapshot id (None for no rows)."""
-    return data_snapshots(named_rows)
-
-
 def row_snapshots(train_rows: Sequence, validation_rows: Sequence, self_eval_rows: Sequence = (),
                   judged_rows: Sequence = ()) -> dict[str, str | None]:
     """The snapshot ids of the rows an arm trains and is picked on, as training_inputs takes them."""
-    return snapshots({"train_rows": train_rows, "validation_rows": validation_rows, "self_eval_rows": self_eval_rows,
-                      "judged_rows": judged_rows})  # stage 1 is picked on the judged rows
+    return data_snapshots({"train_rows": train_rows, "validation_rows": validation_rows,
+                           "self_eval_rows": self_eval_rows, "judged_rows": judged_rows})  # stage 1 is picked on the judged rows
 
 
 def training_inputs(config: Config, arm: ArmConfig, snapshots: dict[str, str | None]) -> str:
@@ -75,7 +70,7 @@ def evaluation_inputs(config: Config, trained: dict, checkpoints: Sequence[objec
                       scored: dict[str, str | None]) -> str:
     """The id of everything an arm's scores depend on: its training inputs, the checkpoints scored
     (their identities, tasks.student.folders.ArmFolder.identity), the evaluation settings and the
-    rows of each scored set (scored: snapshots' ids)."""
+    rows of each scored set (scored: their data_snapshots ids)."""
     return _digest({
         "trained": trained.get("inputs"),
         # by their files too: retraining with --force rewrites a checkpoint under the same name
